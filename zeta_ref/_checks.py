@@ -1,0 +1,69 @@
+"""Input validation for the public surface.
+
+zeta_ref validates once, where a user hands data in; the stage functions and kernels behind
+the surface trust their inputs. Every error names the argument, what was expected and what
+was given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_array(x, name: str, *, min_ndim: int = 2) -> np.ndarray:
+    """``x`` as a float32/float64 ndarray of at least ``min_ndim`` dims, all values finite."""
+    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} is a GPU array; the CPU backends take NumPy arrays (move it with .get())"
+        )
+    arr = np.asarray(x)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array; got dtype {arr.dtype}")
+    if arr.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions (..., N, d); got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
+        )
+    return arr
+
+
+def check_qkv(q, k, v):
+    """Validate the three inputs of :func:`zeta_ref.zeta_attention`; return them as arrays."""
+    q = as_float_array(q, "q")
+    k = as_float_array(k, "k")
+    v = as_float_array(v, "v")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(
+            f"q, k and v must share one dtype; got {q.dtype}, {k.dtype} and {v.dtype}"
+        )
+    if q.shape != k.shape:
+        raise ValueError(
+            f"q and k must have the same shape (..., N, d_k); got {q.shape} and {k.shape}"
+        )
+    if v.shape[:-1] != q.shape[:-1]:
+        raise ValueError(
+            f"v must have shape (..., N, d_v) with the leading dims and N of q "
+            f"{q.shape[:-1]}; got {v.shape}"
+        )
+    if q.shape[-2] == 0:
+        raise ValueError(f"the sequence length N (axis -2 of q) must be >= 1; got shape {q.shape}")
+    if q.shape[-1] == 0 or v.shape[-1] == 0:
+        raise ValueError(f"d_k and d_v must be >= 1; got q {q.shape} and v {v.shape}")
+    if 0 in q.shape[:-2]:
+        raise ValueError(f"leading dimensions must be non-empty; got q of shape {q.shape}")
+    return q, k, v
+
+
+def check_bits_for_dim(bits: int, d: int, name: str = "bits") -> None:
+    """A Morton code of d coordinates of ``bits`` bits must fit in 63 bits of a uint64."""
+    if d * bits > 63:
+        raise ValueError(
+            f"{name} * d must be <= 63 so the code fits a uint64; got {name}={bits} with d={d} "
+            f"({d * bits} bits); use bits <= {63 // d}"
+        )

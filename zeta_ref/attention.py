@@ -1,0 +1,165 @@
+"""The composed ZETA forward pass: stages 2 to 6 behind one call.
+
+Stage 1 (projection) happens before: :func:`zeta_attention` takes queries and keys already
+projected to d_k. The pass, for every leading (batch, head) slice independently:
+
+    q, k (..., N, d_k) --quantize--> q_coords, k_coords (..., N, d_k) uint64      stage 2
+                       --morton-->   q_codes, k_codes (..., N) uint64              stage 3
+    k_codes            --sort-->     key_perm (..., N) int64, sorted_key_codes      stage 4
+    q_codes, sorted keys, pools --window--> window_idx (..., N, W) int64            stage 5
+                       --rerank (W > k)--> candidates (..., N, k) int64
+    q, k, v, candidates --top-k softmax--> output (..., N, d_v), weights (..., N, k) stage 6
+
+Every arrow is one function of the chosen backend's :class:`~zeta_ref.backends.Stages`, so a
+twin backend is checked stage by stage against the specification with the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ._checks import check_bits_for_dim, check_qkv
+from .backends import get_backend
+from .config import ZetaConfig
+from .window import pool_lengths
+
+
+@dataclass(frozen=True)
+class Intermediates:
+    """Every stage's result of one forward pass (``return_intermediates=True``).
+
+    Shapes use the README's legend: ``...`` the leading (batch, head) dims, N the sequence
+    length, d_k, d_v the widths, W the window width, k the number of candidates.
+
+    Attributes
+    ----------
+    config : ZetaConfig
+        The configuration used.
+    backend : str
+        The backend that computed it.
+    chunk_size : int
+        M as resolved for this N (D5).
+    q_coords, k_coords : uint64 (..., N, d_k)
+        Stage 2: quantised coordinates.
+    q_codes, k_codes : uint64 (..., N)
+        Stage 3: Z-order codes.
+    key_perm : int64 (..., N)
+        Stage 4: key positions in Z order (stable).
+    sorted_key_codes : uint64 (..., N)
+        Stage 4: ``k_codes`` in that order.
+    pool_len : int64 (N,)
+        Stage 5: query i may see key positions ``0 .. pool_len[i] - 1``.
+    window_idx : int64 (..., N, W)
+        Stage 5: the window around each query's insertion point; -1 = empty slot.
+    candidates : int64 (..., N, k)
+        Stage 5: the selected keys (the window itself when W = k); -1 = empty slot.
+    mean_k, mean_v : (..., N, d_k), (..., N, d_v) or None
+        Stage 6: the mean term's key and value (None when ``history_mean`` is off).
+    weights : (..., N, k)
+        Stage 6: normalised weight of each candidate slot.
+    mean_weight : (..., N)
+        Stage 6: weight of the mean term (zeros when it is off).
+    output : (..., N, d_v)
+        The attention output.
+    """
+
+    config: ZetaConfig
+    backend: str
+    chunk_size: int
+    q_coords: np.ndarray
+    k_coords: np.ndarray
+    q_codes: np.ndarray
+    k_codes: np.ndarray
+    key_perm: np.ndarray
+    sorted_key_codes: np.ndarray
+    pool_len: np.ndarray
+    window_idx: np.ndarray
+    candidates: np.ndarray
+    mean_k: np.ndarray | None
+    mean_v: np.ndarray | None
+    weights: np.ndarray
+    mean_weight: np.ndarray
+    output: np.ndarray
+
+    def arrays(self) -> dict:
+        """The array fields by name (for saving with ``np.savez`` or comparing)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if isinstance(getattr(self, f.name), np.ndarray)}
+
+
+def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = "numpy",
+                   return_intermediates: bool = False):
+    """ZETA top-k attention of queries ``q`` over keys ``k`` and values ``v``.
+
+    Parameters
+    ----------
+    q, k : float32 or float64 array (..., N, d_k)
+        Queries and keys, already projected to d_k dimensions (d_k = 3 in the paper).
+    v : array (..., N, d_v) of the same dtype
+        Values. Every leading slice (batch, head) is independent.
+    config : ZetaConfig, optional
+        All settings; ``ZetaConfig()`` when omitted.
+    backend : str, default "numpy"
+        One of :func:`zeta_ref.backends`.
+    return_intermediates : bool, default False
+        Also return an :class:`Intermediates` with every stage's result.
+
+    Returns
+    -------
+    output : array (..., N, d_v), dtype of the inputs
+    intermediates : Intermediates
+        Only with ``return_intermediates=True``.
+
+    Notes
+    -----
+    Output of query i (Eq. 6 with the mean term of D8):
+    ``o_i = sum_{j in I_i} w_ij v_j + w_i,mean vbar_i``, where I_i are the k candidates that
+    the Z-order window selects among the keys query i may see.
+    """
+    cfg = ZetaConfig() if config is None else config
+    if not isinstance(cfg, ZetaConfig):
+        raise TypeError(f"config must be a ZetaConfig; got {type(cfg).__name__}")
+    if not isinstance(return_intermediates, bool):
+        raise TypeError(f"return_intermediates must be True or False; got {return_intermediates!r}")
+    entry = get_backend(backend)
+    q, k, v = check_qkv(q, k, v)
+    n, d_k = q.shape[-2], q.shape[-1]
+    check_bits_for_dim(cfg.bits, d_k, name="config.bits")
+    s = entry.stages()
+    # The stage functions trust their inputs: hand them contiguous arrays.
+    q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
+
+    # stage 2: quantise queries and keys the same way (D1, D2, D12)
+    q_coords = s.quantize(q, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
+    k_coords = s.quantize(k, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
+    # stage 3: interleave the bits (D3)
+    q_codes = s.morton_encode(q_coords, cfg.bits)  # (..., N)
+    k_codes = s.morton_encode(k_coords, cfg.bits)  # (..., N)
+    # stage 4: keys in Z order, ties by position (D10)
+    key_perm, sorted_key_codes = s.sort_keys(k_codes)  # (..., N) each
+    # stage 5: causal pools, binary search, window, optional re-rank (D4, D5, D6, D9, D11)
+    chunk = cfg.chunk_size_for(n)
+    pool_len = pool_lengths(n, cfg.causal, chunk)  # (N,)
+    window_idx = s.neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len,
+                                    cfg.window_width)  # (..., N, W)
+    if cfg.window_width > cfg.k:
+        candidates = s.rerank(q, k, window_idx, cfg.k, cfg.score)  # (..., N, k)
+    else:
+        candidates = window_idx
+    # stage 6: weights over the candidates and the mean term (D7, D8, D9)
+    mean_k = mean_v = None
+    if cfg.history_mean:
+        mean_k, mean_v = s.history_means(k, v, cfg.causal)  # (..., N, d_k), (..., N, d_v)
+    output, weights, mean_weight = s.topk_attention(q, k, v, candidates, cfg.score, cfg.gamma,
+                                                    mean_k, mean_v)  # (..., N, d_v), ...
+    if not return_intermediates:
+        return output
+    return output, Intermediates(
+        config=cfg, backend=entry.name, chunk_size=chunk,
+        q_coords=q_coords, k_coords=k_coords, q_codes=q_codes, k_codes=k_codes,
+        key_perm=key_perm, sorted_key_codes=sorted_key_codes, pool_len=pool_len,
+        window_idx=window_idx, candidates=candidates, mean_k=mean_k, mean_v=mean_v,
+        weights=weights, mean_weight=mean_weight, output=output,
+    )

@@ -1,0 +1,85 @@
+"""The backend registry: one entry per implementation of the six stages.
+
+The composed forward pass (:mod:`zeta_ref.attention`) never asks which backend it runs on; it
+calls the stage functions of the entry it is given. A backend is a :class:`Stages` bundle with
+the same signatures and output dtypes as the NumPy specification. Tests and benchmarks loop over
+:func:`backends`; an entry says whether it needs a GPU and loads lazily, so importing zeta_ref
+never imports Numba or CuPy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The stage functions one backend provides (signatures of the NumPy specification)."""
+
+    quantize: Callable  # (x, bits, squash_method, clip_range) -> uint64 (..., N, d)
+    morton_encode: Callable  # (u, bits) -> uint64 (...)
+    sort_keys: Callable  # (key_codes) -> (int64 perm, uint64 sorted codes)
+    neighbour_window: Callable  # (q_codes, perm, sorted_codes, pool_len, width) -> int64 (..., N, W)
+    rerank: Callable  # (q, k, window_idx, k_top, score) -> int64 (..., N, k)
+    history_means: Callable  # (k, v, causal) -> (mean_k, mean_v)
+    topk_attention: Callable  # (q, k, v, candidates, score, gamma, mean_k, mean_v) -> (out, w, w_mean)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registry entry.
+
+    ``module`` must expose ``STAGES`` (a :class:`Stages`) and ``available() -> bool``.
+    """
+
+    name: str
+    module: str
+    needs_gpu: bool
+    description: str
+
+    def available(self) -> bool:
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError:
+            return False
+        return bool(mod.available())
+
+    def stages(self) -> Stages:
+        return importlib.import_module(self.module).STAGES
+
+
+REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    """Add (or replace) a registry entry."""
+    REGISTRY[backend.name] = backend
+
+
+register(Backend("numpy", "zeta_ref._numpy_backend", False,
+                 "the NumPy specification: readable, exact, the reference for all others"))
+register(Backend("numba", "zeta_ref._numba_backend", False,
+                 "Numba CPU kernels, parallel over rows and queries"))
+
+
+def backends(include_unavailable: bool = False) -> list[str]:
+    """Names of the backends usable on this machine (all registered ones if asked)."""
+    return [name for name, b in REGISTRY.items() if include_unavailable or b.available()]
+
+
+def get_backend(name: str) -> Backend:
+    """The registry entry ``name``, or a ValueError that lists what is available."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(
+            f"backend must be one of {backends()} (available here); got {name!r}"
+        )
+    entry = REGISTRY[name]
+    if not entry.available():
+        raise ValueError(
+            f"backend {name!r} is registered but not usable on this machine "
+            f"({'needs CuPy and a GPU' if entry.needs_gpu else 'its dependencies are missing'}); "
+            f"available: {backends()}"
+        )
+    return entry

@@ -1,0 +1,126 @@
+"""ZetaConfig: every choice of the ZETA forward pass, including those the paper leaves open.
+
+Each field that settles a point the paper is silent on carries the id of that decision
+(D1...D12); docs/decisions.md gives the question, the default, the alternatives and why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+CAUSAL_MODES = ("inclusive", "strict", "none")
+SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
+SQUASHES = ("sigmoid", "tanh", "clip")
+
+#: D5: without an explicit ``chunk_size`` a sequence is cut into this many chunks ...
+AUTO_CHUNKS = 8
+
+
+def _is_int(x) -> bool:
+    # bool is an int subclass; True as a chunk size is a mistake, not a 1.
+    return isinstance(x, int) and not isinstance(x, bool) or (
+        hasattr(x, "dtype") and getattr(x, "ndim", 1) == 0 and x.dtype.kind in "iu"
+    )
+
+
+def _is_real(x) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) or (
+        hasattr(x, "dtype") and getattr(x, "ndim", 1) == 0 and x.dtype.kind in "iuf"
+    )
+
+
+def _choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ZetaConfig:
+    """All settings of one ZETA forward pass; validated on construction.
+
+    Parameters
+    ----------
+    k : int, default 32
+        Number of keys each query attends to (the paper's top-k; section 3.3).
+    bits : int, default 10
+        Bits per coordinate in the quantisation (D2). ``d_k * bits`` must be at most 63;
+        that is checked when the dimension is known, at the call.
+    chunk_size : int or None, default None
+        Chunk length M of the causal pools (D5). None picks ``max(k, ceil(N / 8))``.
+        It changes the answer only for ``causal="strict"``; see :func:`pool_lengths`.
+    causal : {"inclusive", "strict", "none"}, default "inclusive"
+        Which keys a query may see (D4). "inclusive": every key at or before its own
+        position; "strict": keys of the earlier chunks only (paper-literal); "none": all.
+    window : int or None, default None
+        Width W of the neighbour window taken around the query's place in the sorted keys
+        (D6). None means W = k, the window is the selection. W > k re-ranks the window
+        exactly down to k.
+    score : {"cauchy", "softmax", "neg_euclidean", "inv_euclidean"}, default "cauchy"
+        How the k candidates are weighted (section 3.4, Eq. 6 and the ablation's variants).
+    gamma : float, default 0.5
+        The Cauchy scale gamma of Eq. 6 (D7). Must be > 0 for ``score="cauchy"``.
+    history_mean : bool, default True
+        Append the cumulative mean of keys and values as an extra candidate (D8).
+    squash : {"sigmoid", "tanh", "clip"}, default "sigmoid"
+        How real coordinates are mapped to [0, 1] before quantising (D1).
+    clip_range : (float, float), default (-4.0, 4.0)
+        The fixed range mapped linearly onto [0, 1] by ``squash="clip"`` (D1).
+    """
+
+    k: int = 32
+    bits: int = 10
+    chunk_size: int | None = None
+    causal: str = "inclusive"
+    window: int | None = None
+    score: str = "cauchy"
+    gamma: float = 0.5
+    history_mean: bool = True
+    squash: str = "sigmoid"
+    clip_range: tuple = field(default=(-4.0, 4.0))
+
+    def __post_init__(self):
+        if not _is_int(self.k) or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1; got {self.k!r}")
+        if not _is_int(self.bits) or not 1 <= self.bits <= 63:
+            raise ValueError(f"bits must be an integer in [1, 63]; got {self.bits!r}")
+        if self.chunk_size is not None and (not _is_int(self.chunk_size) or self.chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or an integer >= 1; got {self.chunk_size!r}")
+        _choice("causal", self.causal, CAUSAL_MODES)
+        if self.window is not None and (not _is_int(self.window) or self.window < self.k):
+            raise ValueError(
+                f"window must be None or an integer >= k (= {self.k}); got {self.window!r}"
+            )
+        _choice("score", self.score, SCORES)
+        if not _is_real(self.gamma) or not math.isfinite(self.gamma):
+            raise ValueError(f"gamma must be a finite real number; got {self.gamma!r}")
+        if self.score == "cauchy" and self.gamma <= 0:
+            raise ValueError(f"gamma must be > 0 for score='cauchy'; got {self.gamma!r}")
+        if not isinstance(self.history_mean, bool):
+            raise TypeError(f"history_mean must be True or False; got {self.history_mean!r}")
+        _choice("squash", self.squash, SQUASHES)
+        try:
+            lo, hi = self.clip_range
+        except (TypeError, ValueError):
+            raise ValueError(f"clip_range must be a pair (lo, hi); got {self.clip_range!r}") from None
+        if not (_is_real(lo) and _is_real(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"clip_range must be finite numbers with lo < hi; got {self.clip_range!r}")
+        # Store plain Python numbers so that equal configs compare and print equal.
+        object.__setattr__(self, "clip_range", (float(lo), float(hi)))
+        object.__setattr__(self, "gamma", float(self.gamma))
+
+    @property
+    def window_width(self) -> int:
+        """W, the number of keys the window takes before any re-rank (D6)."""
+        return self.k if self.window is None else int(self.window)
+
+    def chunk_size_for(self, n: int) -> int:
+        """M for a sequence of length ``n``: the given ``chunk_size`` or the D5 rule.
+
+        The rule is ``max(k, ceil(n / 8))``: about eight pools, and never a chunk shorter
+        than k, so that in "strict" mode a chunk's queries can fill their k slots from the
+        previous chunk alone.
+        """
+        if self.chunk_size is not None:
+            return int(self.chunk_size)
+        return max(int(self.k), -(-int(n) // AUTO_CHUNKS))

@@ -1,0 +1,134 @@
+"""Stage 6: weights over the k candidates and the output (paper section 3.4, Eq. 6; D7, D8, D9).
+
+Paper, Eq. 6 (Adaptive Cauchy-Softmax), for the candidate set I_q of a query q:
+
+    w_i = (||q - k_i||^2 + gamma^2)^-1 / sum_{j in I_q} (||q - k_j||^2 + gamma^2)^-1,
+    o   = sum_{i in I_q} w_i v_i
+
+with gamma trainable (D7: here an input, 0.5 by default). The ablation compares it with the
+usual dot-product softmax and two Euclidean scores; all four are offered:
+
+===============  ====================================================================
+score            weight of candidate i, before normalising over the candidates
+===============  ====================================================================
+"cauchy"         1 / (||q - k_i||^2 + gamma^2)
+"softmax"        exp(<q, k_i> / sqrt(d_k))           (max-subtracted)
+"neg_euclidean"  exp(-||q - k_i||^2)                 (max-subtracted)
+"inv_euclidean"  1 / (||q - k_i||^2 + INV_EUCLIDEAN_EPS)   (the eps guards distance 0)
+===============  ====================================================================
+
+Mean term (D8; section 3.4 of the paper appends the mean of the past tokens so that tokens
+that top-k drops still get gradient): the cumulative means of the keys and of the values over
+positions j <= i join the candidate set as one more candidate, scored like any other. With
+``causal="none"`` the mean is over all N positions.
+
+Empty slots (index -1, D9) get weight 0. A query with no candidate at all gets the mean term
+alone, or, with the mean term off, weights 0 and output 0.
+
+Everything is computed in the input dtype; the running sums of the means in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import SCORES
+from .window import gather_rows, nearness
+
+#: The guard of "inv_euclidean" against a distance of exactly 0.
+INV_EUCLIDEAN_EPS = 1e-6
+
+
+def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
+    """The mean key and mean value each query may add as an extra candidate (D8).
+
+    Parameters
+    ----------
+    k : float array (..., N, d_k)
+    v : float array (..., N, d_v)
+    causal : str
+        Causal modes average positions j <= i; "none" averages all N positions.
+
+    Returns
+    -------
+    mean_k : array (..., N, d_k), mean_v : array (..., N, d_v), in the input dtype.
+    """
+    n = k.shape[-2]
+    out = []
+    for x in (k, v):
+        if causal == "none":
+            total = x.astype(np.float64).sum(axis=-2, keepdims=True)  # (..., 1, d)
+            mean = np.broadcast_to(total / n, x.shape)
+        else:
+            running = np.cumsum(x, axis=-2, dtype=np.float64)  # (..., N, d), sequential sums
+            count = np.arange(1, n + 1, dtype=np.float64)[:, None]  # (N, 1)
+            mean = running / count
+        out.append(np.ascontiguousarray(mean, dtype=x.dtype))
+    return out[0], out[1]
+
+
+def _affinity(near, score: str, gamma: float, d_k: int, valid):
+    """Unnormalised weights from nearness (``nearness`` of the window module), per score."""
+    dtype = near.dtype.type
+    if score in ("cauchy", "inv_euclidean"):
+        add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
+        return np.where(valid, dtype(1) / (near + dtype(add)), dtype(0))
+    if score == "softmax":
+        logits = -near / dtype(np.sqrt(d_k))  # nearness of "softmax" is -<q, k>
+    elif score == "neg_euclidean":
+        logits = -near
+    else:
+        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    logits = np.where(valid, logits, -np.inf)
+    top = logits.max(axis=-1, keepdims=True)  # (..., N, 1)
+    top = np.where(np.isfinite(top), top, dtype(0))  # a row with nothing valid
+    return np.where(valid, np.exp(logits - top), dtype(0))
+
+
+def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
+                   mean_k=None, mean_v=None):
+    """Weights over each query's candidates and the weighted sum of their values.
+
+    Parameters
+    ----------
+    q, k : float arrays (..., N, d_k)
+    v : float array (..., N, d_v)
+    candidates : int64 array (..., N, k)
+        Key positions from the window stage, -1 for empty slots.
+    score : str
+        One of "cauchy", "softmax", "neg_euclidean", "inv_euclidean".
+    gamma : float
+        gamma of Eq. 6 (used by "cauchy").
+    mean_k, mean_v : arrays (..., N, d_k) and (..., N, d_v), optional
+        The mean term (D8) from :func:`history_means`; None leaves it out.
+
+    Returns
+    -------
+    out : array (..., N, d_v)
+    weights : array (..., N, k)
+        Normalised weight of each candidate slot (0 for empty slots).
+    mean_weight : array (..., N)
+        Weight of the mean term (0 when it is off).
+
+    Notes
+    -----
+    The normalisation runs over the k slots and the mean term together, so
+    ``weights.sum(-1) + mean_weight`` is 1 for every query with at least one candidate.
+    """
+    d_k = q.shape[-1]
+    valid = candidates >= 0  # (..., N, k)
+    keys = gather_rows(k, candidates)  # (..., N, k, d_k)
+    values = gather_rows(v, candidates)  # (..., N, k, d_v)
+    near = nearness(q, keys, score)  # (..., N, k)
+    if mean_k is not None:
+        # the mean term is one more candidate, always valid: slot k
+        near = np.concatenate([near, nearness(q, mean_k[..., None, :], score)], axis=-1)
+        valid = np.concatenate([valid, np.ones(valid.shape[:-1] + (1,), bool)], axis=-1)
+        values = np.concatenate([values, mean_v[..., None, :]], axis=-2)  # (..., N, k+1, d_v)
+    a = _affinity(near, score, gamma, d_k, valid)  # (..., N, k[+1])
+    total = a.sum(axis=-1, keepdims=True)  # (..., N, 1)
+    w = a / np.where(total > 0, total, 1)  # rows with nothing valid stay all 0
+    out = (w[..., None] * values).sum(axis=-2)  # (..., N, d_v)
+    n_slots = candidates.shape[-1]
+    mean_weight = w[..., n_slots] if mean_k is not None else np.zeros(w.shape[:-1], w.dtype)
+    return out.astype(q.dtype, copy=False), w[..., :n_slots], mean_weight
