@@ -99,9 +99,8 @@ def make_sequence(n, d_model, d_k, d_v, vocab, seed):
     return {"tokens": tokens, "x": x, "q": q, "k": qk, "v": project(x, w_v)}
 
 
-def _fmt_row(a, width=8):
-    return "[" + ", ".join(f"{x:{width}.4f}" if np.issubdtype(type(x), np.floating) or
-                           isinstance(x, float) else f"{x}" for x in a) + "]"
+def _fmt_row(a):
+    return np.array2string(np.asarray(a), precision=4, suppress_small=True)
 
 
 def _bin(code, nbits):
