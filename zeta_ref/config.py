@@ -105,7 +105,11 @@ class ZetaConfig:
             raise ValueError(f"clip_range must be a pair (lo, hi); got {self.clip_range!r}") from None
         if not (_is_real(lo) and _is_real(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"clip_range must be finite numbers with lo < hi; got {self.clip_range!r}")
-        # Store plain Python numbers so that equal configs compare and print equal.
+        # Store plain Python numbers so that equal configs compare and print equal, and so
+        # that a NumPy integer never reaches the stages: 1 << np.int32(31) overflows.
+        for name in ("k", "bits", "chunk_size", "window"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "clip_range", (float(lo), float(hi)))
         object.__setattr__(self, "gamma", float(self.gamma))
 
