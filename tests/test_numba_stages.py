@@ -1,0 +1,213 @@
+"""Numba twins, stage by stage: each twin gets the specification's own inputs (issue 3).
+
+Integer results (quantised coordinates, codes, permutations, windows, candidates) must be
+equal to the NumPy specification; float results agree within zeta_ref.tolerances.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zeta_ref import morton, quantize, sort, topk_softmax, window
+from zeta_ref.tolerances import tolerance
+
+numba = pytest.importorskip("numba")
+
+from zeta_ref import (  # noqa: E402
+    morton_numba,
+    quantize_numba,
+    sort_numba,
+    topk_softmax_numba,
+    window_numba,
+)
+
+SEED = 20250414
+AWKWARD_N = (1, 2, 3, 17, 257)
+DTYPES = (np.float32, np.float64)
+SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
+
+
+def assert_exact(actual, desired):
+    assert actual.dtype == desired.dtype, (actual.dtype, desired.dtype)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    np.testing.assert_array_equal(actual, desired)
+
+
+def assert_close(actual, desired):
+    assert actual.dtype == desired.dtype, (actual.dtype, desired.dtype)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    np.testing.assert_allclose(actual, desired, **tolerance(desired.dtype))
+
+
+# ---------------------------------------------------------------- stage 2: quantisation
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ("sigmoid", "tanh", "clip"))
+def test_quantize_matches_spec(dtype, method):
+    rng = np.random.default_rng(SEED)
+    x = (rng.standard_normal((2, 3, 257, 3)) * 3).astype(dtype)
+    x[0, 0, :6, 0] = [0.0, -4.0, 4.0, 1e6, -1e6, -800.0]  # clip ends, overflowing exp
+    got = quantize_numba.quantize(x, 10, method, (-4.0, 4.0))
+    want = quantize.quantize(x, 10, method, (-4.0, 4.0))
+    if method == "clip":
+        assert_exact(got, want)
+    else:
+        # exp/tanh of two libraries may differ in the last place; on these inputs they agree,
+        # and a disagreement can only be one cell (see docs/benchmarks.md for the rate)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+        assert diff.max() <= 1
+        assert (diff > 0).mean() < 1e-3
+
+
+@pytest.mark.parametrize("bits", (1, 3, 10, 21))
+def test_quantize_clip_cell_boundaries_exact(bits):
+    # values exactly on cell boundaries of the clip squash, and the top value 1.0
+    lo, hi = -1.0, 3.0
+    cells = np.arange(0, (1 << bits) + 1, max(1, (1 << bits) // 64), dtype=np.float64)
+    x = lo + cells / (1 << bits) * (hi - lo)
+    x = np.concatenate([x, np.nextafter(x, -np.inf), np.nextafter(x, np.inf)])[:, None]
+    got = quantize_numba.quantize(x, bits, "clip", (lo, hi))
+    assert_exact(got, quantize.quantize(x, bits, "clip", (lo, hi)))
+    assert got.max() == (1 << bits) - 1
+
+
+# ---------------------------------------------------------------- stage 3: Morton codes
+
+
+@pytest.mark.parametrize("d,bits", [(1, 10), (2, 10), (2, 31), (3, 1), (3, 10), (3, 21),
+                                    (4, 15), (5, 12), (7, 9)])
+@pytest.mark.parametrize("method", ("auto", "general"))
+def test_morton_matches_spec(d, bits, method):
+    rng = np.random.default_rng(SEED)
+    u = rng.integers(0, 1 << bits, size=(2, 129, d), dtype=np.uint64)
+    u[0, 0] = (1 << bits) - 1  # the top value in every coordinate: no wrap
+    u[0, 1] = 0
+    got = morton_numba.morton_encode(u, bits, method=method)
+    assert_exact(got, morton.morton_encode(u, bits))
+
+
+def test_morton_takes_spec_quantised_coords():
+    rng = np.random.default_rng(SEED)
+    u = quantize.quantize(rng.standard_normal((3, 257, 3)), 10)
+    assert_exact(morton_numba.morton_encode(u, 10), morton.morton_encode(u, 10))
+
+
+def test_morton_rejects_too_many_bits():
+    with pytest.raises(ValueError, match="63"):
+        morton_numba.morton_encode(np.zeros((4, 3), np.uint64), 22)
+
+
+# ---------------------------------------------------------------- stage 4: sort
+
+
+@pytest.mark.parametrize("n", AWKWARD_N + (1000,))
+@pytest.mark.parametrize("n_codes", (1, 4, 1 << 30, 1 << 62))
+def test_sort_matches_spec(n, n_codes):
+    rng = np.random.default_rng(SEED)
+    codes = rng.integers(0, n_codes, size=(2, 3, n), dtype=np.uint64)  # ties when n_codes small
+    perm, sorted_codes = sort_numba.sort_keys(codes)
+    want_perm, want_sorted = sort.sort_keys(codes)
+    assert_exact(perm, want_perm)
+    assert_exact(sorted_codes, want_sorted)
+
+
+def test_sort_top_bit_codes():
+    codes = np.array([[2**63 + 5, 3, 2**63 + 5, 0, 2**64 - 1, 3]], dtype=np.uint64)
+    for got, want in zip(sort_numba.sort_keys(codes), sort.sort_keys(codes)):
+        assert_exact(got, want)
+
+
+# ---------------------------------------------------------------- stage 5: window
+
+
+def _spec_window_inputs(rng, n, rows, n_codes, falling=False):
+    k_codes = rng.integers(0, n_codes, size=(rows, n), dtype=np.uint64)
+    if falling:  # codes that fall with position: the walk's worst case
+        k_codes = np.sort(k_codes, axis=-1)[:, ::-1].copy()
+    q_codes = rng.integers(0, n_codes, size=(rows, n), dtype=np.uint64)
+    perm, sorted_codes = sort.sort_keys(k_codes)
+    return q_codes, perm, sorted_codes
+
+
+@pytest.mark.parametrize("n", AWKWARD_N)
+@pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
+@pytest.mark.parametrize("width", (1, 2, 5, 8, 300))
+def test_window_matches_spec(n, causal, width):
+    rng = np.random.default_rng(SEED + n + width)
+    for n_codes, falling in ((3, False), (1 << 30, False), (1 << 30, True)):
+        qz, perm, kz = _spec_window_inputs(rng, n, 2, n_codes, falling)
+        for chunk in sorted({1, 3, max(1, n // 4), n}):
+            pool_len = window.pool_lengths(n, causal, chunk)
+            want = window.neighbour_window(qz, perm, kz, pool_len, width)
+            assert_exact(window_numba.neighbour_window(qz, perm, kz, pool_len, width), want)
+            # any block size gives the same answer (only the cost moves)
+            for block in (1, 2, 7):
+                got = window_numba.neighbour_window(qz, perm, kz, pool_len, width, block=block)
+                assert_exact(got, want)
+
+
+def test_window_leading_dims_and_large_n():
+    rng = np.random.default_rng(SEED)
+    n = 3000
+    qz, perm, kz = _spec_window_inputs(rng, n, 2, 1 << 12)
+    shape = (2, 1, n)
+    qz, perm, kz = qz.reshape(shape), perm.reshape(shape), kz.reshape(shape)
+    for causal in ("inclusive", "strict", "none"):
+        pool_len = window.pool_lengths(n, causal, 400)
+        want = window.neighbour_window(qz, perm, kz, pool_len, 32)
+        assert_exact(window_numba.neighbour_window(qz, perm, kz, pool_len, 32), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("score", SCORES)
+def test_rerank_matches_spec(dtype, score):
+    rng = np.random.default_rng(SEED)
+    n, width, k_top = 257, 12, 5
+    q = rng.standard_normal((2, n, 3)).astype(dtype)
+    k = rng.standard_normal((2, n, 3)).astype(dtype)
+    k = np.round(k * 2) / 2  # repeated keys: ties in nearness, broken by position
+    q = np.round(q * 2) / 2
+    codes = morton.morton_encode(quantize.quantize(k, 10), 10)
+    perm, sorted_codes = sort.sort_keys(codes)
+    q_codes = morton.morton_encode(quantize.quantize(q, 10), 10)
+    for causal in ("inclusive", "strict", "none"):
+        widx = window.neighbour_window(q_codes, perm, sorted_codes,
+                                       window.pool_lengths(n, causal, 20), width)
+        for top in (1, k_top, width):
+            assert_exact(window_numba.rerank(q, k, widx, top, score),
+                         window.rerank(q, k, widx, top, score))
+
+
+# ---------------------------------------------------------------- stage 6: top-k softmax
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", ("inclusive", "none"))
+def test_history_means_match_spec(dtype, causal):
+    rng = np.random.default_rng(SEED)
+    k = rng.standard_normal((2, 257, 3)).astype(dtype)
+    v = rng.standard_normal((2, 257, 37)).astype(dtype)
+    for got, want in zip(topk_softmax_numba.history_means(k, v, causal),
+                         topk_softmax.history_means(k, v, causal)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("with_mean", (True, False))
+def test_topk_attention_matches_spec(dtype, score, with_mean):
+    rng = np.random.default_rng(SEED)
+    n, n_slots = 257, 6
+    q = rng.standard_normal((2, n, 3)).astype(dtype)
+    k = rng.standard_normal((2, n, 3)).astype(dtype)
+    v = rng.standard_normal((2, n, 10)).astype(dtype)
+    cand = rng.integers(-1, n, size=(2, n, n_slots))
+    cand[0, :3] = -1  # queries with no candidate at all (D9)
+    means = topk_softmax.history_means(k, v, "inclusive") if with_mean else (None, None)
+    got = topk_softmax_numba.topk_attention(q, k, v, cand, score, 0.7, *means)
+    want = topk_softmax.topk_attention(q, k, v, cand, score, 0.7, *means)
+    for g, w in zip(got, want):
+        assert_close(g, w)

@@ -1,0 +1,97 @@
+"""Numba twin of stage 4, sorting the keys by Z code (paper section 3.3; D10).
+
+Same signature and output dtypes as :func:`zeta_ref.sort.sort_keys`: a *stable* sort, so equal
+codes keep position order (D10) and the permutation is the specification's, bit for bit.
+
+Method: a least-significant-digit radix sort, 8 bits per pass, one row per thread (prange over
+the batch*head rows). LSD radix sort is stable by construction: each pass is a counting sort
+that keeps the order of equal digits. Only as many passes as the row's largest code needs are
+run (4 for the default 30-bit codes). It does O(passes * N) work and needs two (N,) buffers
+per row. docs/benchmarks.md compares it with NumPy's stable argsort (a merge sort for 64-bit
+integers) on this machine.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_DIGIT_BITS = 8
+_BUCKETS = 1 << _DIGIT_BITS
+
+
+@nb.njit(cache=True)
+def _radix_sort_row(codes, perm_out, codes_out):
+    """Stable LSD radix sort of one row; writes the permutation and the sorted codes."""
+    n = codes.shape[0]
+    # pass 0: how many 8-bit digits the largest code has
+    top = np.uint64(0)
+    for i in range(n):
+        if codes[i] > top:
+            top = codes[i]
+    passes = 0
+    while top > 0:
+        passes += 1
+        top >>= np.uint64(_DIGIT_BITS)
+    # start from the identity order
+    perm_a = np.arange(n).astype(np.int64)  # (N,)
+    code_a = codes.copy()  # (N,)
+    perm_b = np.empty(n, dtype=np.int64)
+    code_b = np.empty(n, dtype=np.uint64)
+    count = np.empty(_BUCKETS, dtype=np.int64)
+    mask = np.uint64(_BUCKETS - 1)
+    for p in range(passes):
+        shift = np.uint64(p * _DIGIT_BITS)
+        # step 1: histogram of this digit
+        count[:] = 0
+        for i in range(n):
+            count[(code_a[i] >> shift) & mask] += 1
+        # step 2: exclusive prefix sum = first output slot of each digit
+        run = 0
+        for b in range(_BUCKETS):
+            c = count[b]
+            count[b] = run
+            run += c
+        # step 3: scatter in input order (stable)
+        for i in range(n):
+            b = (code_a[i] >> shift) & mask
+            slot = count[b]
+            count[b] = slot + 1
+            perm_b[slot] = perm_a[i]
+            code_b[slot] = code_a[i]
+        perm_a, perm_b = perm_b, perm_a
+        code_a, code_b = code_b, code_a
+    perm_out[:] = perm_a
+    codes_out[:] = code_a
+
+
+@nb.njit(cache=True, parallel=True)
+def _sort_rows(codes):
+    """codes: (R, N) uint64 contiguous; returns perm int64 (R, N), sorted codes uint64 (R, N)."""
+    r_count, n = codes.shape
+    perm = np.empty((r_count, n), dtype=np.int64)
+    sorted_codes = np.empty((r_count, n), dtype=np.uint64)
+    for r in nb.prange(r_count):
+        _radix_sort_row(codes[r], perm[r], sorted_codes[r])
+    return perm, sorted_codes
+
+
+def sort_keys(key_codes) -> tuple[np.ndarray, np.ndarray]:
+    """Stable sort of the key codes along the last axis (Numba twin).
+
+    Parameters
+    ----------
+    key_codes : uint64 array (..., N)
+
+    Returns
+    -------
+    perm : int64 array (..., N)
+        The key positions in Z order, equal codes by position (D10).
+    sorted_codes : uint64 array (..., N)
+    """
+    key_codes = np.asarray(key_codes)
+    shape = key_codes.shape
+    n_rows = int(np.prod(shape[:-1], dtype=np.int64))
+    rows = np.ascontiguousarray(key_codes.reshape(n_rows, shape[-1]), dtype=np.uint64)  # (R, N)
+    perm, sorted_codes = _sort_rows(rows)
+    return perm.reshape(shape), sorted_codes.reshape(shape)

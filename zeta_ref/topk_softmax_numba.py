@@ -1,0 +1,207 @@
+"""Numba twin of stage 6, the top-k softmax and the mean term (section 3.4, Eq. 6; D7, D8, D9).
+
+Same signatures and output dtypes as :func:`zeta_ref.topk_softmax.history_means` and
+:func:`zeta_ref.topk_softmax.topk_attention`. Per query, in the input dtype:
+
+    near_s  = ||q - k_s||^2 (or -<q, k_s> for "softmax"), coordinate by coordinate
+    a_s     = the score's affinity of near_s (0 for an empty slot, D9)
+    w_s     = a_s / sum_t a_t                       over the k slots and the mean term (D8)
+    out     = sum_s w_s v_s + w_mean vbar
+
+The running sums of the mean term are float64, as in the specification. Float results agree
+with the specification within :mod:`zeta_ref.tolerances` (the sums run in a different order).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from .config import SCORES
+from .topk_softmax import INV_EUCLIDEAN_EPS
+
+_SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
+
+
+@nb.njit(cache=True, parallel=True)
+def _means_kernel(x, whole, threads):
+    """x: (R, N, d); returns the cumulative (or whole-sequence) means, (R, N, d), x's dtype."""
+    r_count, n, d = x.shape
+    out = np.empty_like(x)  # (R, N, d)
+    # rows are walked in order (the sums are sequential); the columns are split into one
+    # block per thread, so each thread reads its share of every row once
+    n_col_blocks = max(1, min(threads // r_count, d))
+    width = (d + n_col_blocks - 1) // n_col_blocks
+    n_col_blocks = (d + width - 1) // width
+    for task in nb.prange(r_count * n_col_blocks):
+        r = task // n_col_blocks
+        e0 = (task % n_col_blocks) * width
+        e1 = min(e0 + width, d)
+        running = np.zeros(e1 - e0, dtype=np.float64)  # float64 running sums over j <= i
+        for i in range(n):
+            for e in range(e0, e1):
+                running[e - e0] += np.float64(x[r, i, e])
+            if not whole:
+                count = np.float64(i + 1)
+                for e in range(e0, e1):
+                    out[r, i, e] = running[e - e0] / count
+        if whole:  # "none": every query gets the mean of all N positions
+            for i in range(n):
+                for e in range(e0, e1):
+                    out[r, i, e] = running[e - e0] / n
+    return out
+
+
+def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
+    """The mean key and mean value each query may add as an extra candidate (Numba twin, D8).
+
+    Parameters
+    ----------
+    k : float array (..., N, d_k)
+    v : float array (..., N, d_v)
+    causal : str
+        Causal modes average positions j <= i; "none" averages all N positions.
+
+    Returns
+    -------
+    mean_k : array (..., N, d_k), mean_v : array (..., N, d_v), in the input dtype.
+    """
+    out = []
+    for x in (k, v):
+        x = np.asarray(x)
+        n, d = x.shape[-2], x.shape[-1]
+        rows = np.ascontiguousarray(x.reshape(-1, n, d))  # (R, N, d)
+        out.append(_means_kernel(rows, causal == "none",
+                                 np.int64(nb.get_num_threads())).reshape(x.shape))
+    return out[0], out[1]
+
+
+@nb.njit(cache=True, parallel=True)
+def _topk_kernel(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean):
+    """q, k (R, N, d_k); v (R, N, d_v); cand (R, N, k); means (R, N, *) or dummies.
+
+    Returns out (R, N, d_v), weights (R, N, k), mean_weight (R, N), all in q's dtype.
+    """
+    r_count, n, d_k = q.shape
+    d_v = v.shape[2]
+    n_slots = cand.shape[2]
+    one = q.dtype.type(1)
+    zero = q.dtype.type(0)
+    if score == 0:
+        add = q.dtype.type(gamma * gamma)
+    else:
+        add = q.dtype.type(INV_EUCLIDEAN_EPS)
+    root_d = q.dtype.type(np.sqrt(d_k))
+    out = np.zeros((r_count, n, d_v), dtype=q.dtype)  # (R, N, d_v)
+    weights = np.zeros((r_count, n, n_slots), dtype=q.dtype)  # (R, N, k)
+    mean_weight = np.zeros((r_count, n), dtype=q.dtype)  # (R, N)
+    for task in nb.prange(r_count * n):
+        r = task // n
+        i = task % n
+        a = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) affinities, slot k = mean term
+        # step 1: nearness of every candidate, coordinate by coordinate (window.nearness)
+        for s in range(n_slots + 1):
+            if s < n_slots:
+                j = cand[r, i, s]
+                if j < 0:
+                    continue
+            elif not with_mean:
+                continue
+            acc = zero
+            for e in range(d_k):
+                ke = k[r, j, e] if s < n_slots else mean_k[r, i, e]
+                if score == 1:
+                    acc -= q[r, i, e] * ke
+                else:
+                    diff = q[r, i, e] - ke
+                    acc += diff * diff
+            a[s] = acc
+        # step 2: affinities (0 for empty slots, D9)
+        top = -np.inf
+        for s in range(n_slots + 1):
+            valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
+            if not valid:
+                continue
+            if score == 0 or score == 3:
+                a[s] = one / (a[s] + add)
+            else:
+                logit = -a[s] / root_d if score == 1 else -a[s]
+                a[s] = logit
+                if logit > top:
+                    top = logit
+        if score == 1 or score == 2:
+            if not np.isfinite(top):
+                top = 0.0
+            top_x = q.dtype.type(top)
+            for s in range(n_slots + 1):
+                valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
+                if valid:
+                    a[s] = np.exp(a[s] - top_x)
+        # step 3: normalise over the k slots and the mean term together
+        total = zero
+        for s in range(n_slots + 1):
+            valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
+            if valid:
+                total += a[s]
+        if total <= zero:
+            total = one  # nothing valid: weights and output stay 0
+        # step 4: weighted sum of the values
+        row = out[r, i]  # (d_v,)
+        for s in range(n_slots):
+            j = cand[r, i, s]
+            if j < 0:
+                continue
+            w = a[s] / total
+            weights[r, i, s] = w
+            for e in range(d_v):
+                row[e] += w * v[r, j, e]
+        if with_mean:
+            w = a[n_slots] / total
+            mean_weight[r, i] = w
+            for e in range(d_v):
+                row[e] += w * mean_v[r, i, e]
+    return out, weights, mean_weight
+
+
+def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
+                   mean_k=None, mean_v=None):
+    """Weights over each query's candidates and the weighted sum of their values (Numba twin).
+
+    Parameters
+    ----------
+    q, k : float arrays (..., N, d_k)
+    v : float array (..., N, d_v)
+    candidates : int64 array (..., N, k), -1 for empty slots
+    score : {"cauchy", "softmax", "neg_euclidean", "inv_euclidean"}
+    gamma : float
+    mean_k, mean_v : arrays (..., N, d_k), (..., N, d_v), optional
+        The mean term (D8); None leaves it out.
+
+    Returns
+    -------
+    out : (..., N, d_v), weights : (..., N, k), mean_weight : (..., N), in the input dtype.
+    """
+    if score not in _SCORE_IDS:
+        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    q = np.asarray(q)
+    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+    v = np.asarray(v)
+    d_v = v.shape[-1]
+    n_slots = candidates.shape[-1]
+    n_rows = int(np.prod(lead, dtype=np.int64))
+    qr = np.ascontiguousarray(q.reshape(n_rows, n, d_k))  # (R, N, d_k)
+    kr = np.ascontiguousarray(np.asarray(k).reshape(n_rows, n, d_k))  # (R, N, d_k)
+    vr = np.ascontiguousarray(v.reshape(n_rows, n, d_v))  # (R, N, d_v)
+    cr = np.ascontiguousarray(np.asarray(candidates).reshape(n_rows, n, n_slots),
+                              dtype=np.int64)  # (R, N, k)
+    with_mean = mean_k is not None
+    if with_mean:
+        mk = np.ascontiguousarray(np.asarray(mean_k).reshape(n_rows, n, d_k))  # (R, N, d_k)
+        mv = np.ascontiguousarray(np.asarray(mean_v).reshape(n_rows, n, d_v))  # (R, N, d_v)
+    else:  # typed placeholders so that one compiled kernel serves both cases
+        mk = np.zeros((1, 1, d_k), dtype=qr.dtype)
+        mv = np.zeros((1, 1, d_v), dtype=qr.dtype)
+    out, w, w_mean = _topk_kernel(qr, kr, vr, cr, np.int64(_SCORE_IDS[score]), float(gamma),
+                                  mk, mv, with_mean)
+    return (out.reshape(lead + (n, d_v)), w.reshape(lead + (n, n_slots)),
+            w_mean.reshape(lead + (n,)))

@@ -1,0 +1,248 @@
+"""Numba twin of stage 5, the causal neighbour window and the re-rank (section 3.3; D4-D6, D9, D11).
+
+Same signatures, output dtypes and answers as :func:`zeta_ref.window.neighbour_window` and
+:func:`zeta_ref.window.rerank`. The specification reads the steps literally: for every distinct
+pool length L it filters the sorted keys down to the pool (O(N) per pool, O(N^2) for
+"inclusive"). The twin gets the same window in about O(N sqrt(N) / 32 + N (log N + W)):
+
+Step 1, blocked pools. Positions are cut into blocks of ``B`` positions. The queries whose pool
+length L lies in ``(c B, (c + 1) B]`` share one *block pool*: the sorted keys whose position is
+below ``(c + 1) B``, filtered from the global Z order (stable, so code ties stay in position
+order, D10). The block pool holds the query's true pool (positions < L) plus fewer than B
+future keys, which the walk of step 3 skips.
+
+Step 2, binary search. ``ip`` = number of block-pool keys with a code below the query's
+(side "left"). The visible keys before ``ip`` are exactly the pool keys with a smaller code, so
+the visible key at or after ``ip`` has pool rank p, the specification's insertion point.
+
+Step 3, window (D6, D11, D9). Walk left from ``ip`` collecting up to W//2 visible keys (ranks
+p-1, p-2, ...) and right collecting the rest (ranks p, p+1, ...), skipping positions >= L.
+If the left side runs out (p < W//2) the right side takes more; if the right side runs out the
+left walk goes on: that is the specification's slide ``start = clip(p - W//2, 0, n_pool - W)``
+without knowing p. Fewer than W visible keys leave -1 in the last slots.
+
+Cost: building a block pool is O(N); with about sqrt(N / 16) blocks that is O(N^1.5 / 4) of
+cheap sequential work. A walk skips at most B - 1 future keys (at most B/2 on average over a
+block when codes are adversarial; about W B / L for random codes), and nothing in "none" mode.
+Memory: two (N,) arrays per block being processed, never N x N.
+
+Re-rank (step 4): the nearness is accumulated coordinate by coordinate in the input dtype, in
+the specification's order, so it is bit-identical; the k nearest (ties to the lower position,
+empty slots last) are kept in window order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+
+def block_size(n: int, width: int) -> int:
+    """B, the positions per block pool: about 4 sqrt(N), never below W (see module docstring)."""
+    return max(int(width), 4 * int(math.isqrt(max(int(n), 1))), 1)
+
+
+@nb.njit(cache=True, parallel=True)
+def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, width, block):
+    """q_codes, key_perm, sorted_codes: (R, N); pool_len (N,) in [0, N]; returns int64 (R, N, W)."""
+    r_count, n = q_codes.shape
+    half = width // 2
+    out = np.full((r_count, n, width), -1, dtype=np.int64)  # (R, N, W)
+    n_blocks = (n + block - 1) // block
+    # the queries of each block pool, grouped by a counting sort on the block id
+    block_of = np.empty(n, dtype=np.int64)  # (N,), -1 for an empty pool
+    first = np.zeros(n_blocks + 1, dtype=np.int64)
+    for i in range(n):
+        L = pool_len[i]
+        block_of[i] = (L - 1) // block if L > 0 else -1
+        if L > 0:
+            first[block_of[i] + 1] += 1
+    for c in range(n_blocks):
+        first[c + 1] += first[c]
+    queries = np.empty(first[n_blocks], dtype=np.int64)  # query ids, grouped by block
+    fill = first[:n_blocks].copy()
+    for i in range(n):
+        c = block_of[i]
+        if c >= 0:
+            queries[fill[c]] = i
+            fill[c] += 1
+    for task in nb.prange(r_count * n_blocks):
+        r = task // n_blocks
+        c = n_blocks - 1 - task % n_blocks  # the larger pools first: better load balance
+        if first[c + 1] == first[c]:
+            continue
+        limit = min((c + 1) * block, n)
+        # step 1: the block pool, in Z order: sorted keys with position < limit
+        pool_pos = np.empty(limit, dtype=np.int64)  # (n_block_pool,)
+        pool_codes = np.empty(limit, dtype=np.uint64)  # (n_block_pool,)
+        m = 0
+        for s in range(n):
+            j = key_perm[r, s]
+            if j < limit:
+                pool_pos[m] = j
+                pool_codes[m] = sorted_codes[r, s]
+                m += 1
+        left = np.empty(width, dtype=np.int64)  # visible keys below the insertion point
+        for t in range(first[c], first[c + 1]):
+            i = queries[t]
+            L = pool_len[i]
+            qz = q_codes[r, i]
+            # step 2: binary search, side "left": first block-pool key with code >= qz
+            lo = 0
+            hi = m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if pool_codes[mid] < qz:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            ip = lo
+            # step 3: W//2 visible keys below, the rest at or above, slid inside the pool
+            n_left = 0
+            a = ip - 1
+            while n_left < half and a >= 0:
+                if pool_pos[a] < L:
+                    left[n_left] = pool_pos[a]
+                    n_left += 1
+                a -= 1
+            want_right = width - n_left  # more on the right when the left ran out (D11)
+            n_right = 0
+            b = ip
+            row = out[r, i]
+            while n_right < want_right and b < m:
+                if pool_pos[b] < L:
+                    row[n_left + n_right] = pool_pos[b]  # placed after the left part, below
+                    n_right += 1
+                b += 1
+            if n_right < want_right:  # the right ran out: the left walk goes on (D11)
+                while n_left + n_right < width and a >= 0:
+                    if pool_pos[a] < L:
+                        left[n_left] = pool_pos[a]
+                        n_left += 1
+                    a -= 1
+                # the right part moves up behind the longer left part
+                shift = n_left - (width - want_right)
+                if shift > 0:
+                    for s in range(n_right - 1, -1, -1):
+                        row[width - want_right + s + shift] = row[width - want_right + s]
+            # the left part, nearest first in `left`, goes in Z order into the first slots
+            for s in range(n_left):
+                row[s] = left[n_left - 1 - s]
+            for s in range(n_left + n_right, width):
+                row[s] = -1
+    return out
+
+
+def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, *,
+                     block: int | None = None) -> np.ndarray:
+    """Each query's window of W keys around its place in its pool (Numba twin, steps 1-3).
+
+    Parameters
+    ----------
+    q_codes : uint64 array (..., N)
+    key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
+    pool_len : int64 array (N,)
+        L_i from :func:`zeta_ref.window.pool_lengths`.
+    width : int
+        W, the window width.
+    block : int, optional
+        B, positions per block pool; :func:`block_size` when omitted. Any B >= 1 gives the
+        same answer (the tests use tiny ones); it only moves the cost between steps 1 and 3.
+
+    Returns
+    -------
+    int64 array (..., N, W): key positions, -1 for empty slots, listed in Z order.
+    """
+    q_codes = np.asarray(q_codes)
+    lead, n = q_codes.shape[:-1], q_codes.shape[-1]
+    n_rows = int(np.prod(lead, dtype=np.int64))
+    qz = np.ascontiguousarray(q_codes.reshape(n_rows, n), dtype=np.uint64)  # (R, N)
+    perm = np.ascontiguousarray(np.asarray(key_perm).reshape(n_rows, n), dtype=np.int64)  # (R, N)
+    kz = np.ascontiguousarray(np.asarray(sorted_key_codes).reshape(n_rows, n),
+                              dtype=np.uint64)  # (R, N)
+    lengths = np.clip(np.asarray(pool_len, dtype=np.int64), 0, n)  # (N,)
+    width = int(width)
+    out = _window_kernel(qz, perm, kz, lengths, np.int64(width),
+                         np.int64(block_size(n, width) if block is None else block))
+    return out.reshape(lead + (n, width))
+
+
+@nb.njit(cache=True, parallel=True)
+def _rerank_kernel(q, k, window_idx, k_top, softmax):
+    """q, k: (R, N, d); window_idx (R, N, W); returns int64 (R, N, k_top)."""
+    r_count, n, d = q.shape
+    width = window_idx.shape[2]
+    big = np.iinfo(np.int64).max
+    out = np.empty((r_count, n, k_top), dtype=np.int64)  # (R, N, k)
+    for task in nb.prange(r_count * n):
+        r = task // n
+        i = task % n
+        near = np.empty(width, dtype=q.dtype)  # (W,)
+        pos = np.empty(width, dtype=np.int64)  # (W,)
+        order = np.empty(width, dtype=np.int64)  # slots, nearest first
+        kept = np.zeros(width, dtype=np.bool_)
+        # nearness, coordinate by coordinate in the input dtype (window.nearness)
+        for s in range(width):
+            j = window_idx[r, i, s]
+            if j < 0:
+                near[s] = np.inf
+                pos[s] = big
+                continue
+            acc = q.dtype.type(0)
+            for e in range(d):
+                if softmax:
+                    acc -= q[r, i, e] * k[r, j, e]
+                else:
+                    diff = q[r, i, e] - k[r, j, e]
+                    acc += diff * diff
+            near[s] = acc
+            pos[s] = j
+        # rank by (nearness, position, slot): an insertion sort, stable like lexsort
+        for s in range(width):
+            t = s
+            while t > 0:
+                o = order[t - 1]
+                if near[o] > near[s] or (near[o] == near[s] and pos[o] > pos[s]):
+                    order[t] = o
+                    t -= 1
+                else:
+                    break
+            order[t] = s
+        for s in range(k_top):
+            kept[order[s]] = True
+        # the kept keys back in window order
+        m = 0
+        for s in range(width):
+            if kept[s]:
+                out[r, i, m] = window_idx[r, i, s]
+                m += 1
+    return out
+
+
+def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
+    """Keep the ``k_top`` keys of each window nearest to the query (Numba twin, step 4).
+
+    Parameters
+    ----------
+    q, k : float arrays (..., N, d_k)
+    window_idx : int64 array (..., N, W)
+    k_top : int
+    score : str
+        "softmax" ranks by -<q, k>, the other scores by ||q - k||^2.
+
+    Returns
+    -------
+    int64 array (..., N, k): the kept positions in window order, then -1 for empty slots.
+    """
+    q = np.asarray(q)
+    lead, n, d = q.shape[:-2], q.shape[-2], q.shape[-1]
+    n_rows = int(np.prod(lead, dtype=np.int64))
+    width = window_idx.shape[-1]
+    qr = np.ascontiguousarray(q.reshape(n_rows, n, d))  # (R, N, d_k)
+    kr = np.ascontiguousarray(np.asarray(k).reshape(n_rows, n, d))  # (R, N, d_k)
+    wr = np.ascontiguousarray(np.asarray(window_idx).reshape(n_rows, n, width),
+                              dtype=np.int64)  # (R, N, W)
+    out = _rerank_kernel(qr, kr, wr, np.int64(k_top), score == "softmax")  # (R, N, k)
+    return out.reshape(lead + (n, int(k_top)))
