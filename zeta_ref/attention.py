@@ -1,7 +1,7 @@
 """The composed ZETA forward pass: stages 2 to 6 behind one call.
 
 Stage 1 (projection) happens before: :func:`zeta_attention` takes queries and keys already
-projected to d_k. The pass, for every leading (batch, head) slice independently:
+projected to d_k. The pass, for every leading (batch, head) slice independently::
 
     q, k (..., N, d_k) --quantize--> q_coords, k_coords (..., N, d_k) uint64      stage 2
                        --morton-->   q_codes, k_codes (..., N) uint64              stage 3

@@ -8,11 +8,13 @@ insertion position". Chunk size and window size are named but not given.
 zeta_ref's reading, step by step:
 
 1. Pools (D4, D5). Every query i may see a *prefix* of the positions, ``[0, L_i)``:
+
    - ``"inclusive"``: the keys of chunks 0..m (m = the query's chunk) with the keys after the
      query masked out, which is every key j <= i, so L_i = i + 1;
    - ``"strict"``: chunks 0..m-1 only (paper-literal), L_i = m * M: the first chunk sees nothing
      and gets only the mean term (D8) or zeros (D9);
    - ``"none"``: all N keys (non-causal, encoders).
+
    In "inclusive" mode the chunk size M therefore organises the work but cannot change the
    answer. That is deliberate: cutting the window from the whole chunk's sorted keys and
    masking afterwards would let a later key of the same chunk push an earlier one out of the
