@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zeta_ref import Intermediates, ZetaConfig, morton_encode, oracles, zeta_attention
+from zeta_ref._checks import magnitude_limit
 from zeta_ref.quantize import quantize
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
@@ -248,8 +249,8 @@ def test_intermediates_shapes_dtypes_and_stages(rng, make_qkv, dtype, window, hi
         "q_coords": (lead + (n, d_k), np.uint64), "k_coords": (lead + (n, d_k), np.uint64),
         "q_codes": (lead + (n,), np.uint64), "k_codes": (lead + (n,), np.uint64),
         "key_perm": (lead + (n,), np.int64), "sorted_key_codes": (lead + (n,), np.uint64),
-        "pool_len": ((n,), np.int64), "window_idx": (lead + (n, w), np.int64),
-        "candidates": (lead + (n, k_top), np.int64), "weights": (lead + (n, k_top), dtype),
+        "pool_len": ((n,), np.int64), "insertion": (lead + (n,), np.int64),
+        "window_idx": (lead + (n, w), np.int64), "candidates": (lead + (n, k_top), np.int64), "weights": (lead + (n, k_top), dtype),
         "mean_weight": (lead + (n,), dtype), "output": (lead + (n, d_v), dtype),
     }
     if history_mean:
@@ -273,6 +274,10 @@ def test_intermediates_shapes_dtypes_and_stages(rng, make_qkv, dtype, window, hi
         assert p.tolist() == sorted(range(n), key=lambda j: (int(flat_codes[r, j]), j))
     np.testing.assert_array_equal(inter.sorted_key_codes,
                                   np.take_along_axis(inter.k_codes, inter.key_perm, -1))
+    # p_i counts the keys j < L_i with a smaller code
+    smaller = inter.k_codes[..., None, :] < inter.q_codes[..., :, None]  # (..., N, N)
+    seen = np.arange(n)[None, :] < inter.pool_len[:, None]  # (N, N)
+    np.testing.assert_array_equal(inter.insertion, (smaller & seen).sum(-1))
     if window is None:
         assert np.array_equal(inter.candidates, inter.window_idx)
     else:  # the candidates are a subset of the window
@@ -442,25 +447,47 @@ def test_tiny_sequences(rng, make_qkv, n, causal):
 # ----------------------------------------------------------------------------- known limits
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, not fixed: nearness overflows for finite "
-                   "but huge q, k (|x| ~ 1e19 in float32, 1e154 in float64): NaN or all-zero "
-                   "weights instead of an answer or a clear error")
-@pytest.mark.parametrize("dtype, scale, score", [(np.float32, 1e19, "softmax"),
-                                                 (np.float64, 1e154, "cauchy")])
-def test_huge_finite_inputs_give_a_normalised_answer(make_qkv, dtype, scale, score):
-    q, k, v = make_qkv(np.random.default_rng(0), 8, 3, 2, dtype=dtype, scale=scale)
-    out, inter = zeta_attention(q, k, v, ZetaConfig(k=3, score=score, history_mean=False),
-                                return_intermediates=True)
-    assert np.isfinite(out).all()
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["q", "k"])
+def test_inputs_too_large_for_the_scores_are_refused(make_qkv, dtype, name):
+    # |x| ~ 1e19 (float32) or 1e154 (float64) would overflow the squared distances
+    q, k, v = make_qkv(np.random.default_rng(0), 8, 3, 2, dtype=dtype)
+    big = {"q": q, "k": k}[name]
+    big[3, 1] = 10 * magnitude_limit(dtype, 3)
+    with pytest.raises(ValueError, match=f"^{name} holds values up to"):
+        zeta_attention(q, k, v, ZetaConfig(k=3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("score", ["cauchy", "softmax", "neg_euclidean", "inv_euclidean"])
+def test_inputs_just_inside_the_limit_give_a_normalised_answer(dtype, score):
+    # the farthest pairs allowed: every coordinate at +limit or -limit
+    lim = np.nextafter(dtype(magnitude_limit(dtype, 3)), dtype(0))
+    signs = np.array([[1, 1, 1], [-1, -1, -1], [1, -1, 1], [-1, 1, -1], [1, 1, -1]], dtype)
+    q, k = signs * lim, signs[::-1].copy() * lim
+    v = np.arange(15, dtype=dtype).reshape(5, 3)
+    cfg = ZetaConfig(k=3, score=score, history_mean=False, gamma=1.0)
+    out, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    assert np.isfinite(out).all() and np.isfinite(inter.weights).all()
     np.testing.assert_allclose(inter.weights.astype(np.float64).sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, not fixed: a tiny gamma (gamma^2 below the "
-                   "dtype's range, or 1/gamma^2 above it) with a key exactly on the query "
-                   "gives inf/inf = NaN")
-@pytest.mark.parametrize("dtype, gamma", [(np.float32, 1e-20), (np.float64, 1e-170)])
-def test_tiny_gamma_with_exact_match(make_qkv, dtype, gamma):
+@pytest.mark.parametrize("dtype, gamma", [(np.float32, 1e-20), (np.float64, 1e-170),
+                                          (np.float32, 1e20), (np.float64, 1e160)])
+def test_gamma_outside_the_dtype_range_is_refused(make_qkv, dtype, gamma):
+    # 1 / gamma^2 overflows (tiny gamma; NaN with a key on the query) or gamma^2 does (huge)
     q, _, v = make_qkv(np.random.default_rng(0), 5, 3, 2, dtype=dtype)
-    with np.errstate(all="ignore"):
-        out = zeta_attention(q, q.copy(), v, ZetaConfig(k=2, gamma=gamma))
+    with pytest.raises(ValueError, match="^gamma must lie in"):
+        zeta_attention(q, q.copy(), v, ZetaConfig(k=2, gamma=gamma))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smallest_allowed_gamma_with_exact_match_is_finite(make_qkv, dtype):
+    q, _, v = make_qkv(np.random.default_rng(0), 5, 3, 2, dtype=dtype)
+    cfg = ZetaConfig(k=2)
+    low = float(np.sqrt((cfg.k + 2) / np.finfo(dtype).max)) * 1.01
+    out, inter = zeta_attention(q, q.copy(), v, ZetaConfig(k=2, gamma=low),
+                                return_intermediates=True)
     assert np.isfinite(out).all()
+    total = inter.weights.astype(np.float64).sum(-1) + inter.mean_weight
+    np.testing.assert_allclose(total, 1.0, rtol=1e-5)

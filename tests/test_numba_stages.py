@@ -211,3 +211,15 @@ def test_topk_attention_matches_spec(dtype, score, with_mean):
     want = topk_softmax.topk_attention(q, k, v, cand, score, 0.7, *means)
     for g, w in zip(got, want):
         assert_close(g, w)
+
+
+@pytest.mark.parametrize("n", AWKWARD_N)
+@pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
+def test_insertion_points_match_spec(n, causal):
+    rng = np.random.default_rng(SEED + n)
+    for n_codes, falling in ((3, False), (1 << 30, False), (1 << 30, True)):
+        qz, perm, kz = _spec_window_inputs(rng, n, 2, n_codes, falling)
+        for chunk in sorted({1, 3, max(1, n // 4), n}):
+            pool_len = window.pool_lengths(n, causal, chunk)
+            assert_exact(window_numba.insertion_points(qz, perm, kz, pool_len),
+                         window.insertion_points(qz, perm, kz, pool_len))

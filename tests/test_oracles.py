@@ -82,12 +82,20 @@ def test_dense_is_float64_for_float32_input(rng, make_qkv):
     np.testing.assert_array_equal(got, want)
 
 
-def test_dense_strict_default_chunk_is_the_default_rule(rng, make_qkv):
+@pytest.mark.parametrize("oracle", ["dense", "topk"])
+def test_strict_pools_need_an_explicit_chunk_size(rng, make_qkv, oracle):
+    # ZETA's M depends on its k (D5); an oracle guessing it could silently use other pools
     q, k, v = make_qkv(rng, 300, 3, 2)
-    m = 38  # max(32, ceil(300 / 8))
-    np.testing.assert_array_equal(oracles.dense_attention(q, k, v, "softmax", "strict"),
-                                  oracles.dense_attention(q, k, v, "softmax", "strict",
-                                                          chunk_size=m))
+    call = {"dense": lambda **kw: oracles.dense_attention(q, k, v, "softmax", "strict", **kw),
+            "topk": lambda **kw: oracles.exact_topk(q, k, 4, "cauchy", "strict", **kw)}[oracle]
+    with pytest.raises(ValueError, match="chunk_size must be given for causal='strict'"):
+        call()
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        call(chunk_size=0)
+    # inclusive and none do not depend on M at all
+    for causal in ("inclusive", "none"):
+        np.testing.assert_array_equal(oracles.exact_topk(q, k, 4, "cauchy", causal),
+                                      oracles.exact_topk(q, k, 4, "cauchy", causal, chunk_size=7))
 
 
 def loop_topk(q, k, k_top, score, causal, m):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from zeta_ref.window import gather_rows, nearness, neighbour_window, pool_lengths, rerank
+from zeta_ref.window import (gather_rows, insertion_points, nearness, neighbour_window,
+                             pool_lengths, rerank)
 
 MODES = ("inclusive", "strict", "none")
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
@@ -115,6 +116,43 @@ def test_window_matches_brute_force(rng, brute_window, kind, causal, m, width):
             # listed in Z order, ties by position
             keys = [(int(k_codes[r, j]), int(j)) for j in valid]
             assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("causal, m", [("inclusive", 4), ("strict", 3), ("none", 4)])
+def test_insertion_points_count_the_smaller_codes_of_the_pool(rng, kind, causal, m):
+    n, rows = 23, 2
+    q_codes, k_codes = adversarial_codes(kind, rng, rows, n)
+    perm, sorted_codes = own_sort(k_codes)
+    pool_len = pool_lengths(n, causal, m)
+    got = insertion_points(q_codes, perm, sorted_codes, pool_len)
+    assert got.dtype == np.int64 and got.shape == (rows, n)
+    for r in range(rows):
+        for i in range(n):
+            want = sum(int(k_codes[r, j]) < int(q_codes[r, i]) for j in range(pool_len[i]))
+            assert got[r, i] == want, (r, i)
+
+
+def test_window_starts_half_a_window_below_the_insertion_point(rng):
+    # away from the pool's ends the window is exactly ranks p - W//2 ... p - W//2 + W - 1
+    n, width = 200, 6
+    q_codes, k_codes = adversarial_codes("random", rng, 1, n)
+    perm, sorted_codes = own_sort(k_codes)
+    pool_len = pool_lengths(n, "none", 1)
+    ins = insertion_points(q_codes, perm, sorted_codes, pool_len)[0]
+    win = neighbour_window(q_codes, perm, sorted_codes, pool_len, width)[0]
+    inner = (ins >= width // 2) & (ins <= n - (width - width // 2))
+    assert inner.sum() > 150
+    for i in np.flatnonzero(inner):
+        np.testing.assert_array_equal(win[i], perm[0, ins[i] - width // 2:][:width])
+
+
+def test_pool_len_must_not_decrease():
+    codes = np.zeros((1, 3), np.uint64)
+    perm = np.arange(3)[None]
+    for fn in (insertion_points, lambda *a: neighbour_window(*a, 2)):
+        with pytest.raises(ValueError, match="pool_len must be a non-decreasing"):
+            fn(codes, perm, codes, np.array([2, 1, 2]))
 
 
 def test_window_by_hand():

@@ -57,7 +57,47 @@ def check_qkv(q, k, v):
         raise ValueError(f"d_k and d_v must be >= 1; got q {q.shape} and v {v.shape}")
     if 0 in q.shape[:-2]:
         raise ValueError(f"leading dimensions must be non-empty; got q of shape {q.shape}")
+    check_magnitude(q, "q")
+    check_magnitude(k, "k")
     return q, k, v
+
+
+def magnitude_limit(dtype, d: int) -> float:
+    """Largest |x| allowed in q and k of width ``d``, so no score can overflow.
+
+    A squared distance sum_j (q_j - k_j)^2 is at most d (2 |x|)^2, and a dot product at most
+    d |x|^2; with |x| <= sqrt(max / (8 d)) both stay below half the dtype's largest value.
+    """
+    return float(np.sqrt(np.finfo(dtype).max / (8 * d)))
+
+
+def check_magnitude(x: np.ndarray, name: str) -> None:
+    """q and k must stay below :func:`magnitude_limit`; a clear error instead of inf or NaN."""
+    limit = magnitude_limit(x.dtype, x.shape[-1])
+    largest = float(np.abs(x).max())
+    if largest > limit:
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g} in magnitude; for {x.dtype} with "
+            f"d_k = {x.shape[-1]} at most {limit:.3g} is allowed, or squared distances and dot "
+            f"products overflow (rescale {name}, or pass float64)"
+        )
+
+
+def check_gamma(gamma: float, dtype, n_candidates: int) -> None:
+    """gamma of the Cauchy score must keep 1 / (d^2 + gamma^2) finite and summable in ``dtype``.
+
+    The largest weight before normalising is 1 / gamma^2; ``n_candidates`` of them must sum to a
+    finite number, and gamma^2 itself must not overflow.
+    """
+    fmax = float(np.finfo(dtype).max)
+    low = float(np.sqrt((n_candidates + 1) / fmax))
+    high = float(np.sqrt(fmax / 4))
+    if not low <= gamma <= high:
+        raise ValueError(
+            f"gamma must lie in [{low:.3g}, {high:.3g}] for {np.dtype(dtype)} inputs with "
+            f"{n_candidates} candidates (the Cauchy weights 1 / (d^2 + gamma^2) would overflow "
+            f"or vanish otherwise); got {gamma!r}"
+        )
 
 
 def check_bits_for_dim(bits: int, d: int, name: str = "bits") -> None:

@@ -16,12 +16,13 @@ else:
     from .quantize_numba import quantize
     from .sort_numba import sort_keys
     from .topk_softmax_numba import history_means, topk_attention
-    from .window_numba import neighbour_window, rerank
+    from .window_numba import insertion_points, neighbour_window, rerank
 
     STAGES = Stages(
         quantize=quantize,
         morton_encode=morton_encode,
         sort_keys=sort_keys,
+        insertion_points=insertion_points,
         neighbour_window=neighbour_window,
         rerank=rerank,
         history_means=history_means,

@@ -5,12 +5,13 @@ from .morton import morton_encode
 from .quantize import quantize
 from .sort import sort_keys
 from .topk_softmax import history_means, topk_attention
-from .window import neighbour_window, rerank
+from .window import insertion_points, neighbour_window, rerank
 
 STAGES = Stages(
     quantize=quantize,
     morton_encode=morton_encode,
     sort_keys=sort_keys,
+    insertion_points=insertion_points,
     neighbour_window=neighbour_window,
     rerank=rerank,
     history_means=history_means,

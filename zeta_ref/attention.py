@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ._checks import check_bits_for_dim, check_qkv
+from ._checks import check_bits_for_dim, check_gamma, check_qkv
 from .backends import get_backend
 from .config import ZetaConfig
 from .window import pool_lengths
@@ -51,6 +51,9 @@ class Intermediates:
         Stage 4: ``k_codes`` in that order.
     pool_len : int64 (N,)
         Stage 5: query i may see key positions ``0 .. pool_len[i] - 1``.
+    insertion : int64 (..., N)
+        Stage 5: the binary search's result, p_i = how many keys of query i's pool have a
+        smaller code; the window starts at pool rank p_i - W//2 before sliding (D11).
     window_idx : int64 (..., N, W)
         Stage 5: the window around each query's insertion point; -1 = empty slot.
     candidates : int64 (..., N, k)
@@ -75,6 +78,7 @@ class Intermediates:
     key_perm: np.ndarray
     sorted_key_codes: np.ndarray
     pool_len: np.ndarray
+    insertion: np.ndarray
     window_idx: np.ndarray
     candidates: np.ndarray
     mean_k: np.ndarray | None
@@ -127,6 +131,8 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     q, k, v = check_qkv(q, k, v)
     n, d_k = q.shape[-2], q.shape[-1]
     check_bits_for_dim(cfg.bits, d_k, name="config.bits")
+    if cfg.score == "cauchy":
+        check_gamma(cfg.gamma, q.dtype, cfg.k + cfg.history_mean)
     s = entry.stages()
     # The stage functions trust their inputs: hand them contiguous arrays.
     q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
@@ -160,6 +166,8 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
         config=cfg, backend=entry.name, chunk_size=chunk,
         q_coords=q_coords, k_coords=k_coords, q_codes=q_codes, k_codes=k_codes,
         key_perm=key_perm, sorted_key_codes=sorted_key_codes, pool_len=pool_len,
+        # the window does not need p_i as such: it is computed for the reader only
+        insertion=s.insertion_points(q_codes, key_perm, sorted_key_codes, pool_len),
         window_idx=window_idx, candidates=candidates, mean_k=mean_k, mean_v=mean_v,
         weights=weights, mean_weight=mean_weight, output=output,
     )

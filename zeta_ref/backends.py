@@ -21,6 +21,7 @@ class Stages:
     quantize: Callable  # (x, bits, squash_method, clip_range) -> uint64 (..., N, d)
     morton_encode: Callable  # (u, bits) -> uint64 (...)
     sort_keys: Callable  # (key_codes) -> (int64 perm, uint64 sorted codes)
+    insertion_points: Callable  # (q_codes, perm, sorted_codes, pool_len) -> int64 (..., N)
     neighbour_window: Callable  # (q_codes, perm, sorted_codes, pool_len, width) -> int64 (..., N, W)
     rerank: Callable  # (q, k, window_idx, k_top, score) -> int64 (..., N, k)
     history_means: Callable  # (k, v, causal) -> (mean_k, mean_v)

@@ -155,10 +155,8 @@ def run(args) -> int:
     say(f"stage 5  causal neighbour window (D4, D5, D6, D11): causal={cfg.causal}, chunk size "
         f"M={M} ({-(-n // M)} chunks), W={W}")
     say(f"  query {i} is in chunk {i // M}; it may see key positions 0..{L - 1} ({L} keys)")
-    pool = im.key_perm[im.key_perm < L]  # the query's pool in Z order
-    pool_codes = im.sorted_key_codes[im.key_perm < L]
-    p = int(np.searchsorted(pool_codes, im.q_codes[i], side="left"))
-    say(f"  binary search: {p} pool keys have a smaller code; the window takes ranks around it")
+    say(f"  binary search: {int(im.insertion[i])} pool keys have a smaller code; the window "
+        f"takes the pool ranks around that insertion point")
     win = im.window_idx[i]
     say(f"  window positions (Z order): {win[win >= 0][:12].tolist()}"
         f"{' ...' if (win >= 0).sum() > 12 else ''}")
@@ -257,8 +255,7 @@ def save_figure(path, q, k, im, i, exact_i):
     ax1.scatter(ex, dist[ex], s=70, facecolors="none", edgecolors="tab:green", lw=1.5,
                 label="exact top-k")
     ax1.scatter(ca, dist[ca], s=18, color="tab:orange", label="ZETA's candidates")
-    ins = int(np.searchsorted(im.sorted_key_codes[in_pool], im.q_codes[i], side="left"))
-    ax1.axvline(ins, color="tab:red", ls="--", lw=1, label="query's insertion point")
+    ax1.axvline(int(im.insertion[i]), color="tab:red", ls="--", lw=1, label="query's insertion point")
     ax1.set_xlabel("rank in Z order among the visible keys")
     ax1.set_ylabel("Euclidean distance to the query (d_k dims)")
     ax1.set_title("The window is a run of Z ranks; true neighbours may lie outside it")

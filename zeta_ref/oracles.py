@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_qkv
-from .config import CAUSAL_MODES, SCORES, ZetaConfig
+from ._checks import check_gamma, check_qkv
+from .config import CAUSAL_MODES, SCORES
 from .topk_softmax import INV_EUCLIDEAN_EPS
 from .window import nearness, pool_lengths
 
@@ -23,9 +23,18 @@ def _visible(n: int, causal: str, chunk_size: int | None) -> np.ndarray:
     """Boolean (N, N): entry (i, j) says whether query i may see key j."""
     if causal not in CAUSAL_MODES:
         raise ValueError(f"causal must be one of {CAUSAL_MODES}; got {causal!r}")
-    if chunk_size is None:
-        chunk_size = ZetaConfig().chunk_size_for(n)
-    lengths = pool_lengths(n, causal, chunk_size)  # (N,)
+    if causal == "strict":
+        # strict pools depend on M, and ZETA's M depends on its k (D5): no silent default here
+        if chunk_size is None:
+            raise ValueError(
+                "chunk_size must be given for causal='strict' (the pools depend on it); pass "
+                "the M that ZETA used, e.g. Intermediates.chunk_size or "
+                "ZetaConfig.chunk_size_for(N)"
+            )
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+                or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
+    lengths = pool_lengths(n, causal, int(chunk_size or 1))  # (N,)
     return np.arange(n)[None, :] < lengths[:, None]  # (N, N)
 
 
@@ -49,7 +58,7 @@ def dense_attention(q, k, v, score: str = "softmax", causal: str = "inclusive", 
     gamma : float
         gamma of the Cauchy score.
     chunk_size : int, optional
-        M for "strict" (the D5 rule with the default k when omitted).
+        M, required for "strict" (pass ZETA's ``Intermediates.chunk_size``); ignored otherwise.
 
     Returns
     -------
@@ -59,6 +68,8 @@ def dense_attention(q, k, v, score: str = "softmax", causal: str = "inclusive", 
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
     q, k, v = (x.astype(np.float64) for x in check_qkv(q, k, v))
     n, d_k = q.shape[-2], q.shape[-1]
+    if score == "cauchy":
+        check_gamma(gamma, np.float64, n)
     seen = _visible(n, causal, chunk_size)  # (N, N)
     near = _pairwise_nearness(q, k, score)  # (..., N, N)
     if score in ("cauchy", "inv_euclidean"):

@@ -63,8 +63,36 @@ def pool_lengths(n: int, causal: str, chunk_size: int) -> np.ndarray:
     raise ValueError(f"causal must be one of {CAUSAL_MODES}; got {causal!r}")
 
 
-def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) -> np.ndarray:
-    """Take each query's window of W keys around its place in its pool (steps 2 and 3).
+def _pools(q_codes, key_perm, sorted_key_codes, pool_len):
+    """Step 1 for every row and every run of queries that share a pool.
+
+    Yields ``(r, queries, pool_pos, pool_codes)``: row r, the slice of query positions whose
+    pool is the first L positions, and that pool's key positions and codes in Z order.
+    ``pool_len`` must be non-decreasing (as :func:`pool_lengths` returns it), so that the
+    queries sharing one pool form a run of positions.
+    """
+    n = q_codes.shape[-1]
+    perm = key_perm.reshape(-1, n)  # (R, N)
+    kz = sorted_key_codes.reshape(-1, n)  # (R, N)
+    lengths, first, count = np.unique(pool_len, return_index=True, return_counts=True)
+    for r in range(perm.shape[0]):
+        for L, q0, nq in zip(lengths, first, count):
+            # the pool, in Z order: the sorted keys whose position is below L (filtering
+            # keeps the order, and so the ties by position of D10)
+            in_pool = perm[r] < L  # (N,)
+            yield r, slice(q0, q0 + nq), perm[r][in_pool], kz[r][in_pool]
+
+
+def _check_pool_len(pool_len, n):
+    pool_len = np.asarray(pool_len)
+    if pool_len.shape != (n,) or (n > 1 and np.any(np.diff(pool_len) < 0)):
+        raise ValueError(f"pool_len must be a non-decreasing array of shape ({n},), as "
+                         f"pool_lengths returns it; got shape {pool_len.shape}")
+    return pool_len
+
+
+def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarray:
+    """Step 2, the binary search: each query's insertion point p_i in its pool.
 
     Parameters
     ----------
@@ -72,7 +100,33 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) 
         Z codes of the queries (stage 3).
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
         The keys in Z order and their codes (stage 4).
-    pool_len : int64 array (N,)
+    pool_len : int64 array (N,), non-decreasing
+        L_i from :func:`pool_lengths`.
+
+    Returns
+    -------
+    int64 array (..., N): p_i, the number of keys in query i's pool whose code is smaller than
+    the query's (``searchsorted`` side "left"); 0 for an empty pool.
+    """
+    lead, n = q_codes.shape[:-1], q_codes.shape[-1]
+    pool_len = _check_pool_len(pool_len, n)
+    qz = q_codes.reshape(-1, n)  # (R, N)
+    out = np.zeros(qz.shape, dtype=np.int64)  # (R, N)
+    for r, queries, _, pool_codes in _pools(q_codes, key_perm, sorted_key_codes, pool_len):
+        out[r, queries] = np.searchsorted(pool_codes, qz[r, queries], side="left")
+    return out.reshape(lead + (n,))
+
+
+def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) -> np.ndarray:
+    """Take each query's window of W keys around its place in its pool (steps 1 to 3).
+
+    Parameters
+    ----------
+    q_codes : uint64 array (..., N)
+        Z codes of the queries (stage 3).
+    key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
+        The keys in Z order and their codes (stage 4).
+    pool_len : int64 array (N,), non-decreasing
         L_i from :func:`pool_lengths`.
     width : int
         W, the window width.
@@ -82,29 +136,21 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) 
     int64 array (..., N, W): key positions, -1 for empty slots, listed in Z order.
     """
     lead, n = q_codes.shape[:-1], q_codes.shape[-1]
+    pool_len = _check_pool_len(pool_len, n)
     qz = q_codes.reshape(-1, n)  # (R, N)
-    perm = key_perm.reshape(-1, n)  # (R, N)
-    kz = sorted_key_codes.reshape(-1, n)  # (R, N)
     out = np.full((qz.shape[0], n, width), -1, dtype=np.int64)  # (R, N, W)
     slots = np.arange(width)  # (W,)
-    # pool_len never decreases, so the queries sharing one pool form a run of positions.
-    lengths, first, count = np.unique(pool_len, return_index=True, return_counts=True)
-    for r in range(qz.shape[0]):
-        for L, q0, nq in zip(lengths, first, count):
-            queries = slice(q0, q0 + nq)
-            # step 1: the pool, in Z order: the sorted keys whose position is below L
-            in_pool = perm[r] < L  # (N,)
-            pool_pos = perm[r][in_pool]  # (n_pool,)
-            pool_codes = kz[r][in_pool]  # (n_pool,)
-            n_pool = pool_pos.size
-            if n_pool == 0:
-                continue  # D9: nothing to see, all slots stay -1
-            # step 2: binary search of each query's code in its pool
-            ins = np.searchsorted(pool_codes, qz[r, queries], side="left")  # (nq,)
-            # step 3: W//2 below the insertion point, slid inside the pool (D11)
-            start = np.clip(ins - width // 2, 0, max(n_pool - width, 0))  # (nq,)
-            rank = start[:, None] + slots  # (nq, W)
-            out[r, queries] = np.where(rank < n_pool, pool_pos[np.minimum(rank, n_pool - 1)], -1)
+    for r, queries, pool_pos, pool_codes in _pools(q_codes, key_perm, sorted_key_codes,
+                                                   pool_len):
+        n_pool = pool_pos.size
+        if n_pool == 0:
+            continue  # D9: nothing to see, all slots stay -1
+        # step 2: binary search of each query's code in its pool
+        ins = np.searchsorted(pool_codes, qz[r, queries], side="left")  # (nq,)
+        # step 3: W//2 below the insertion point, slid inside the pool (D11)
+        start = np.clip(ins - width // 2, 0, max(n_pool - width, 0))  # (nq,)
+        rank = start[:, None] + slots  # (nq, W)
+        out[r, queries] = np.where(rank < n_pool, pool_pos[np.minimum(rank, n_pool - 1)], -1)
     return out.reshape(lead + (n, width))
 
 

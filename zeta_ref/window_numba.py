@@ -246,3 +246,72 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
                               dtype=np.int64)  # (R, N, W)
     out = _rerank_kernel(qr, kr, wr, np.int64(k_top), score == "softmax")  # (R, N, k)
     return out.reshape(lead + (n, int(k_top)))
+
+
+@nb.njit(cache=True, parallel=True)
+def _insertion_kernel(q_codes, key_perm, sorted_codes, pool_len):
+    """q_codes, key_perm, sorted_codes: (R, N); pool_len (N,) non-decreasing; int64 (R, N)."""
+    r_count, n = q_codes.shape
+    out = np.zeros((r_count, n), dtype=np.int64)  # (R, N)
+    for r in nb.prange(r_count):
+        # rank_of[j]: where key j stands in Z order
+        rank_of = np.empty(n, dtype=np.int64)  # (N,)
+        for s in range(n):
+            rank_of[key_perm[r, s]] = s
+        # a Fenwick tree over Z ranks counts the keys of the pool inserted so far
+        tree = np.zeros(n + 1, dtype=np.int64)  # (N + 1,)
+        inserted = 0
+        for i in range(n):  # pools only grow with i: insert keys 0 .. L_i - 1, then count
+            while inserted < pool_len[i]:
+                t = rank_of[inserted] + 1
+                while t <= n:
+                    tree[t] += 1
+                    t += t & -t
+                inserted += 1
+            # keys with a smaller code are exactly those ranked below the query's global
+            # insertion rank g (binary search in all sorted codes, side "left")
+            lo = 0
+            hi = n
+            qz = q_codes[r, i]
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if sorted_codes[r, mid] < qz:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            # step 2: p = how many pool keys have rank < g
+            count = 0
+            t = lo
+            while t > 0:
+                count += tree[t]
+                t -= t & -t
+            out[r, i] = count
+    return out
+
+
+def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarray:
+    """Step 2, each query's insertion point p_i in its pool (Numba twin).
+
+    The specification filters each pool and binary-searches it. The twin reaches the same
+    count in O(N log N) per row: keys enter a Fenwick tree over their Z ranks as the pools grow
+    with the query position, and p_i is the number of pool keys ranked below the query's place
+    among all keys.
+
+    Parameters
+    ----------
+    q_codes : uint64 array (..., N)
+    key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
+    pool_len : int64 array (N,), non-decreasing
+
+    Returns
+    -------
+    int64 array (..., N): p_i; 0 for an empty pool.
+    """
+    q_codes = np.asarray(q_codes)
+    lead, n = q_codes.shape[:-1], q_codes.shape[-1]
+    n_rows = int(np.prod(lead, dtype=np.int64))
+    qz = np.ascontiguousarray(q_codes.reshape(n_rows, n), dtype=np.uint64)  # (R, N)
+    perm = np.ascontiguousarray(np.asarray(key_perm).reshape(n_rows, n), dtype=np.int64)
+    kz = np.ascontiguousarray(np.asarray(sorted_key_codes).reshape(n_rows, n), dtype=np.uint64)
+    lengths = np.clip(np.asarray(pool_len, dtype=np.int64), 0, n)  # (N,)
+    return _insertion_kernel(qz, perm, kz, lengths).reshape(lead + (n,))
