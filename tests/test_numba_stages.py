@@ -223,3 +223,56 @@ def test_insertion_points_match_spec(n, causal):
             pool_len = window.pool_lengths(n, causal, chunk)
             assert_exact(window_numba.insertion_points(qz, perm, kz, pool_len),
                          window.insertion_points(qz, perm, kz, pool_len))
+
+
+# ---------------------------------------------------------------- serial and parallel kernels
+# Each kernel body is compiled twice (zeta_ref/_jit_numba.py) and the twins pick one by the size
+# of the work; the small inputs above run the serial ones. Both against the specification:
+
+
+@pytest.mark.parametrize("parallel", (False, True))
+def test_both_compilations_match_spec(parallel):
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((2, 257, 3)).astype(np.float32)
+    for method in ("clip", "sigmoid"):
+        got = quantize_numba.quantize(x, 10, method, (-4.0, 4.0), parallel=parallel)
+        assert_exact(got, quantize_numba.quantize(x, 10, method, (-4.0, 4.0),
+                                                  parallel=not parallel))
+    assert_exact(quantize_numba.quantize(x, 10, "clip", (-4.0, 4.0), parallel=parallel),
+                 quantize.quantize(x, 10, "clip", (-4.0, 4.0)))
+    for d, bits in ((2, 10), (3, 10), (5, 12)):
+        u = rng.integers(0, 1 << bits, size=(2, 129, d), dtype=np.uint64)
+        for method in ("auto", "general"):
+            assert_exact(morton_numba.morton_encode(u, bits, method=method, parallel=parallel),
+                         morton.morton_encode(u, bits))
+    codes = rng.integers(0, 5, size=(3, 257), dtype=np.uint64)
+    for got, want in zip(sort_numba.sort_keys(codes, parallel=parallel), sort.sort_keys(codes)):
+        assert_exact(got, want)
+    n = 1000  # several blocks of queries (QUERY_BLOCK) and a partial last block
+    q, k = (rng.standard_normal((2, n, 3)).astype(np.float64) for _ in range(2))
+    v = rng.standard_normal((2, n, 37))
+    cand = rng.integers(-1, n, size=(2, n, 7))
+    for means in (topk_softmax.history_means(k, v, "inclusive"), (None, None)):
+        for score in SCORES:
+            got = topk_softmax_numba.topk_attention(q, k, v, cand, score, 0.5, *means,
+                                                    parallel=parallel)
+            want = topk_softmax.topk_attention(q, k, v, cand, score, 0.5, *means)
+            for g, w in zip(got, want):
+                assert_close(g, w)
+
+
+def test_default_choice_takes_the_parallel_kernels_for_large_work():
+    # sizes at the thresholds: the default path is the parallel compilation and agrees
+    rng = np.random.default_rng(SEED)
+    n = max(morton_numba.PARALLEL_MIN_CODES, quantize_numba.PARALLEL_MIN_VALUES // 3 + 1)
+    x = rng.standard_normal((n, 3))
+    u = quantize_numba.quantize(x, 10, "clip")
+    assert_exact(u, quantize.quantize(x, 10, "clip"))
+    assert_exact(morton_numba.morton_encode(u, 10), morton.morton_encode(u, 10))
+    m = topk_softmax_numba.PARALLEL_MIN_QUERIES
+    q = rng.standard_normal((1, m, 3)).astype(np.float32)
+    v = rng.standard_normal((1, m, 8)).astype(np.float32)
+    cand = rng.integers(-1, m, size=(1, m, 4))
+    for g, w in zip(topk_softmax_numba.topk_attention(q, q, v, cand),
+                    topk_softmax.topk_attention(q, q, v, cand)):
+        assert_close(g, w)

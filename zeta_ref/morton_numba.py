@@ -20,10 +20,10 @@ import numba as nb
 import numpy as np
 
 from ._checks import check_bits_for_dim
+from ._jit_numba import serial_and_parallel
 
 
-@nb.njit(cache=True, parallel=True)
-def _encode_general(u, bits):
+def _encode_general_body(u, bits):
     """u: (n, d) uint64 contiguous; returns uint64 (n,)."""
     n, d = u.shape
     z = np.zeros(n, dtype=np.uint64)  # (n,)
@@ -61,8 +61,7 @@ def _spread2(x):
     return x
 
 
-@nb.njit(cache=True, parallel=True)
-def _encode_spread3(u):
+def _encode_spread3_body(u):
     """u: (n, 3) uint64 contiguous, values below 2^21; returns uint64 (n,)."""
     n = u.shape[0]
     z = np.empty(n, dtype=np.uint64)  # (n,)
@@ -73,8 +72,7 @@ def _encode_spread3(u):
     return z
 
 
-@nb.njit(cache=True, parallel=True)
-def _encode_spread2(u):
+def _encode_spread2_body(u):
     """u: (n, 2) uint64 contiguous, values below 2^32; returns uint64 (n,)."""
     n = u.shape[0]
     z = np.empty(n, dtype=np.uint64)  # (n,)
@@ -83,7 +81,16 @@ def _encode_spread2(u):
     return z
 
 
-def morton_encode(u, bits: int, *, method: str = "auto") -> np.ndarray:
+_general_serial, _general_parallel = serial_and_parallel(_encode_general_body)
+_spread3_serial, _spread3_parallel = serial_and_parallel(_encode_spread3_body)
+_spread2_serial, _spread2_parallel = serial_and_parallel(_encode_spread2_body)
+#: From this many codes on the parallel kernels run, below it the serial ones (_jit_numba);
+#: on the 2-core machine of docs/benchmarks.md parallel was as fast or faster from about 2^14 on.
+PARALLEL_MIN_CODES = 1 << 15
+
+
+def morton_encode(u, bits: int, *, method: str = "auto", parallel: bool | None = None
+                  ) -> np.ndarray:
     """Interleave the bits of d integer coordinates into one Z-order code (Numba twin).
 
     Parameters
@@ -95,6 +102,9 @@ def morton_encode(u, bits: int, *, method: str = "auto") -> np.ndarray:
     method : {"auto", "general"}
         "auto" takes the spreading kernel for d = 2, 3 and the general loop otherwise;
         "general" always runs the loop (for tests).
+    parallel : bool, optional
+        Parallel (True) or serial (False) kernel; by default parallel from PARALLEL_MIN_CODES
+        codes on. Both give the same codes (for tests).
 
     Returns
     -------
@@ -104,10 +114,12 @@ def morton_encode(u, bits: int, *, method: str = "auto") -> np.ndarray:
     d = u.shape[-1]
     check_bits_for_dim(int(bits), d)
     rows = np.ascontiguousarray(u.reshape(-1, d), dtype=np.uint64)  # (n, d)
+    if parallel is None:
+        parallel = rows.shape[0] >= PARALLEL_MIN_CODES
     if method == "auto" and d == 3:
-        z = _encode_spread3(rows)
+        z = (_spread3_parallel if parallel else _spread3_serial)(rows)
     elif method == "auto" and d == 2:
-        z = _encode_spread2(rows)
+        z = (_spread2_parallel if parallel else _spread2_serial)(rows)
     else:
-        z = _encode_general(rows, np.int64(bits))
+        z = (_general_parallel if parallel else _general_serial)(rows, np.int64(bits))
     return z.reshape(u.shape[:-1])

@@ -2,7 +2,7 @@
 
 Same algorithm, signature and output dtype as :func:`zeta_ref.quantize.quantize`: squash each
 coordinate into [0, 1] in float64 whatever the input dtype (D1), keep B bits (D2), the top value
-1.0 joins the last cell. One kernel per squash, parallel over the flattened coordinates.
+1.0 joins the last cell. One kernel for every squash, parallel over the flattened coordinates (serial for small inputs).
 
 Agreement with the specification: the "clip" squash is arithmetic only (clip, subtract,
 divide) and is bit-identical. "sigmoid" and "tanh" call exp/tanh, which Numba takes from the
@@ -17,13 +17,18 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ._jit_numba import serial_and_parallel
 from .config import SQUASHES
 
 _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}
 
 
-@nb.njit(cache=True, parallel=True)
-def _quantize_kernel(x, bits, method, lo, hi):
+#: From this many coordinates on the parallel kernel runs, below it the serial one (_jit_numba);
+#: on the 2-core machine of docs/benchmarks.md parallel was faster from about 2^12 on.
+PARALLEL_MIN_VALUES = 1 << 15
+
+
+def _quantize_body(x, bits, method, lo, hi):
     """x: (n,) float32/float64, contiguous; returns uint64 (n,)."""
     n = x.shape[0]
     out = np.empty(n, dtype=np.uint64)
@@ -45,7 +50,11 @@ def _quantize_kernel(x, bits, method, lo, hi):
     return out
 
 
-def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0)) -> np.ndarray:
+_quantize_serial, _quantize_parallel = serial_and_parallel(_quantize_body)
+
+
+def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0), *,
+             parallel: bool | None = None) -> np.ndarray:
     """Quantise each coordinate to an integer in [0, 2^bits); twin of the NumPy specification.
 
     Parameters
@@ -55,6 +64,9 @@ def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0
         B, bits per coordinate.
     squash_method : {"sigmoid", "tanh", "clip"}
     clip_range : (lo, hi)
+    parallel : bool, optional
+        Parallel (True) or serial (False) kernel; by default parallel from PARALLEL_MIN_VALUES
+        coordinates on. Both give the same codes (for tests).
 
     Returns
     -------
@@ -65,5 +77,8 @@ def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0
     x = np.asarray(x)
     flat = np.ascontiguousarray(x).reshape(-1)  # (... * N * d,)
     lo, hi = float(clip_range[0]), float(clip_range[1])
-    codes = _quantize_kernel(flat, np.int64(bits), np.int64(_SQUASH_IDS[squash_method]), lo, hi)
+    if parallel is None:
+        parallel = flat.shape[0] >= PARALLEL_MIN_VALUES
+    kernel = _quantize_parallel if parallel else _quantize_serial
+    codes = kernel(flat, np.int64(bits), np.int64(_SQUASH_IDS[squash_method]), lo, hi)
     return codes.reshape(x.shape)

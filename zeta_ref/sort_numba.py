@@ -16,6 +16,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ._jit_numba import serial_and_parallel
+
 _DIGIT_BITS = 8
 _BUCKETS = 1 << _DIGIT_BITS
 
@@ -65,8 +67,7 @@ def _radix_sort_row(codes, perm_out, codes_out):
     codes_out[:] = code_a
 
 
-@nb.njit(cache=True, parallel=True)
-def _sort_rows(codes):
+def _sort_rows_body(codes):
     """codes: (R, N) uint64 contiguous; returns perm int64 (R, N), sorted codes uint64 (R, N)."""
     r_count, n = codes.shape
     perm = np.empty((r_count, n), dtype=np.int64)
@@ -76,12 +77,18 @@ def _sort_rows(codes):
     return perm, sorted_codes
 
 
-def sort_keys(key_codes) -> tuple[np.ndarray, np.ndarray]:
+_sort_rows_serial, _sort_rows_parallel = serial_and_parallel(_sort_rows_body)
+
+
+def sort_keys(key_codes, *, parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stable sort of the key codes along the last axis (Numba twin).
 
     Parameters
     ----------
     key_codes : uint64 array (..., N)
+    parallel : bool, optional
+        One row per thread (True) or all rows on the calling thread (False); by default in
+        parallel when there are at least two rows. Both give the same result (for tests).
 
     Returns
     -------
@@ -93,5 +100,7 @@ def sort_keys(key_codes) -> tuple[np.ndarray, np.ndarray]:
     shape = key_codes.shape
     n_rows = int(np.prod(shape[:-1], dtype=np.int64))
     rows = np.ascontiguousarray(key_codes.reshape(n_rows, shape[-1]), dtype=np.uint64)  # (R, N)
-    perm, sorted_codes = _sort_rows(rows)
+    if parallel is None:
+        parallel = n_rows >= 2
+    perm, sorted_codes = (_sort_rows_parallel if parallel else _sort_rows_serial)(rows)
     return perm.reshape(shape), sorted_codes.reshape(shape)

@@ -17,10 +17,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ._jit_numba import serial_and_parallel
 from .config import SCORES
 from .topk_softmax import INV_EUCLIDEAN_EPS
 
 _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
+
+
 
 
 @nb.njit(cache=True, parallel=True)
@@ -76,10 +79,17 @@ def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-@nb.njit(cache=True, parallel=True)
-def _topk_kernel(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean):
+#: Queries per task of the top-k kernel: scratch buffers are allocated once per block.
+QUERY_BLOCK = 128
+#: Below this many queries (all rows together) the serial kernel runs (see _jit_numba).
+PARALLEL_MIN_QUERIES = 8192
+
+
+def _topk_body(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean, block):
     """q, k (R, N, d_k); v (R, N, d_v); cand (R, N, k); means (R, N, *) or dummies.
 
+    One task per block of ``block`` queries, so that the scratch rows are allocated once per
+    block; each query's arithmetic is its own and does not depend on the blocking.
     Returns out (R, N, d_v), weights (R, N, k), mean_weight (R, N), all in q's dtype.
     """
     r_count, n, d_k = q.shape
@@ -92,79 +102,94 @@ def _topk_kernel(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean):
     else:
         add = q.dtype.type(INV_EUCLIDEAN_EPS)
     root_d = q.dtype.type(np.sqrt(d_k))
-    out = np.zeros((r_count, n, d_v), dtype=q.dtype)  # (R, N, d_v)
-    weights = np.zeros((r_count, n, n_slots), dtype=q.dtype)  # (R, N, k)
-    mean_weight = np.zeros((r_count, n), dtype=q.dtype)  # (R, N)
-    for task in nb.prange(r_count * n):
-        r = task // n
-        i = task % n
+    out = np.empty((r_count, n, d_v), dtype=q.dtype)  # (R, N, d_v)
+    weights = np.empty((r_count, n, n_slots), dtype=q.dtype)  # (R, N, k)
+    mean_weight = np.empty((r_count, n), dtype=q.dtype)  # (R, N)
+    n_blocks = (n + block - 1) // block
+    for task in nb.prange(r_count * n_blocks):
+        r = task // n_blocks
+        t0 = (task % n_blocks) * block
         a = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) affinities, slot k = mean term
-        # step 1: nearness of every candidate, coordinate by coordinate (window.nearness)
-        for s in range(n_slots + 1):
-            if s < n_slots:
+        w = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) normalised weights
+        acc = np.empty(d_v, dtype=q.dtype)  # (d_v,) the output row being summed
+        for i in range(t0, min(t0 + block, n)):
+            # step 1: nearness of every candidate, coordinate by coordinate (window.nearness)
+            for s in range(n_slots + 1):
+                if s < n_slots:
+                    j = cand[r, i, s]
+                    if j < 0:
+                        continue
+                elif not with_mean:
+                    continue
+                near = zero
+                for e in range(d_k):
+                    ke = k[r, j, e] if s < n_slots else mean_k[r, i, e]
+                    if score == 1:
+                        near -= q[r, i, e] * ke
+                    else:
+                        diff = q[r, i, e] - ke
+                        near += diff * diff
+                a[s] = near
+            # step 2: affinities (0 for empty slots, D9)
+            top = -np.inf
+            for s in range(n_slots + 1):
+                valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
+                if not valid:
+                    a[s] = zero
+                    continue
+                if score == 0 or score == 3:
+                    a[s] = one / (a[s] + add)
+                else:
+                    logit = -a[s] / root_d if score == 1 else -a[s]
+                    a[s] = logit
+                    if logit > top:
+                        top = logit
+            if score == 1 or score == 2:
+                if not np.isfinite(top):
+                    top = 0.0
+                top_x = q.dtype.type(top)
+                for s in range(n_slots + 1):
+                    valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
+                    if valid:
+                        a[s] = np.exp(a[s] - top_x)
+            # step 3: normalise over the k slots and the mean term together
+            total = zero
+            for s in range(n_slots + 1):
+                total += a[s]  # empty slots hold 0
+            if total <= zero:
+                total = one  # nothing valid: weights and output stay 0
+            for s in range(n_slots + 1):
+                w[s] = a[s] / total
+                if s < n_slots:
+                    weights[r, i, s] = w[s]
+            mean_weight[r, i] = w[n_slots] if with_mean else zero
+            # step 4: weighted sum of the values, one tight loop over d_v per candidate
+            for e in range(d_v):
+                acc[e] = zero
+            for s in range(n_slots):
                 j = cand[r, i, s]
                 if j < 0:
                     continue
-            elif not with_mean:
-                continue
-            acc = zero
-            for e in range(d_k):
-                ke = k[r, j, e] if s < n_slots else mean_k[r, i, e]
-                if score == 1:
-                    acc -= q[r, i, e] * ke
-                else:
-                    diff = q[r, i, e] - ke
-                    acc += diff * diff
-            a[s] = acc
-        # step 2: affinities (0 for empty slots, D9)
-        top = -np.inf
-        for s in range(n_slots + 1):
-            valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
-            if not valid:
-                continue
-            if score == 0 or score == 3:
-                a[s] = one / (a[s] + add)
-            else:
-                logit = -a[s] / root_d if score == 1 else -a[s]
-                a[s] = logit
-                if logit > top:
-                    top = logit
-        if score == 1 or score == 2:
-            if not np.isfinite(top):
-                top = 0.0
-            top_x = q.dtype.type(top)
-            for s in range(n_slots + 1):
-                valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
-                if valid:
-                    a[s] = np.exp(a[s] - top_x)
-        # step 3: normalise over the k slots and the mean term together
-        total = zero
-        for s in range(n_slots + 1):
-            valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
-            if valid:
-                total += a[s]
-        if total <= zero:
-            total = one  # nothing valid: weights and output stay 0
-        # step 4: weighted sum of the values
-        row = out[r, i]  # (d_v,)
-        for s in range(n_slots):
-            j = cand[r, i, s]
-            if j < 0:
-                continue
-            w = a[s] / total
-            weights[r, i, s] = w
+                ws = w[s]
+                vj = v[r, j]  # (d_v,)
+                for e in range(d_v):
+                    acc[e] += ws * vj[e]
+            if with_mean:
+                ws = w[n_slots]
+                vm = mean_v[r, i]  # (d_v,)
+                for e in range(d_v):
+                    acc[e] += ws * vm[e]
+            row = out[r, i]  # (d_v,)
             for e in range(d_v):
-                row[e] += w * v[r, j, e]
-        if with_mean:
-            w = a[n_slots] / total
-            mean_weight[r, i] = w
-            for e in range(d_v):
-                row[e] += w * mean_v[r, i, e]
+                row[e] = acc[e]
     return out, weights, mean_weight
 
 
+_topk_serial, _topk_parallel = serial_and_parallel(_topk_body)
+
+
 def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
-                   mean_k=None, mean_v=None):
+                   mean_k=None, mean_v=None, *, parallel: bool | None = None):
     """Weights over each query's candidates and the weighted sum of their values (Numba twin).
 
     Parameters
@@ -176,6 +201,9 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     gamma : float
     mean_k, mean_v : arrays (..., N, d_k), (..., N, d_v), optional
         The mean term (D8); None leaves it out.
+    parallel : bool, optional
+        Run the parallel kernel (True) or the serial one (False); by default the parallel one
+        from PARALLEL_MIN_QUERIES queries on. Both give the same results (for tests).
 
     Returns
     -------
@@ -201,7 +229,11 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     else:  # typed placeholders so that one compiled kernel serves both cases
         mk = np.zeros((1, 1, d_k), dtype=qr.dtype)
         mv = np.zeros((1, 1, d_v), dtype=qr.dtype)
-    out, w, w_mean = _topk_kernel(qr, kr, vr, cr, np.int64(_SCORE_IDS[score]), float(gamma),
-                                  mk, mv, with_mean)
+    score_id = np.int64(_SCORE_IDS[score])
+    if parallel is None:
+        parallel = n_rows * n >= PARALLEL_MIN_QUERIES
+    kernel = _topk_parallel if parallel else _topk_serial
+    out, w, w_mean = kernel(qr, kr, vr, cr, score_id, float(gamma), mk, mv, with_mean,
+                            np.int64(QUERY_BLOCK))
     return (out.reshape(lead + (n, d_v)), w.reshape(lead + (n, n_slots)),
             w_mean.reshape(lead + (n,)))
