@@ -25,7 +25,8 @@ def as_float_array(x, name: str, *, min_ndim: int = 2) -> np.ndarray:
         raise ValueError(
             f"{name} must have at least {min_ndim} dimensions (..., N, d); got shape {arr.shape}"
         )
-    if not np.isfinite(arr).all():
+    # min and max propagate NaN and show +-inf, and need no temporary array as large as x
+    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
             f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
@@ -74,7 +75,7 @@ def magnitude_limit(dtype, d: int) -> float:
 def check_magnitude(x: np.ndarray, name: str) -> None:
     """q and k must stay below :func:`magnitude_limit`; a clear error instead of inf or NaN."""
     limit = magnitude_limit(x.dtype, x.shape[-1])
-    largest = float(np.abs(x).max())
+    largest = max(-float(x.min()), float(x.max()))
     if largest > limit:
         raise ValueError(
             f"{name} holds values up to {largest:.3g} in magnitude; for {x.dtype} with "
