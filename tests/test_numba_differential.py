@@ -28,7 +28,7 @@ from zeta_ref import ZetaConfig, get_backend, zeta_attention  # noqa: E402
 from zeta_ref.tolerances import tolerance  # noqa: E402
 
 INTEGER_FIELDS = ("q_coords", "k_coords", "q_codes", "k_codes", "key_perm", "sorted_key_codes",
-                  "pool_len", "window_idx", "candidates")
+                  "pool_len", "insertion", "window_idx", "candidates")
 FLOAT_FIELDS = ("mean_k", "mean_v", "weights", "mean_weight", "output")
 SMALL = os.environ.get("NUMBA_DISABLE_JIT") == "1"  # kernels run as Python: keep it small
 
@@ -84,6 +84,8 @@ def _stage_by_stage(im, q, k, v, cfg):
     perm, sorted_codes = s.sort_keys(im.k_codes)
     _compare(perm, im.key_perm, "key_perm")
     _compare(sorted_codes, im.sorted_key_codes, "sorted_key_codes")
+    _compare(s.insertion_points(im.q_codes, im.key_perm, im.sorted_key_codes, im.pool_len),
+             im.insertion, "insertion")
     window_idx = s.neighbour_window(im.q_codes, im.key_perm, im.sorted_key_codes, im.pool_len,
                                     cfg.window_width)
     _compare(window_idx, im.window_idx, "window_idx")
@@ -157,7 +159,8 @@ def test_kernel_bodies_as_python():
            "-k", "numba_matches_numpy or [5-inclusive-3] or [300-strict-3] or [8-none-17]"
                  " or rerank_matches_spec or topk_attention_matches_spec"
                  " or history_means or sort_matches_spec and 1000 or morton_matches_spec"
-                 " or quantize or (window_matches_spec and -17])"]
+                 " or quantize or (window_matches_spec and -17])"
+                 " or (insertion_points_match_spec and strict-17])"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(here))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
