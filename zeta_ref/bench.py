@@ -101,14 +101,17 @@ def dense_causal_attention(q, k, v):
     return (scores @ v[0])[None]  # (1, N, d_v)
 
 
-def stage_calls(backend: str, q, k, v, cfg):
-    """The composer's stage calls, one closure per stage, each fed the previous results."""
+def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
+    """The composer's stage calls, one closure per stage, each fed the previous results.
+
+    The results land in ``res`` (a new dict unless one is given) under short names.
+    """
     from zeta_ref.backends import get_backend
     from zeta_ref.window import pool_lengths
 
     s = get_backend(backend).stages()
     n = q.shape[-2]
-    res = {}
+    res = {} if res is None else res
 
     def quantize():
         res["qc"] = s.quantize(q, cfg.bits, cfg.squash, cfg.clip_range)
@@ -130,7 +133,8 @@ def stage_calls(backend: str, q, k, v, cfg):
         res["mk"], res["mv"] = s.history_means(k, v, cfg.causal)
 
     def topk():
-        s.topk_attention(q, k, v, res["cand"], cfg.score, cfg.gamma, res["mk"], res["mv"])
+        res["out"] = s.topk_attention(q, k, v, res["cand"], cfg.score, cfg.gamma, res["mk"],
+                                      res["mv"])[0]
 
     return dict(zip(STAGE_NAMES, (quantize, morton, sort, window, means, topk)))
 
