@@ -46,6 +46,11 @@ def morton_encode(u, bits: int) -> np.ndarray:
     -------
     uint64 array (...): the codes.
 
+    Notes
+    -----
+    Paper section 3.3, Eq. 4 (the Z-order code); D2 (bits per coordinate) and D3 (dimension 0
+    most significant within each bit group).
+
     Examples
     --------
     >>> int(morton_encode([3, 0], bits=2))   # x = 11b, y = 00b  ->  1 0 1 0
@@ -86,6 +91,10 @@ def morton_decode(z, d: int, bits: int) -> np.ndarray:
     Returns
     -------
     uint64 array (..., d).
+
+    Notes
+    -----
+    The inverse of Eq. 4's interleaving (paper section 3.3) under D3's bit order.
     """
     bits = _check_bits(bits)
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:

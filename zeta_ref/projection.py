@@ -28,6 +28,11 @@ def project(x, weight, bias=None) -> np.ndarray:
     Returns
     -------
     float array (..., N, d_out), in the dtype of ``x``.
+
+    Notes
+    -----
+    Paper section 3.2: queries and keys go to d_k dimensions (d_k = 3 in the paper), values
+    keep d_v. The paper's projections are learned; this is the linear case.
     """
     x = as_float_array(x, "x", min_ndim=1)
     weight = np.asarray(weight)

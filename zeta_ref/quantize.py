@@ -38,6 +38,11 @@ def squash(x, method: str = "sigmoid", clip_range=(-4.0, 4.0)) -> np.ndarray:
     Returns
     -------
     float64 array (...), values in [0, 1].
+
+    Notes
+    -----
+    Paper section 3.3, Eq. 4 expands coordinates in [0, 1) in binary; how reals get there is
+    decision D1 (docs/decisions.md).
     """
     x = np.asarray(x, dtype=np.float64)
     if method == "sigmoid":

@@ -24,6 +24,10 @@ def sort_keys(key_codes) -> tuple[np.ndarray, np.ndarray]:
         ``perm[..., r]`` is the position of the key with rank r: the keys in Z order.
     sorted_codes : uint64 array (..., N)
         ``key_codes`` taken in that order, non-decreasing along the last axis.
+
+    Notes
+    -----
+    Paper section 3.3 (keys sorted by code); D10 (ties by position, lower first).
     """
     key_codes = np.asarray(key_codes)
     perm = np.argsort(key_codes, axis=-1, kind="stable").astype(np.int64)  # (..., N)

@@ -52,6 +52,10 @@ def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     mean_k : array (..., N, d_k), mean_v : array (..., N, d_v), in the input dtype.
+
+    Notes
+    -----
+    Paper section 3.4 (the mean of past tokens, via a cumulative sum); D8.
     """
     n = k.shape[-2]
     out = []

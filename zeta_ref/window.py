@@ -52,6 +52,11 @@ def pool_lengths(n: int, causal: str, chunk_size: int) -> np.ndarray:
     Returns
     -------
     int64 array (N,), non-decreasing.
+
+    Notes
+    -----
+    Paper section 3.3 ("future key chunks are excluded"); D4 (the three modes) and D5
+    (the chunk size M).
     """
     i = np.arange(n, dtype=np.int64)  # (N,)
     if causal == "inclusive":
@@ -107,6 +112,11 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     -------
     int64 array (..., N): p_i, the number of keys in query i's pool whose code is smaller than
     the query's (``searchsorted`` side "left"); 0 for an empty pool.
+
+    Notes
+    -----
+    Paper section 3.3 (the binary search of each query's code); D4 for the pools. Side "left"
+    is a convention of docs/decisions.md.
     """
     lead, n = q_codes.shape[:-1], q_codes.shape[-1]
     pool_len = _check_pool_len(pool_len, n)
@@ -134,6 +144,11 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) 
     Returns
     -------
     int64 array (..., N, W): key positions, -1 for empty slots, listed in Z order.
+
+    Notes
+    -----
+    Paper section 3.3 (a window centred on the insertion position); D4 (pools), D6 (W),
+    D9 (-1 for empty slots), D11 (sliding at the pool ends).
     """
     lead, n = q_codes.shape[:-1], q_codes.shape[-1]
     pool_len = _check_pool_len(pool_len, n)
@@ -217,6 +232,10 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     Returns
     -------
     int64 array (..., N, k): the kept positions in window order, then -1 for empty slots.
+
+    Notes
+    -----
+    Paper section 3.3 leaves W open; D6 adds the exact re-rank when W > k.
     """
     keys = gather_rows(k, window_idx)  # (..., N, W, d_k)
     near = nearness(q, keys, score)  # (..., N, W)
