@@ -151,3 +151,12 @@ def test_leading_shape_and_input_dtypes(rng):
 def test_decode_accepts_signed_codes(rng):
     z = rng.integers(0, 1 << 30, size=17)  # int64
     np.testing.assert_array_equal(morton_encode(morton_decode(z, 3, 10), 10), z.astype(np.uint64))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import zeta_ref.morton
+
+    result = doctest.testmod(zeta_ref.morton)
+    assert result.attempted >= 1 and result.failed == 0
