@@ -12,6 +12,23 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def is_integer(x) -> bool:
+    """A Python or NumPy integer, and not a bool (True as a size is a mistake, not a 1)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def is_real(x) -> bool:
+    """A Python or NumPy integer or float, and not a bool."""
+    return is_integer(x) or isinstance(x, (float, np.floating))
+
+
+def check_positive_int(x, name: str) -> int:
+    """``x`` as a Python int >= 1, or a ValueError naming ``name``."""
+    if not is_integer(x) or x < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {x!r}")
+    return int(x)
+
+
 def as_float_array(x, name: str, *, min_ndim: int = 2) -> np.ndarray:
     """``x`` as a float32/float64 ndarray of at least ``min_ndim`` dims, all values finite."""
     if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):

@@ -9,25 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ._checks import is_integer, is_real
+
 CAUSAL_MODES = ("inclusive", "strict", "none")
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
 SQUASHES = ("sigmoid", "tanh", "clip")
 
 #: D5: without an explicit ``chunk_size`` a sequence is cut into this many chunks ...
 AUTO_CHUNKS = 8
-
-
-def _is_int(x) -> bool:
-    # bool is an int subclass; True as a chunk size is a mistake, not a 1.
-    return isinstance(x, int) and not isinstance(x, bool) or (
-        hasattr(x, "dtype") and getattr(x, "ndim", 1) == 0 and x.dtype.kind in "iu"
-    )
-
-
-def _is_real(x) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)) or (
-        hasattr(x, "dtype") and getattr(x, "ndim", 1) == 0 and x.dtype.kind in "iuf"
-    )
 
 
 def _choice(name: str, value, options) -> None:
@@ -80,19 +69,19 @@ class ZetaConfig:
     clip_range: tuple = field(default=(-4.0, 4.0))
 
     def __post_init__(self):
-        if not _is_int(self.k) or self.k < 1:
+        if not is_integer(self.k) or self.k < 1:
             raise ValueError(f"k must be an integer >= 1; got {self.k!r}")
-        if not _is_int(self.bits) or not 1 <= self.bits <= 63:
+        if not is_integer(self.bits) or not 1 <= self.bits <= 63:
             raise ValueError(f"bits must be an integer in [1, 63]; got {self.bits!r}")
-        if self.chunk_size is not None and (not _is_int(self.chunk_size) or self.chunk_size < 1):
+        if self.chunk_size is not None and (not is_integer(self.chunk_size) or self.chunk_size < 1):
             raise ValueError(f"chunk_size must be None or an integer >= 1; got {self.chunk_size!r}")
         _choice("causal", self.causal, CAUSAL_MODES)
-        if self.window is not None and (not _is_int(self.window) or self.window < self.k):
+        if self.window is not None and (not is_integer(self.window) or self.window < self.k):
             raise ValueError(
                 f"window must be None or an integer >= k (= {self.k}); got {self.window!r}"
             )
         _choice("score", self.score, SCORES)
-        if not _is_real(self.gamma) or not math.isfinite(self.gamma):
+        if not is_real(self.gamma) or not math.isfinite(self.gamma):
             raise ValueError(f"gamma must be a finite real number; got {self.gamma!r}")
         if self.score == "cauchy" and self.gamma <= 0:
             raise ValueError(f"gamma must be > 0 for score='cauchy'; got {self.gamma!r}")
@@ -103,7 +92,7 @@ class ZetaConfig:
             lo, hi = self.clip_range
         except (TypeError, ValueError):
             raise ValueError(f"clip_range must be a pair (lo, hi); got {self.clip_range!r}") from None
-        if not (_is_real(lo) and _is_real(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        if not (is_real(lo) and is_real(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"clip_range must be finite numbers with lo < hi; got {self.clip_range!r}")
         # Store plain Python numbers so that equal configs compare and print equal, and so
         # that a NumPy integer never reaches the stages: 1 << np.int32(31) overflows.

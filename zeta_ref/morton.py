@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_bits_for_dim
+from ._checks import check_bits_for_dim, check_positive_int
 
 
-def _check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
-        raise ValueError(f"bits must be an integer >= 1; got {bits!r}")
-    return int(bits)
 
 
 def _as_integer_array(x, name: str) -> np.ndarray:
@@ -56,7 +52,7 @@ def morton_encode(u, bits: int) -> np.ndarray:
     >>> int(morton_encode([3, 0], bits=2))   # x = 11b, y = 00b  ->  1 0 1 0
     10
     """
-    bits = _check_bits(bits)
+    bits = check_positive_int(bits, "bits")
     u = _as_integer_array(u, "u")
     if u.ndim < 1 or u.shape[-1] < 1:
         raise ValueError(f"u must have shape (..., d) with d >= 1; got shape {u.shape}")
@@ -96,10 +92,9 @@ def morton_decode(z, d: int, bits: int) -> np.ndarray:
     -----
     The inverse of Eq. 4's interleaving (paper section 3.3) under D3's bit order.
     """
-    bits = _check_bits(bits)
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-        raise ValueError(f"d must be an integer >= 1; got {d!r}")
-    check_bits_for_dim(bits, int(d))
+    bits = check_positive_int(bits, "bits")
+    d = check_positive_int(d, "d")
+    check_bits_for_dim(bits, d)
     z = _as_integer_array(z, "z")
     if z.size and (z.min() < 0 or int(z.max()) >= 1 << (d * bits)):
         raise ValueError(

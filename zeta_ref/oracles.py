@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_gamma, check_qkv
+from ._checks import check_gamma, check_positive_int, check_qkv
 from .config import CAUSAL_MODES, SCORES
 from .topk_softmax import INV_EUCLIDEAN_EPS
 from .window import nearness, pool_lengths
@@ -31,10 +31,8 @@ def _visible(n: int, causal: str, chunk_size: int | None) -> np.ndarray:
                 "the M that ZETA used, e.g. Intermediates.chunk_size or "
                 "ZetaConfig.chunk_size_for(N)"
             )
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-                or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1; got {chunk_size!r}")
-    lengths = pool_lengths(n, causal, int(chunk_size or 1))  # (N,)
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+    lengths = pool_lengths(n, causal, chunk_size or 1)  # (N,)
     return np.arange(n)[None, :] < lengths[:, None]  # (N, N)
 
 
@@ -107,8 +105,7 @@ def exact_topk(q, k, k_top: int, score: str = "cauchy", causal: str = "inclusive
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
-    if isinstance(k_top, bool) or not isinstance(k_top, (int, np.integer)) or k_top < 1:
-        raise ValueError(f"k_top must be an integer >= 1; got {k_top!r}")
+    k_top = check_positive_int(k_top, "k_top")
     q, k, _ = check_qkv(q, k, k)
     q, k = q.astype(np.float64), k.astype(np.float64)
     n = q.shape[-2]

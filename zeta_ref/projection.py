@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_float_array
+from ._checks import as_float_array, check_positive_int
 
 
 def project(x, weight, bias=None) -> np.ndarray:
@@ -62,8 +62,6 @@ def random_projection(d_in: int, d_out: int, *, rng, dtype=np.float64) -> np.nda
     rng : numpy.random.Generator or int
         Where the randomness comes from; an int is used as a seed.
     """
-    for name, val in (("d_in", d_in), ("d_out", d_out)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1; got {val!r}")
+    d_in, d_out = check_positive_int(d_in, "d_in"), check_positive_int(d_out, "d_out")
     rng = np.random.default_rng(rng)
     return (rng.standard_normal((d_in, d_out)) / np.sqrt(d_out)).astype(dtype)
