@@ -6,8 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zeta_ref import Intermediates, ZetaConfig, morton_encode, oracles, zeta_attention
+from zeta_ref import Intermediates, ZetaConfig, backends, morton_encode, oracles, zeta_attention
 from zeta_ref._checks import magnitude_limit
+from zeta_ref.tolerances import tolerance
 from zeta_ref.quantize import quantize
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
@@ -491,3 +492,36 @@ def test_smallest_allowed_gamma_with_exact_match_is_finite(make_qkv, dtype):
     assert np.isfinite(out).all()
     total = inter.weights.astype(np.float64).sum(-1) + inter.mean_weight
     np.testing.assert_allclose(total, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [255, 1000])
+@pytest.mark.parametrize("causal", ["inclusive", "strict", "none"])
+def test_awkward_longer_sequences(n, causal):
+    # the awkward sizes beyond hypothesis's: one below a power of two, and about a thousand
+    rng = np.random.default_rng(n)
+    q, k = rng.standard_normal((2, n, 3))
+    v = rng.standard_normal((n, 5))
+    m = 37
+    # (a) k and W cover every pool: dense attention exactly
+    full = ZetaConfig(k=n, window=n, causal=causal, chunk_size=m, history_mean=False)
+    want = oracles.dense_attention(q, k, v, "cauchy", causal, chunk_size=m)
+    got = zeta_attention(q, k, v, full)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # (b) a window over the whole pool re-ranked to k: the exact top-k
+    cfg = ZetaConfig(k=16, window=n, causal=causal, chunk_size=m)
+    _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    exact = oracles.exact_topk(q, k, 16, "cauchy", causal, chunk_size=m)
+    np.testing.assert_array_equal(np.sort(im.candidates, -1), np.sort(exact, -1))
+    # (c) the default window: the past does not move when the future changes
+    cfg = ZetaConfig(k=16, causal=causal, chunk_size=m)
+    out = zeta_attention(q, k, v, cfg)
+    t = n // 2
+    q2, k2, v2 = q.copy(), k.copy(), v.copy()
+    q2[t + 1:], k2[t + 1:], v2[t + 1:] = q[:t:-1], k[:t:-1], v[:t:-1]
+    out2 = zeta_attention(q2, k2, v2, cfg)
+    if causal != "none":
+        assert np.array_equal(out[:t + 1], out2[:t + 1])
+    # (d) the Numba twin agrees
+    if "numba" in backends():
+        np.testing.assert_allclose(zeta_attention(q, k, v, cfg, backend="numba"), out,
+                                   **tolerance(np.float64))
