@@ -20,13 +20,12 @@ import numba as nb
 import numpy as np
 
 from ._checks import check_bits_for_dim
-from ._jit_numba import serial_and_parallel
+from ._jit_numba import empty_output, serial_and_parallel
 
 
-def _encode_general_body(u, bits):
-    """u: (n, d) uint64 contiguous; returns uint64 (n,)."""
+def _encode_general_body(u, bits, z):
+    """u: (n, d) uint64 contiguous; writes the codes, uint64 (n,), into ``z``."""
     n, d = u.shape
-    z = np.zeros(n, dtype=np.uint64)  # (n,)
     one = np.uint64(1)
     for e in nb.prange(n):
         code = np.uint64(0)
@@ -34,7 +33,6 @@ def _encode_general_body(u, bits):
             for j in range(d):  # within a group, dimension 0 first (D3)
                 code = (code << one) | ((np.uint64(u[e, j]) >> np.uint64(t)) & one)
         z[e] = code
-    return z
 
 
 @nb.njit(cache=True, inline="always")
@@ -61,24 +59,20 @@ def _spread2(x):
     return x
 
 
-def _encode_spread3_body(u):
-    """u: (n, 3) uint64 contiguous, values below 2^21; returns uint64 (n,)."""
+def _encode_spread3_body(u, z):
+    """u: (n, 3) uint64 contiguous, values below 2^21; writes uint64 (n,) into ``z``."""
     n = u.shape[0]
-    z = np.empty(n, dtype=np.uint64)  # (n,)
     for e in nb.prange(n):
         # dimension 0 is most significant in every group of 3 bits (D3)
         z[e] = ((_spread3(u[e, 0]) << np.uint64(2)) | (_spread3(u[e, 1]) << np.uint64(1))
                 | _spread3(u[e, 2]))
-    return z
 
 
-def _encode_spread2_body(u):
-    """u: (n, 2) uint64 contiguous, values below 2^32; returns uint64 (n,)."""
+def _encode_spread2_body(u, z):
+    """u: (n, 2) uint64 contiguous, values below 2^32; writes uint64 (n,) into ``z``."""
     n = u.shape[0]
-    z = np.empty(n, dtype=np.uint64)  # (n,)
     for e in nb.prange(n):
         z[e] = (_spread2(u[e, 0]) << np.uint64(1)) | _spread2(u[e, 1])
-    return z
 
 
 _general_serial, _general_parallel = serial_and_parallel(_encode_general_body)
@@ -116,10 +110,11 @@ def morton_encode(u, bits: int, *, method: str = "auto", parallel: bool | None =
     rows = np.ascontiguousarray(u.reshape(-1, d), dtype=np.uint64)  # (n, d)
     if parallel is None:
         parallel = rows.shape[0] >= PARALLEL_MIN_CODES
+    z = empty_output(rows.shape[0], np.uint64)  # (n,)
     if method == "auto" and d == 3:
-        z = (_spread3_parallel if parallel else _spread3_serial)(rows)
+        (_spread3_parallel if parallel else _spread3_serial)(rows, z)
     elif method == "auto" and d == 2:
-        z = (_spread2_parallel if parallel else _spread2_serial)(rows)
+        (_spread2_parallel if parallel else _spread2_serial)(rows, z)
     else:
-        z = (_general_parallel if parallel else _general_serial)(rows, np.int64(bits))
+        (_general_parallel if parallel else _general_serial)(rows, np.int64(bits), z)
     return z.reshape(u.shape[:-1])

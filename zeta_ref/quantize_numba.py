@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._jit_numba import serial_and_parallel
+from ._jit_numba import empty_output, serial_and_parallel
 from .config import SQUASHES
 
 _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}
@@ -28,10 +28,9 @@ _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}
 PARALLEL_MIN_VALUES = 1 << 15
 
 
-def _quantize_body(x, bits, method, lo, hi):
-    """x: (n,) float32/float64, contiguous; returns uint64 (n,)."""
+def _quantize_body(x, bits, method, lo, hi, out):
+    """x: (n,) float32/float64, contiguous; writes uint64 (n,) into ``out``."""
     n = x.shape[0]
-    out = np.empty(n, dtype=np.uint64)
     scale = float(1 << bits)  # 2^B, exact in float64
     top = np.uint64((1 << bits) - 1)
     span = hi - lo
@@ -47,7 +46,6 @@ def _quantize_body(x, bits, method, lo, hi):
         # step 2: keep B bits; 1.0 -> 2^B - 1, not 2^B (which would wrap in the code)
         cell = np.uint64(np.floor(s * scale))  # in [0, 2^B]
         out[e] = cell if cell < top else top
-    return out
 
 
 _quantize_serial, _quantize_parallel = serial_and_parallel(_quantize_body)
@@ -80,5 +78,6 @@ def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0
     if parallel is None:
         parallel = flat.shape[0] >= PARALLEL_MIN_VALUES
     kernel = _quantize_parallel if parallel else _quantize_serial
-    codes = kernel(flat, np.int64(bits), np.int64(_SQUASH_IDS[squash_method]), lo, hi)
+    codes = empty_output(flat.shape, np.uint64)  # (... * N * d,)
+    kernel(flat, np.int64(bits), np.int64(_SQUASH_IDS[squash_method]), lo, hi, codes)
     return codes.reshape(x.shape)

@@ -16,15 +16,18 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._jit_numba import serial_and_parallel
+from ._jit_numba import empty_output, serial_and_parallel
 
 _DIGIT_BITS = 8
 _BUCKETS = 1 << _DIGIT_BITS
 
 
 @nb.njit(cache=True)
-def _radix_sort_row(codes, perm_out, codes_out):
-    """Stable LSD radix sort of one row; writes the permutation and the sorted codes."""
+def _radix_sort_row(codes, perm_out, codes_out, perm_tmp, codes_tmp):
+    """Stable LSD radix sort of one row; writes the permutation and the sorted codes.
+
+    Each pass moves (permutation, code) pairs from one pair of buffers to the other: the
+    outputs and two scratch rows of the same length."""
     n = codes.shape[0]
     # pass 0: how many 8-bit digits the largest code has
     top = np.uint64(0)
@@ -35,11 +38,14 @@ def _radix_sort_row(codes, perm_out, codes_out):
     while top > 0:
         passes += 1
         top >>= np.uint64(_DIGIT_BITS)
-    # start from the identity order
-    perm_a = np.arange(n).astype(np.int64)  # (N,)
-    code_a = codes.copy()  # (N,)
-    perm_b = np.empty(n, dtype=np.int64)
-    code_b = np.empty(n, dtype=np.uint64)
+    # start from the identity order, in the buffers that an even number of passes ends in
+    if passes % 2 == 0:
+        perm_a, code_a, perm_b, code_b = perm_out, codes_out, perm_tmp, codes_tmp
+    else:
+        perm_a, code_a, perm_b, code_b = perm_tmp, codes_tmp, perm_out, codes_out
+    for i in range(n):
+        perm_a[i] = i
+        code_a[i] = codes[i]
     count = np.empty(_BUCKETS, dtype=np.int64)
     mask = np.uint64(_BUCKETS - 1)
     for p in range(passes):
@@ -63,18 +69,14 @@ def _radix_sort_row(codes, perm_out, codes_out):
             code_b[slot] = code_a[i]
         perm_a, perm_b = perm_b, perm_a
         code_a, code_b = code_b, code_a
-    perm_out[:] = perm_a
-    codes_out[:] = code_a
+    # the result is now in perm_out, codes_out
 
 
-def _sort_rows_body(codes):
-    """codes: (R, N) uint64 contiguous; returns perm int64 (R, N), sorted codes uint64 (R, N)."""
-    r_count, n = codes.shape
-    perm = np.empty((r_count, n), dtype=np.int64)
-    sorted_codes = np.empty((r_count, n), dtype=np.uint64)
-    for r in nb.prange(r_count):
-        _radix_sort_row(codes[r], perm[r], sorted_codes[r])
-    return perm, sorted_codes
+def _sort_rows_body(codes, perm, sorted_codes, perm_tmp, codes_tmp):
+    """codes: (R, N) uint64 contiguous; writes perm int64 (R, N), sorted codes uint64 (R, N);
+    perm_tmp, codes_tmp: scratch of the same shapes."""
+    for r in nb.prange(codes.shape[0]):
+        _radix_sort_row(codes[r], perm[r], sorted_codes[r], perm_tmp[r], codes_tmp[r])
 
 
 _sort_rows_serial, _sort_rows_parallel = serial_and_parallel(_sort_rows_body)
@@ -102,5 +104,9 @@ def sort_keys(key_codes, *, parallel: bool | None = None) -> tuple[np.ndarray, n
     rows = np.ascontiguousarray(key_codes.reshape(n_rows, shape[-1]), dtype=np.uint64)  # (R, N)
     if parallel is None:
         parallel = n_rows >= 2
-    perm, sorted_codes = (_sort_rows_parallel if parallel else _sort_rows_serial)(rows)
+    perm = empty_output(rows.shape, np.int64)  # (R, N)
+    sorted_codes = empty_output(rows.shape, np.uint64)  # (R, N)
+    (_sort_rows_parallel if parallel else _sort_rows_serial)(
+        rows, perm, sorted_codes, empty_output(rows.shape, np.int64),
+        empty_output(rows.shape, np.uint64))
     return perm.reshape(shape), sorted_codes.reshape(shape)
