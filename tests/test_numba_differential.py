@@ -86,20 +86,25 @@ def _stage_by_stage(im, q, k, v, cfg):
     _compare(sorted_codes, im.sorted_key_codes, "sorted_key_codes")
     _compare(s.insertion_points(im.q_codes, im.key_perm, im.sorted_key_codes, im.pool_len),
              im.insertion, "insertion")
-    window_idx = s.neighbour_window(im.q_codes, im.key_perm, im.sorted_key_codes, im.pool_len,
-                                    cfg.window_width)
-    _compare(window_idx, im.window_idx, "window_idx")
+    # the visiting order changes no result: position order here, Z order in the composer,
+    # and a random one
+    shuffled = np.argsort(np.random.default_rng(0).random(im.q_codes.shape), axis=-1)
+    for order in (None, shuffled):
+        window_idx = s.neighbour_window(im.q_codes, im.key_perm, im.sorted_key_codes,
+                                        im.pool_len, cfg.window_width, order=order)
+        _compare(window_idx, im.window_idx, "window_idx")
     if cfg.window_width > cfg.k:
         _compare(s.rerank(q, k, im.window_idx, cfg.k, cfg.score), im.candidates, "candidates")
     if cfg.history_mean:
         mean_k, mean_v = s.history_means(k, v, cfg.causal)
         _compare(mean_k, im.mean_k, "mean_k")
         _compare(mean_v, im.mean_v, "mean_v")
-    out, w, w_mean = s.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma,
-                                      im.mean_k, im.mean_v)
-    _compare(out, im.output, "output")
-    _compare(w, im.weights, "weights")
-    _compare(w_mean, im.mean_weight, "mean_weight")
+    for order in (None, shuffled):
+        out, w, w_mean = s.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma,
+                                          im.mean_k, im.mean_v, order=order)
+        _compare(out, im.output, "output")
+        _compare(w, im.weights, "weights")
+        _compare(w_mean, im.mean_weight, "mean_weight")
 
 
 def _end_to_end(im_np, im_nb, cfg):

@@ -125,3 +125,29 @@ def check_bits_for_dim(bits: int, d: int, name: str = "bits") -> None:
             f"{name} * d must be <= 63 so the code fits a uint64; got {name}={bits} with d={d} "
             f"({d * bits} bits); use bits <= {63 // d}"
         )
+
+
+def visit_order(order, lead: tuple, n: int) -> np.ndarray:
+    """The queries' visiting order as a contiguous int64 (R, N) array (R = prod(lead)).
+
+    ``None`` gives position order. The one check inside the stage functions: a Numba kernel
+    writes each output row when it visits that query, so an order that skipped a query would
+    leave its row uninitialised, a wrong answer rather than an error. Every backend checks it
+    the same way, so a bad order fails alike everywhere.
+    """
+    n_rows = int(np.prod(lead, dtype=np.int64))
+    if order is None:
+        return np.tile(np.arange(n, dtype=np.int64), (n_rows, 1))  # (R, N)
+    arr = np.asarray(order)
+    if arr.shape != tuple(lead) + (n,):
+        raise ValueError(f"order must have shape {tuple(lead) + (n,)}; got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
+        raise TypeError(f"order must be an integer array; got dtype {arr.dtype}")
+    rows = np.ascontiguousarray(arr.reshape(n_rows, n), dtype=np.int64)  # (R, N)
+    if rows.size:
+        seen = np.zeros(rows.shape, dtype=bool)
+        if rows.min() >= 0 and rows.max() < n:
+            np.put_along_axis(seen, rows, True, axis=1)
+        if not seen.all():
+            raise ValueError("order must hold every query index 0 .. N-1 once in every row")
+    return rows

@@ -6,6 +6,9 @@ projected to d_k. The pass, for every leading (batch, head) slice independently:
     q, k (..., N, d_k) --quantize--> q_coords, k_coords (..., N, d_k) uint64      stage 2
                        --morton-->   q_codes, k_codes (..., N) uint64              stage 3
     k_codes            --sort-->     key_perm (..., N) int64, sorted_key_codes      stage 4
+    q_codes            --sort-->     query_order (..., N) int64: the order in which
+                                     stages 5 and 6 visit the queries (a schedule for
+                                     speed; it changes no result)
     q_codes, sorted keys, pools --window--> window_idx (..., N, W) int64            stage 5
                        --rerank (W > k)--> candidates (..., N, k) int64
     q, k, v, candidates --top-k softmax--> output (..., N, d_v), weights (..., N, k) stage 6
@@ -145,11 +148,15 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     k_codes = s.morton_encode(k_coords, cfg.bits)  # (..., N)
     # stage 4: keys in Z order, ties by position (D10)
     key_perm, sorted_key_codes = s.sort_keys(k_codes)  # (..., N) each
+    # ... and the queries: a visiting order for stages 5 and 6 that cannot change any result,
+    # but lets a backend that works query by query find the keys and values it reads in cache
+    # (queries next to each other in Z order have nearly the same candidates)
+    query_order, _ = s.sort_keys(q_codes)  # (..., N)
     # stage 5: causal pools, binary search, window, optional re-rank (D4, D5, D6, D9, D11)
     chunk = cfg.chunk_size_for(n)
     pool_len = pool_lengths(n, cfg.causal, chunk)  # (N,)
     window_idx = s.neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len,
-                                    cfg.window_width)  # (..., N, W)
+                                    cfg.window_width, order=query_order)  # (..., N, W)
     if cfg.window_width > cfg.k:
         candidates = s.rerank(q, k, window_idx, cfg.k, cfg.score)  # (..., N, k)
     else:
@@ -159,7 +166,8 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     if cfg.history_mean:
         mean_k, mean_v = s.history_means(k, v, cfg.causal)  # (..., N, d_k), (..., N, d_v)
     output, weights, mean_weight = s.topk_attention(q, k, v, candidates, cfg.score, cfg.gamma,
-                                                    mean_k, mean_v)  # (..., N, d_v), ...
+                                                    mean_k, mean_v,
+                                                    order=query_order)  # (..., N, d_v), ...
     if not return_intermediates:
         return output
     return output, Intermediates(

@@ -22,10 +22,12 @@ class Stages:
     morton_encode: Callable  # (u, bits) -> uint64 (...)
     sort_keys: Callable  # (key_codes) -> (int64 perm, uint64 sorted codes)
     insertion_points: Callable  # (q_codes, perm, sorted_codes, pool_len) -> int64 (..., N)
-    neighbour_window: Callable  # (q_codes, perm, sorted_codes, pool_len, width) -> int64 (..., N, W)
+    # (q_codes, perm, sorted_codes, pool_len, width, *, order) -> int64 (..., N, W)
+    neighbour_window: Callable
     rerank: Callable  # (q, k, window_idx, k_top, score) -> int64 (..., N, k)
     history_means: Callable  # (k, v, causal) -> (mean_k, mean_v)
-    topk_attention: Callable  # (q, k, v, candidates, score, gamma, mean_k, mean_v) -> (out, w, w_mean)
+    # (q, k, v, candidates, score, gamma, mean_k, mean_v, *, order) -> (out, w, w_mean)
+    topk_attention: Callable
 
 
 @dataclass(frozen=True)

@@ -123,18 +123,19 @@ def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
 
     def sort():
         res["perm"], res["sorted"] = s.sort_keys(res["kz"])
+        res["q_order"] = s.sort_keys(res["qz"])[0]
 
     def window():
         pool = pool_lengths(n, cfg.causal, cfg.chunk_size_for(n))
         res["cand"] = s.neighbour_window(res["qz"], res["perm"], res["sorted"], pool,
-                                         cfg.window_width)
+                                         cfg.window_width, order=res["q_order"])
 
     def means():
         res["mk"], res["mv"] = s.history_means(k, v, cfg.causal)
 
     def topk():
         res["out"] = s.topk_attention(q, k, v, res["cand"], cfg.score, cfg.gamma, res["mk"],
-                                      res["mv"])[0]
+                                      res["mv"], order=res["q_order"])[0]
 
     return dict(zip(STAGE_NAMES, (quantize, morton, sort, window, means, topk)))
 

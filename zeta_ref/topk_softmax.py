@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import visit_order
 from .config import SCORES
 from .window import gather_rows, nearness
 
@@ -90,7 +91,7 @@ def _affinity(near, score: str, gamma: float, d_k: int, valid):
 
 
 def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
-                   mean_k=None, mean_v=None):
+                   mean_k=None, mean_v=None, *, order=None):
     """Weights over each query's candidates and the weighted sum of their values.
 
     Parameters
@@ -105,6 +106,12 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
         gamma of Eq. 6 (used by "cauchy").
     mean_k, mean_v : arrays (..., N, d_k) and (..., N, d_v), optional
         The mean term (D8) from :func:`history_means`; None leaves it out.
+    order : int64 array (..., N), optional
+        An order in which to visit the queries (a permutation of 0 .. N-1 per row). It cannot
+        change the result: every query's output comes from its own candidates alone. The
+        specification computes all queries at once and ignores it; a twin that walks the
+        queries one by one may use it to keep the value rows it reads in cache (the composer
+        passes the queries' Z order).
 
     Returns
     -------
@@ -119,6 +126,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     The normalisation runs over the k slots and the mean term together, so
     ``weights.sum(-1) + mean_weight`` is 1 for every query with at least one candidate.
     """
+    visit_order(order, q.shape[:-2], q.shape[-2])  # checked as in every backend, not needed
     d_k = q.shape[-1]
     valid = candidates >= 0  # (..., N, k)
     keys = gather_rows(k, candidates)  # (..., N, k, d_k)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import visit_order
 from .config import CAUSAL_MODES
 
 
@@ -127,7 +128,8 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     return out.reshape(lead + (n,))
 
 
-def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) -> np.ndarray:
+def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, *,
+                     order=None) -> np.ndarray:
     """Take each query's window of W keys around its place in its pool (steps 1 to 3).
 
     Parameters
@@ -140,6 +142,10 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) 
         L_i from :func:`pool_lengths`.
     width : int
         W, the window width.
+    order : int64 array (..., N), optional
+        An order in which to visit the queries. It cannot change the result (each query's
+        window depends on its own code and pool alone); the specification handles a pool's
+        queries all at once and ignores it. Twins use it for speed (see the composer).
 
     Returns
     -------
@@ -152,6 +158,7 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int) 
     """
     lead, n = q_codes.shape[:-1], q_codes.shape[-1]
     pool_len = _check_pool_len(pool_len, n)
+    visit_order(order, lead, n)  # checked as in every backend, not needed here
     qz = q_codes.reshape(-1, n)  # (R, N)
     out = np.full((qz.shape[0], n, width), -1, dtype=np.int64)  # (R, N, W)
     slots = np.arange(width)  # (W,)

@@ -13,7 +13,10 @@ future keys, which the walk of step 3 skips.
 
 Step 2, binary search. ``ip`` = number of block-pool keys with a code below the query's
 (side "left"). The visible keys before ``ip`` are exactly the pool keys with a smaller code, so
-the visible key at or after ``ip`` has pool rank p, the specification's insertion point.
+the visible key at or after ``ip`` has pool rank p, the specification's insertion point. The
+queries of a block are visited in the order the caller gives (the composer: Z order), and each
+search starts from the previous query's answer and gallops outward, so it reads the part of
+the block pool that the previous query left in cache. The answer does not depend on the order.
 
 Step 3, window (D6, D11, D9). Walk left from ``ip`` collecting up to W//2 visible keys (ranks
 p-1, p-2, ...) and right collecting the rest (ranks p, p+1, ...), skipping positions >= L.
@@ -38,18 +41,56 @@ import math
 import numba as nb
 import numpy as np
 
+from ._checks import visit_order
+from ._jit_numba import empty_output
+
 
 def block_size(n: int, width: int) -> int:
     """B, the positions per block pool: about 4 sqrt(N), never below W (see module docstring)."""
     return max(int(width), 4 * int(math.isqrt(max(int(n), 1))), 1)
 
 
+@nb.njit(cache=True, inline="always")
+def _search_left_from(codes, m, x, guess):
+    """The first index of ``codes[:m]`` (sorted) whose code is >= x: NumPy's
+    ``searchsorted(codes[:m], x, side="left")``. It gallops out from ``guess`` (steps 1, 2, 4,
+    ... to bracket the answer), then bisects the bracket: O(log distance) reads, all near the
+    guess, when successive queries have nearby codes; any guess in [0, m] gives the same answer.
+    """
+    if guess < m and codes[guess] < x:  # the answer is above the guess
+        lo = guess + 1
+        hi = lo
+        step = 1
+        while hi < m and codes[hi] < x:
+            lo = hi + 1
+            hi = lo + step
+            step *= 2
+        hi = min(hi, m)
+    else:  # the answer is at or below the guess
+        hi = guess
+        lo = hi
+        step = 1
+        while lo > 0 and codes[lo - 1] >= x:
+            hi = lo - 1
+            lo = hi - step
+            step *= 2
+        lo = max(lo, 0)
+    # now codes[lo - 1] < x (or lo = 0) and codes[hi] >= x (or hi = m): bisect [lo, hi)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if codes[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @nb.njit(cache=True, parallel=True)
-def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, width, block):
-    """q_codes, key_perm, sorted_codes: (R, N); pool_len (N,) in [0, N]; returns int64 (R, N, W)."""
+def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, order, width, block, out):
+    """q_codes, key_perm, sorted_codes, order: (R, N); pool_len (N,) in [0, N]; writes every
+    row of ``out``, int64 (R, N, W). The queries of a block are visited in ``order``."""
     r_count, n = q_codes.shape
     half = width // 2
-    out = np.full((r_count, n, width), -1, dtype=np.int64)  # (R, N, W)
     n_blocks = (n + block - 1) // block
     # the queries of each block pool, grouped by a counting sort on the block id
     block_of = np.empty(n, dtype=np.int64)  # (N,), -1 for an empty pool
@@ -59,15 +100,19 @@ def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, width, block):
         block_of[i] = (L - 1) // block if L > 0 else -1
         if L > 0:
             first[block_of[i] + 1] += 1
+        else:  # an empty pool: an empty window
+            out[:, i, :] = -1
     for c in range(n_blocks):
         first[c + 1] += first[c]
-    queries = np.empty(first[n_blocks], dtype=np.int64)  # query ids, grouped by block
-    fill = first[:n_blocks].copy()
-    for i in range(n):
-        c = block_of[i]
-        if c >= 0:
-            queries[fill[c]] = i
-            fill[c] += 1
+    queries = np.empty((r_count, first[n_blocks]), dtype=np.int64)  # grouped by block
+    for r in range(r_count):
+        fill = first[:n_blocks].copy()
+        for t in range(n):  # in visiting order, which each block's list keeps
+            i = order[r, t]
+            c = block_of[i]
+            if c >= 0:
+                queries[r, fill[c]] = i
+                fill[c] += 1
     for task in nb.prange(r_count * n_blocks):
         r = task // n_blocks
         c = n_blocks - 1 - task % n_blocks  # the larger pools first: better load balance
@@ -75,30 +120,24 @@ def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, width, block):
             continue
         limit = min((c + 1) * block, n)
         # step 1: the block pool, in Z order: sorted keys with position < limit
-        pool_pos = np.empty(limit, dtype=np.int64)  # (n_block_pool,)
-        pool_codes = np.empty(limit, dtype=np.uint64)  # (n_block_pool,)
+        # (limit + 1,): the branch-free filter writes one slot past the last key it keeps
+        pool_pos = np.empty(limit + 1, dtype=np.int64)
+        pool_codes = np.empty(limit + 1, dtype=np.uint64)
         m = 0
-        for s in range(n):
+        for s in range(n):  # branch-free: every key is written, only the visible ones kept
             j = key_perm[r, s]
-            if j < limit:
-                pool_pos[m] = j
-                pool_codes[m] = sorted_codes[r, s]
-                m += 1
+            pool_pos[m] = j
+            pool_codes[m] = sorted_codes[r, s]
+            m += j < limit
         left = np.empty(width, dtype=np.int64)  # visible keys below the insertion point
+        ip = m // 2
         for t in range(first[c], first[c + 1]):
-            i = queries[t]
+            i = queries[r, t]
             L = pool_len[i]
             qz = q_codes[r, i]
-            # step 2: binary search, side "left": first block-pool key with code >= qz
-            lo = 0
-            hi = m
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if pool_codes[mid] < qz:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            ip = lo
+            # step 2: binary search, side "left": first block-pool key with code >= qz,
+            # started from the previous query's answer (in Z order the next one is near)
+            ip = _search_left_from(pool_codes, m, qz, min(ip, m))
             # step 3: W//2 visible keys below, the rest at or above, slid inside the pool
             n_left = 0
             a = ip - 1
@@ -132,11 +171,10 @@ def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, width, block):
                 row[s] = left[n_left - 1 - s]
             for s in range(n_left + n_right, width):
                 row[s] = -1
-    return out
 
 
 def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, *,
-                     block: int | None = None) -> np.ndarray:
+                     order=None, block: int | None = None) -> np.ndarray:
     """Each query's window of W keys around its place in its pool (Numba twin, steps 1-3).
 
     Parameters
@@ -147,6 +185,11 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
         L_i from :func:`zeta_ref.window.pool_lengths`.
     width : int
         W, the window width.
+    order : int64 array (..., N), optional
+        The order in which to visit the queries of a block, a permutation of 0 .. N-1 per row;
+        position order when omitted. It changes the speed, never the result. In Z order (what
+        the composer passes) the binary searches and walks of successive queries land in the
+        same part of the block pool, which stays in cache.
     block : int, optional
         B, positions per block pool; :func:`block_size` when omitted. Any B >= 1 gives the
         same answer (the tests use tiny ones); it only moves the cost between steps 1 and 3.
@@ -164,18 +207,19 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
                               dtype=np.uint64)  # (R, N)
     lengths = np.clip(np.asarray(pool_len, dtype=np.int64), 0, n)  # (N,)
     width = int(width)
-    out = _window_kernel(qz, perm, kz, lengths, np.int64(width),
-                         np.int64(block_size(n, width) if block is None else block))
+    visit = visit_order(order, lead, n)  # (R, N)
+    out = empty_output((n_rows, n, width), np.int64)  # (R, N, W)
+    _window_kernel(qz, perm, kz, lengths, visit, np.int64(width),
+                   np.int64(block_size(n, width) if block is None else block), out)
     return out.reshape(lead + (n, width))
 
 
 @nb.njit(cache=True, parallel=True)
-def _rerank_kernel(q, k, window_idx, k_top, softmax):
-    """q, k: (R, N, d); window_idx (R, N, W); returns int64 (R, N, k_top)."""
+def _rerank_kernel(q, k, window_idx, k_top, softmax, out):
+    """q, k: (R, N, d); window_idx (R, N, W); writes int64 (R, N, k_top) into ``out``."""
     r_count, n, d = q.shape
     width = window_idx.shape[2]
     big = np.iinfo(np.int64).max
-    out = np.empty((r_count, n, k_top), dtype=np.int64)  # (R, N, k)
     for task in nb.prange(r_count * n):
         r = task // n
         i = task % n
@@ -218,7 +262,6 @@ def _rerank_kernel(q, k, window_idx, k_top, softmax):
             if kept[s]:
                 out[r, i, m] = window_idx[r, i, s]
                 m += 1
-    return out
 
 
 def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
@@ -244,15 +287,16 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     kr = np.ascontiguousarray(np.asarray(k).reshape(n_rows, n, d))  # (R, N, d_k)
     wr = np.ascontiguousarray(np.asarray(window_idx).reshape(n_rows, n, width),
                               dtype=np.int64)  # (R, N, W)
-    out = _rerank_kernel(qr, kr, wr, np.int64(k_top), score == "softmax")  # (R, N, k)
+    out = empty_output((n_rows, n, int(k_top)), np.int64)  # (R, N, k)
+    _rerank_kernel(qr, kr, wr, np.int64(k_top), score == "softmax", out)
     return out.reshape(lead + (n, int(k_top)))
 
 
 @nb.njit(cache=True, parallel=True)
-def _insertion_kernel(q_codes, key_perm, sorted_codes, pool_len):
-    """q_codes, key_perm, sorted_codes: (R, N); pool_len (N,) non-decreasing; int64 (R, N)."""
+def _insertion_kernel(q_codes, key_perm, sorted_codes, pool_len, out):
+    """q_codes, key_perm, sorted_codes: (R, N); pool_len (N,) non-decreasing; writes int64
+    (R, N) into ``out``."""
     r_count, n = q_codes.shape
-    out = np.zeros((r_count, n), dtype=np.int64)  # (R, N)
     for r in nb.prange(r_count):
         # rank_of[j]: where key j stands in Z order
         rank_of = np.empty(n, dtype=np.int64)  # (N,)
@@ -286,7 +330,6 @@ def _insertion_kernel(q_codes, key_perm, sorted_codes, pool_len):
                 count += tree[t]
                 t -= t & -t
             out[r, i] = count
-    return out
 
 
 def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarray:
@@ -314,4 +357,6 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     perm = np.ascontiguousarray(np.asarray(key_perm).reshape(n_rows, n), dtype=np.int64)
     kz = np.ascontiguousarray(np.asarray(sorted_key_codes).reshape(n_rows, n), dtype=np.uint64)
     lengths = np.clip(np.asarray(pool_len, dtype=np.int64), 0, n)  # (N,)
-    return _insertion_kernel(qz, perm, kz, lengths).reshape(lead + (n,))
+    out = empty_output((n_rows, n), np.int64)  # (R, N)
+    _insertion_kernel(qz, perm, kz, lengths, out)
+    return out.reshape(lead + (n,))
