@@ -19,7 +19,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from zeta_ref import sort_numba, topk_softmax_numba, window_numba  # noqa: E402
-from zeta_ref._jit_numba import HUGE_MIN_BYTES, HUGE_PAGE, empty_output  # noqa: E402
+from zeta_ref.host_memory import HUGE_PAGE, POOLED_MIN_BYTES, empty_output  # noqa: E402
 from zeta_ref.window_numba import _search_left_from  # noqa: E402
 
 SEED = 31
@@ -138,7 +138,22 @@ def test_galloping_search_is_searchsorted_left(values, x, guess):
 def test_empty_output(shape, dtype):
     a = empty_output(shape, dtype)
     assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-    if a.nbytes >= HUGE_MIN_BYTES:
+    if a.nbytes >= POOLED_MIN_BYTES:
         assert a.ctypes.data % HUGE_PAGE == 0  # starts on a huge-page boundary
     a[...] = 1  # the whole array is usable
     assert a.sum() == a.size
+
+
+@pytest.mark.parametrize("score", ("cauchy", "softmax"))
+def test_without_weights_the_rest_is_unchanged(score):
+    rng = np.random.default_rng(SEED)
+    n = 500
+    q, k, v, _, _, _ = _inputs(rng, (2,), n)
+    cand = rng.integers(-1, n, size=(2, n, 6))
+    means = topk_softmax.history_means(k, v, "inclusive")
+    for fn in (topk_softmax.topk_attention, topk_softmax_numba.topk_attention):
+        out, w, w_mean = fn(q, k, v, cand, score, 0.5, *means)
+        out2, w2, w_mean2 = fn(q, k, v, cand, score, 0.5, *means, with_weights=False)
+        assert w.shape == (2, n, 6) and w2 is None
+        np.testing.assert_array_equal(out2, out)
+        np.testing.assert_array_equal(w_mean2, w_mean)

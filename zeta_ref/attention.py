@@ -165,9 +165,9 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     mean_k = mean_v = None
     if cfg.history_mean:
         mean_k, mean_v = s.history_means(k, v, cfg.causal)  # (..., N, d_k), (..., N, d_v)
-    output, weights, mean_weight = s.topk_attention(q, k, v, candidates, cfg.score, cfg.gamma,
-                                                    mean_k, mean_v,
-                                                    order=query_order)  # (..., N, d_v), ...
+    output, weights, mean_weight = s.topk_attention(
+        q, k, v, candidates, cfg.score, cfg.gamma, mean_k, mean_v, order=query_order,
+        with_weights=return_intermediates)  # (..., N, d_v), (..., N, k) or None, (..., N)
     if not return_intermediates:
         return output
     return output, Intermediates(

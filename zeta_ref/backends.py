@@ -26,7 +26,8 @@ class Stages:
     neighbour_window: Callable
     rerank: Callable  # (q, k, window_idx, k_top, score) -> int64 (..., N, k)
     history_means: Callable  # (k, v, causal) -> (mean_k, mean_v)
-    # (q, k, v, candidates, score, gamma, mean_k, mean_v, *, order) -> (out, w, w_mean)
+    # (q, k, v, candidates, score, gamma, mean_k, mean_v, *, order, with_weights)
+    #   -> (out, weights or None, mean_weight)
     topk_attention: Callable
 
 

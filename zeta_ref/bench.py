@@ -102,7 +102,8 @@ def dense_causal_attention(q, k, v):
 
 
 def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
-    """The composer's stage calls, one closure per stage, each fed the previous results.
+    """The composer's stage calls for a forward pass without intermediates, one closure per
+    stage, each fed the previous results.
 
     The results land in ``res`` (a new dict unless one is given) under short names.
     """
@@ -135,7 +136,8 @@ def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
 
     def topk():
         res["out"] = s.topk_attention(q, k, v, res["cand"], cfg.score, cfg.gamma, res["mk"],
-                                      res["mv"], order=res["q_order"])[0]
+                                      res["mv"], order=res["q_order"],
+                                      with_weights=False)[0]
 
     return dict(zip(STAGE_NAMES, (quantize, morton, sort, window, means, topk)))
 

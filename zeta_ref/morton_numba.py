@@ -20,7 +20,8 @@ import numba as nb
 import numpy as np
 
 from ._checks import check_bits_for_dim
-from ._jit_numba import empty_output, serial_and_parallel
+from ._jit_numba import serial_and_parallel
+from .host_memory import empty_output
 
 
 def _encode_general_body(u, bits, z):

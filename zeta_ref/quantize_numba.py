@@ -17,7 +17,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._jit_numba import empty_output, serial_and_parallel
+from ._jit_numba import serial_and_parallel
+from .host_memory import empty_output
 from .config import SQUASHES
 
 _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}

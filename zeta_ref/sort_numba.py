@@ -16,7 +16,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._jit_numba import empty_output, serial_and_parallel
+from ._jit_numba import serial_and_parallel
+from .host_memory import empty_output
 
 _DIGIT_BITS = 8
 _BUCKETS = 1 << _DIGIT_BITS

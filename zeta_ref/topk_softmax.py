@@ -91,7 +91,7 @@ def _affinity(near, score: str, gamma: float, d_k: int, valid):
 
 
 def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
-                   mean_k=None, mean_v=None, *, order=None):
+                   mean_k=None, mean_v=None, *, order=None, with_weights: bool = True):
     """Weights over each query's candidates and the weighted sum of their values.
 
     Parameters
@@ -112,11 +112,14 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
         specification computes all queries at once and ignores it; a twin that walks the
         queries one by one may use it to keep the value rows it reads in cache (the composer
         passes the queries' Z order).
+    with_weights : bool, default True
+        Return the weights of the slots; False returns None in their place (the composer
+        needs them only for its intermediates, and a twin then saves writing them).
 
     Returns
     -------
     out : array (..., N, d_v)
-    weights : array (..., N, k)
+    weights : array (..., N, k), or None with ``with_weights=False``
         Normalised weight of each candidate slot (0 for empty slots).
     mean_weight : array (..., N)
         Weight of the mean term (0 when it is off).
@@ -143,4 +146,5 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     out = (w[..., None] * values).sum(axis=-2)  # (..., N, d_v)
     n_slots = candidates.shape[-1]
     mean_weight = w[..., n_slots] if mean_k is not None else np.zeros(w.shape[:-1], w.dtype)
-    return out.astype(q.dtype, copy=False), w[..., :n_slots], mean_weight
+    weights = w[..., :n_slots] if with_weights else None
+    return out.astype(q.dtype, copy=False), weights, mean_weight

@@ -42,7 +42,7 @@ import numba as nb
 import numpy as np
 
 from ._checks import visit_order
-from ._jit_numba import empty_output
+from .host_memory import empty_output
 
 
 def block_size(n: int, width: int) -> int:
