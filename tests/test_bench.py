@@ -55,7 +55,8 @@ def test_bench_runs_and_writes_table_json_and_plot(tmp_path):
     assert set(runs[256, "numba"]["stages_s"]) == {"quantize", "morton", "sort", "window",
                                                    "means", "topk"}
     assert data["morton"]["codes"] == 4096 and data["morton"]["codes_per_s"] > 0
-    assert data["allocator_diagnostic"]["n"] == 256
+    assert data["pool_off"]["n"] == 256 and data["pool_off"]["total_s"] > 0
+    assert "with the output pool off" in res.stdout
     assert out_png.stat().st_size > 10_000
 
 

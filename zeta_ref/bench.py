@@ -18,12 +18,11 @@ forward pass at N = 65536; input and output stay in cache, so it times the encod
 target's number) and --morton-stream-n (4 Mi codes: 96 MiB in, 32 MiB of fresh output, so it
 times the memory system and the page faults of the output as much as the encoding).
 Page faults: every end-to-end row also reports the minor page faults and the system time per
-call. glibc hands freed blocks of this size back to the kernel, so each call faults its ~60 MiB
-of temporaries and outputs in afresh, and on a virtual machine a fault can cost microseconds. A
-diagnostic line repeats the largest Numba run in a subprocess with glibc's trim and mmap
-thresholds raised (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_), which keeps freed memory in
-the process: it shows what the faults cost. It is not the target's number: the targets are
-checked on the default environment, the one a user gets.
+call. The Numba twins take their large outputs from zeta_ref.host_memory, which reuses buffers
+that nothing refers to any more; without it, each call would fault in and zero-fill its ~60 MiB
+of outputs afresh (the C library hands blocks this large back to the kernel), and on a virtual
+machine a fault costs microseconds. A diagnostic line repeats the largest Numba run with the
+pool off, in the same process, right after the timed run: it shows what the reuse buys.
 
 Configurations that would take too long or too much memory are skipped with the reason
 (--numpy-max-n, --dense-max-n). A progress bar goes to stderr; the table to stdout.
@@ -207,42 +206,22 @@ def measure_memory(method: str, n: int, seed: int) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-_ALLOCATOR_PROBE = r"""
-import json, resource, sys, time
-sys.path.insert(0, {root!r})
-import numba
-from zeta_ref import ZetaConfig, zeta_attention
-from zeta_ref.bench import make_inputs, median_time
-if {threads!r} is not None:
-    numba.set_num_threads({threads!r})
-q, k, v = make_inputs({n}, {seed})
-forward = lambda: zeta_attention(q, k, v, ZetaConfig(k=32), backend="numba")
-forward()
-before = resource.getrusage(resource.RUSAGE_SELF)
-t = median_time(forward, {repeats})
-after = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({{"n": {n}, "total_s": t, "tokens_per_s": {n} / t,
-                  "faults_per_call": (after.ru_minflt - before.ru_minflt) / {repeats}}}))
-"""
+def measure_without_pool(forward, repeats: int) -> dict:
+    """The forward pass timed again with the output pool off (zeta_ref.host_memory.limit(0)):
+    every call then gets fresh memory, as it would from NumPy alone (a diagnostic)."""
+    from zeta_ref import host_memory
 
-#: glibc keeps freed memory below these sizes in the process instead of returning it.
-RAISED_MALLOC_THRESHOLDS = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-                            "MALLOC_MMAP_THRESHOLD_": str(1 << 30)}
-
-
-def measure_with_raised_malloc_thresholds(n, seed, repeats, threads) -> dict | None:
-    """The Numba forward pass in a subprocess whose glibc keeps freed memory (a diagnostic)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = _ALLOCATOR_PROBE.format(root=root, n=n, seed=seed, repeats=repeats, threads=threads)
-    env = dict(os.environ, **RAISED_MALLOC_THRESHOLDS)
+    saved = host_memory.limit()
+    host_memory.limit(0)
+    host_memory.release()
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=900, env=env)
-    except subprocess.TimeoutExpired:
-        return None
-    if done.returncode != 0:
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        forward()
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t = median_time(forward, repeats)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        host_memory.limit(saved)
+    return {"total_s": t, "faults_per_call": (after.ru_minflt - before.ru_minflt) / repeats}
 
 
 # ------------------------------------------------------------------ progress and output
@@ -364,6 +343,10 @@ def run(args):
         row["tokens_per_s"] = n / row["total_s"]
         row["faults_per_call"] = (after.ru_minflt - before.ru_minflt) / args.repeats
         row["sys_s_per_call"] = (after.ru_stime - before.ru_stime) / args.repeats
+        if method == "numba" and n == max(args.sizes):
+            bar.show(f"{method} N={n} end to end, output pool off")
+            results["pool_off"] = dict(measure_without_pool(forward, args.repeats), n=n,
+                                       pool_on_s=row["total_s"])
         bar.step(f"{method} N={n} end to end")
         if method != "dense":
             calls = stage_calls(method, q, k, v, cfg)
@@ -376,11 +359,6 @@ def run(args):
             bar.show(f"{method} N={n} peak memory (subprocess)")
             row["memory"] = measure_memory(method, n, args.seed)
             bar.step(f"{method} N={n} memory")
-    numba_ns = [r["n"] for r in results["runs"] if r["method"] == "numba" and not r["skipped"]]
-    if numba_ns and not args.no_memory:
-        bar.show(f"numba N={max(numba_ns)} allocator diagnostic (subprocess)")
-        results["allocator_diagnostic"] = measure_with_raised_malloc_thresholds(
-            max(numba_ns), args.seed, args.repeats, args.threads)
     bar.close()
 
     _add_ratios(results)
@@ -455,11 +433,12 @@ def targets(results) -> list[str]:
     if ms:
         out.append(f"Morton, memory-bound (not the target): {ms['codes_per_s'] / 1e6:.0f} M/s at "
                    f"{ms['codes']:,} codes per call")
-    diag = results.get("allocator_diagnostic")
-    if diag:
-        out.append(f"diagnostic, not a target: numba at N={diag['n']} with glibc's trim/mmap "
-                   f"thresholds raised (subprocess): {diag['tokens_per_s']:,.0f} tokens/s, "
-                   f"{diag['faults_per_call']:.0f} faults per call")
+    off = results.get("pool_off")
+    if off:
+        out.append(f"diagnostic, not a target: numba at N={off['n']} with the output pool off "
+                   f"(host_memory.limit(0)): {off['n'] / off['total_s']:,.0f} tokens/s, "
+                   f"{off['faults_per_call']:.0f} faults per call; "
+                   f"{off['total_s'] / off['pool_on_s']:.2f}x the time with it on")
     mems = [(r["n"], r["memory"]["peak_extra_kib"]) for r in results["runs"]
             if not r["skipped"] and r["method"] == "numba" and r.get("memory")]
     if len(mems) >= 2:
