@@ -115,17 +115,23 @@ def _topk_body(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean, order, bl
         r = task // n_blocks
         t0 = (task % n_blocks) * block
         a = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) affinities, slot k = mean term
+        ok = np.empty(n_slots + 1, dtype=np.bool_)  # (k + 1,) the slot holds a key
         w = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) normalised weights
         acc = np.empty(d_v, dtype=q.dtype)  # (d_v,) the output row being summed
         for t in range(t0, min(t0 + block, n)):
             i = order[r, t]
-            # step 1: nearness of every candidate, coordinate by coordinate (window.nearness)
+            # steps 1 and 2: each slot's nearness, coordinate by coordinate (window.nearness),
+            # and its affinity; an empty slot gets 0 (D9)
+            top = -np.inf
+            total = zero  # the sum of the affinities, in slot order (empty slots add 0)
             for s in range(n_slots + 1):
                 if s < n_slots:
                     j = cand[r, i, s]
-                    if j < 0:
-                        continue
-                elif not with_mean:
+                    ok[s] = j >= 0
+                else:
+                    ok[s] = with_mean
+                if not ok[s]:
+                    a[s] = zero
                     continue
                 near = zero
                 for e in range(d_k):
@@ -135,33 +141,23 @@ def _topk_body(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean, order, bl
                     else:
                         diff = q[r, i, e] - ke
                         near += diff * diff
-                a[s] = near
-            # step 2: affinities (0 for empty slots, D9)
-            top = -np.inf
-            for s in range(n_slots + 1):
-                valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
-                if not valid:
-                    a[s] = zero
-                    continue
                 if score == 0 or score == 3:
-                    a[s] = one / (a[s] + add)
+                    a[s] = one / (near + add)
+                    total += a[s]
                 else:
-                    logit = -a[s] / root_d if score == 1 else -a[s]
+                    logit = -near / root_d if score == 1 else -near
                     a[s] = logit
                     if logit > top:
                         top = logit
-            if score == 1 or score == 2:
+            if score == 1 or score == 2:  # exp scores: minus the largest logit, then exp
                 if not np.isfinite(top):
                     top = 0.0
                 top_x = q.dtype.type(top)
                 for s in range(n_slots + 1):
-                    valid = (cand[r, i, s] >= 0) if s < n_slots else with_mean
-                    if valid:
+                    if ok[s]:
                         a[s] = np.exp(a[s] - top_x)
+                    total += a[s]
             # step 3: normalise over the k slots and the mean term together
-            total = zero
-            for s in range(n_slots + 1):
-                total += a[s]  # empty slots hold 0
             if total <= zero:
                 total = one  # nothing valid: weights and output stay 0
             for s in range(n_slots + 1):
