@@ -18,8 +18,8 @@ import numba as nb
 import numpy as np
 
 from ._jit_numba import serial_and_parallel
-from .host_memory import empty_output
 from .config import SQUASHES
+from .host_memory import empty_output
 
 _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}
 

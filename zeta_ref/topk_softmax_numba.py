@@ -19,8 +19,8 @@ import numpy as np
 
 from ._checks import visit_order
 from ._jit_numba import serial_and_parallel
-from .host_memory import empty_output
 from .config import SCORES
+from .host_memory import empty_output
 from .topk_softmax import INV_EUCLIDEAN_EPS
 
 _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
