@@ -26,7 +26,8 @@ of its elements (the tests of each twin check the whole output).
 
 How "no array refers to it" is known: every array made here is a view whose base is the
 pool's buffer, so the buffer's reference count (CPython's ``sys.getrefcount``) counts the
-arrays that still use it. The pool's lock makes taking a buffer safe across threads.
+arrays that still use it. The pool's lock makes taking a buffer safe across threads. On a
+free-threaded Python (no GIL) the counts are not exact, and the pool only aligns, never reuses.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ _buffers: list[np.ndarray] = []  # uint8 buffers, least recently handed out firs
 _limit = 256 << 20
 
 
+#: Reference counts are exact only with the GIL; a free-threaded Python never reuses a buffer.
+_COUNTS_ARE_EXACT = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
 def _is_free(index: int) -> bool:
     """No array outside the pool refers to ``_buffers[index]``."""
     buffer = _buffers[index]
     # the references: the list, the local name, and getrefcount's own argument
-    return sys.getrefcount(buffer) == 3
+    return _COUNTS_ARE_EXACT and sys.getrefcount(buffer) == 3
 
 
 def _take(size: int) -> np.ndarray:
