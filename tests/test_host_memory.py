@@ -109,3 +109,11 @@ def test_threads_share_the_pool_safely():
         assert len(outs) == 3
         for out in outs:
             np.testing.assert_array_equal(out, want[i])
+
+
+def test_without_exact_reference_counts_nothing_is_kept(monkeypatch):
+    # what a free-threaded Python gets: aligned arrays, no reuse, nothing held
+    monkeypatch.setattr(host_memory, "_COUNTS_ARE_EXACT", False)
+    a = empty_output(BIG, np.float32)
+    assert a.ctypes.data % HUGE_PAGE == 0
+    assert host_memory.stats()["buffers"] == 0
