@@ -30,4 +30,3 @@ def serial_and_parallel(body):
     serial = nb.njit(cache=True)(_renamed(body, f"_{name}_serial"))
     parallel = nb.njit(cache=True, parallel=True)(_renamed(body, f"_{name}_parallel"))
     return serial, parallel
-

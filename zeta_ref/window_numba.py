@@ -137,7 +137,7 @@ def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, order, width, bloc
             qz = q_codes[r, i]
             # step 2: binary search, side "left": first block-pool key with code >= qz,
             # started from the previous query's answer (in Z order the next one is near)
-            ip = _search_left_from(pool_codes, m, qz, min(ip, m))
+            ip = _search_left_from(pool_codes, m, qz, ip)  # ip <= m: same block pool
             # step 3: W//2 visible keys below, the rest at or above, slid inside the pool
             n_left = 0
             a = ip - 1
