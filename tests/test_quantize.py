@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from zeta_ref.quantize import quantize, squash
+from zeta_ref import backends, get_backend, zeta_attention
+from zeta_ref.quantize import exp_ieee, quantize, squash
+from zeta_ref.tolerances import assert_close
 
 METHODS = ("sigmoid", "tanh", "clip")
 
@@ -110,5 +112,83 @@ def test_elementwise_and_shape_preserving(rng):
 def test_sigmoid_default(rng):
     x = rng.standard_normal((5, 3))
     np.testing.assert_array_equal(quantize(x, 10), quantize(x, 10, "sigmoid"))
-    want = np.minimum(np.floor(1.0 / (1.0 + np.exp(-x)) * 1024), 1023)
+    want = np.minimum(np.floor(squash(x) * 1024), 1023)
     np.testing.assert_array_equal(quantize(x, 10), want)
+
+
+# ---------------------------------------------------------------- D13: exp from IEEE operations
+
+
+def test_exp_ieee_is_exp_within_two_ulp(rng):
+    t = np.concatenate([rng.uniform(-744.0, 709.0, 200_000), rng.uniform(-3.0, 3.0, 200_000),
+                        np.linspace(-40.0, 40.0, 8001)])
+    got, want = exp_ieee(t), np.exp(t)
+    normal = want > np.finfo(np.float64).tiny
+    ulps = np.abs(got[normal] - want[normal]) / np.spacing(want[normal])
+    assert ulps.max() <= 2.0, ulps.max()
+
+
+def test_exp_ieee_special_values():
+    assert exp_ieee(0.0) == 1.0
+    assert exp_ieee(710.0) == np.inf and exp_ieee(1e308) == np.inf
+    assert exp_ieee(-746.0) == 0.0 and exp_ieee(-1e308) == 0.0
+    assert 0.0 < exp_ieee(-745.0) < 1e-320  # the subnormal range is reached
+    assert np.isfinite(exp_ieee(709.7))
+
+
+def test_squash_is_the_library_function_to_a_few_ulp(rng):
+    x = rng.standard_normal(100_000) * 6
+    np.testing.assert_allclose(squash(x, "sigmoid"), 1.0 / (1.0 + np.exp(-x)), rtol=5e-16)
+    np.testing.assert_allclose(squash(x, "tanh"), (np.tanh(x) + 1.0) * 0.5, rtol=5e-15,
+                               atol=1e-16)
+
+
+def _edge_inputs(bits, method, rng):
+    """Inputs on and one or two ulps around the cell edges x_j with squash(x_j) = j / 2^B."""
+    if bits <= 12:
+        j = np.arange(1, 1 << bits, dtype=np.float64)
+    else:
+        j = np.floor(rng.random(4096) * 2.0**bits)
+        j = j[(j > 0) & (j < 2.0**bits)]
+    frac = j / 2.0**bits
+    edge = np.log(frac) - np.log1p(-frac)  # logit, the sigmoid's edges
+    if method == "tanh":
+        edge = edge / 2
+    elif method == "clip":
+        edge = -4.0 + frac * 8.0
+    down1, up1 = np.nextafter(edge, -np.inf), np.nextafter(edge, np.inf)
+    down2, up2 = np.nextafter(down1, -np.inf), np.nextafter(up1, np.inf)
+    return np.concatenate([down2, down1, edge, up1, up2])
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("d_k, bits", [(3, 1), (3, 10), (3, 21), (2, 31), (1, 52), (1, 63)])
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+def test_every_backend_puts_cell_edges_in_the_same_cell(rng, method, d_k, bits, dtype):
+    """D13: on the cell edges themselves, where one ulp decides, every backend agrees."""
+    x = _edge_inputs(bits, method, rng).astype(dtype)
+    x = x[: len(x) // d_k * d_k].reshape(-1, d_k)  # (n, d_k)
+    want = quantize(x, bits, method)
+    for name in backends():
+        got = get_backend(name).stages().quantize(x, bits, method, (-4.0, 4.0))
+        got = got.get() if hasattr(got, "get") else got  # a GPU twin returns device arrays
+        assert got.dtype == np.uint64 and got.shape == x.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_the_reported_cell_edge_case_agrees_on_every_backend():
+    """The repro of issue 13: sigmoid(x) * 2^10 on the edge of cells 70 and 71."""
+    rng = np.random.default_rng(0)
+    n = 64
+    x = -2.5969350266128868
+    q = np.tile([x, 0.3, -0.2], (n, 1))
+    k = q + np.c_[rng.choice([-0.01, 0.01], n), np.zeros((n, 2))]
+    v = rng.standard_normal((n, 8))
+    _, want = zeta_attention(q, k, v, return_intermediates=True)
+    assert want.q_coords[0].tolist() == [70, 588, 460]
+    for name in backends():
+        out, got = zeta_attention(q, k, v, backend=name, return_intermediates=True)
+        for field in ("q_coords", "k_coords", "q_codes", "k_codes", "candidates"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field),
+                                          err_msg=f"{name}: {field}")
+        assert_close(out, want.output, err_msg=name)
