@@ -1,9 +1,13 @@
 """Stage 5: causal pools, binary search, neighbour window, re-rank (D4, D5, D6, D9, D11)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from zeta_ref.window import (gather_rows, insertion_points, nearness, neighbour_window,
+from zeta_ref import window
+from zeta_ref.window import (SlowSpecificationWarning, check_k_top, check_pool_len,
+                             gather_rows, insertion_points, nearness, neighbour_window,
                              pool_lengths, rerank)
 
 MODES = ("inclusive", "strict", "none")
@@ -147,12 +151,58 @@ def test_window_starts_half_a_window_below_the_insertion_point(rng):
         np.testing.assert_array_equal(win[i], perm[0, ins[i] - width // 2:][:width])
 
 
-def test_pool_len_must_not_decrease():
+# What check_pool_len rejects, and the error's type and message. Both backends call this one
+# check; tests/test_numba_stages.py holds the Numba twin to the same errors.
+BAD_POOL_LEN = [
+    ([2, 1, 2], ValueError,
+     r"pool_len must be non-decreasing.*pool_len\[0\] = 2 > pool_len\[1\] = 1"),
+    ([0, 3, 2], ValueError, r"non-decreasing.*pool_len\[1\] = 3 > pool_len\[2\] = 2"),
+    ([-1, 0, 1], ValueError, r"pool_len must hold values in \[0, 3\].*from -1 to 1"),
+    ([1, 2, 4], ValueError, r"pool_len must hold values in \[0, 3\].*from 1 to 4"),
+    ([1, 2], ValueError, r"pool_len must have shape \(3,\).*got shape \(2,\)"),
+    ([[1, 2, 3]], ValueError, r"pool_len must have shape \(3,\).*got shape \(1, 3\)"),
+    ([1.0, 2.0, 3.0], TypeError, r"pool_len must be an integer array; got dtype float64"),
+    ([True, True, True], TypeError, r"pool_len must be an integer array; got dtype bool"),
+    (np.array([1, 2, 2**63 + 1], dtype=np.uint64), ValueError, r"values in \[0, 3\]"),
+]
+
+
+@pytest.mark.parametrize("pool_len, error, match", BAD_POOL_LEN)
+def test_bad_pool_len_is_rejected(pool_len, error, match):
     codes = np.zeros((1, 3), np.uint64)
     perm = np.arange(3)[None]
+    with pytest.raises(error, match=match):
+        check_pool_len(np.array(pool_len), 3)
     for fn in (insertion_points, lambda *a: neighbour_window(*a, 2)):
-        with pytest.raises(ValueError, match="pool_len must be a non-decreasing"):
-            fn(codes, perm, codes, np.array([2, 1, 2]))
+        with pytest.raises(error, match=match):
+            fn(codes, perm, codes, np.array(pool_len))
+
+
+@pytest.mark.parametrize("pool_len", [
+    [0, 0, 0], [3, 3, 3], [0, 1, 3], np.array([0, 2, 3], np.int32), np.array([0, 2, 3], np.uint8),
+    np.array([1, 9, 2, 9, 3])[::2],  # not contiguous
+])
+def test_good_pool_len_is_int64_and_contiguous(pool_len):
+    got = check_pool_len(pool_len, 3)
+    assert got.dtype == np.int64 and got.flags.c_contiguous
+    assert got.tolist() == np.asarray(pool_len).tolist()
+
+
+def test_empty_sequence_pool_len():
+    assert check_pool_len(np.zeros(0, np.int64), 0).shape == (0,)
+
+
+@pytest.mark.parametrize("k_top", [0, -1, 5, 2.0, True, None])
+def test_bad_k_top_is_rejected(k_top):
+    window_idx = np.array([[0, 1, -1, -1]])
+    with pytest.raises(ValueError, match=r"k_top must be an integer in \[1, W\] = \[1, 4\]"):
+        rerank(np.zeros((1, 1)), np.zeros((2, 1)), window_idx, k_top, "cauchy")
+
+
+def test_good_k_top_is_a_python_int():
+    for k_top in (1, 4, np.int32(4), np.uint8(2)):
+        got = check_k_top(k_top, 4)
+        assert type(got) is int and got == k_top
 
 
 def test_window_by_hand():
@@ -313,3 +363,70 @@ def test_gather_rows(rng):
         for i in range(5):
             for s in range(4):
                 np.testing.assert_array_equal(got[b, i, s], x[b, max(idx[b, i, s], 0)])
+
+
+# ----------------------------------------------------------------------------- slow warning
+
+
+@pytest.fixture
+def fresh_slow_warning(monkeypatch):
+    """As if no SlowSpecificationWarning had been issued yet in this process."""
+    monkeypatch.setattr(window, "_slow_warned", False)
+
+
+def _window_inputs(rng, n, rows=1):
+    q_codes, k_codes = adversarial_codes("random", rng, rows, n)
+    return (q_codes, *own_sort(k_codes))
+
+
+def test_slow_warning_fires_once_above_the_threshold(rng, monkeypatch, fresh_slow_warning):
+    n = 40
+    args = _window_inputs(rng, n, rows=2)
+    pool_len = pool_lengths(n, "inclusive", 4)  # 40 distinct lengths: 2 x 40 x 40 = 3200 visits
+    monkeypatch.setattr(window, "SLOW_WORK", 3199)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # Python's own once-per-place filter is not the test
+        neighbour_window(*args, pool_len, 3)
+        neighbour_window(*args, pool_len, 3)
+        insertion_points(*args, pool_len)
+    slow = [w for w in caught if issubclass(w.category, SlowSpecificationWarning)]
+    assert len(slow) == 1
+    message = str(slow[0].message)
+    assert "2 row(s) x 40 pool lengths x N = 40 is 3.2e+03 key visits" in message
+    assert 'backend="numba"' in message and "O(N sqrt N)" in message
+    assert slow[0].filename == __file__  # points at the caller, not into zeta_ref
+
+
+def test_slow_warning_from_insertion_points_too(rng, monkeypatch, fresh_slow_warning):
+    n = 40
+    args = _window_inputs(rng, n)
+    monkeypatch.setattr(window, "SLOW_WORK", 40 * 40 - 1)
+    with pytest.warns(SlowSpecificationWarning, match="1 row"):
+        insertion_points(*args, pool_lengths(n, "inclusive", 4))
+
+
+def test_slow_warning_not_at_or_below_the_threshold(rng, monkeypatch, fresh_slow_warning):
+    n = 40
+    args = _window_inputs(rng, n)
+    monkeypatch.setattr(window, "SLOW_WORK", 40 * 40)  # exactly the work: not above it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowSpecificationWarning)
+        neighbour_window(*args, pool_lengths(n, "inclusive", 4), 3)
+        insertion_points(*args, pool_lengths(n, "inclusive", 4))
+
+
+@pytest.mark.parametrize("causal, n", [("inclusive", 4096), ("strict", 16384), ("none", 16384)])
+def test_no_slow_warning_at_the_default_threshold(rng, fresh_slow_warning, causal, n):
+    # "inclusive" at a small N, "strict" (8 pools with the D5 chunk rule) and "none" (one
+    # pool) at a moderate one: far below SLOW_WORK, and fast
+    args = _window_inputs(rng, n)
+    pool_len = pool_lengths(n, causal, -(-n // 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowSpecificationWarning)
+        neighbour_window(*args, pool_len, 4)
+        insertion_points(*args, pool_len)
+
+
+def test_slow_threshold_is_the_inclusive_mode_near_23k():
+    # the documented calibration: one row in "inclusive" mode crosses it between 16384 and 32768
+    assert 16384 ** 2 < window.SLOW_WORK < 32768 ** 2

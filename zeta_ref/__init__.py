@@ -19,11 +19,13 @@ from .attention import Intermediates, zeta_attention
 from .backends import backends, get_backend
 from .config import ZetaConfig
 from .morton import morton_decode, morton_encode
+from .window import SlowSpecificationWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Intermediates",
+    "SlowSpecificationWarning",
     "ZetaConfig",
     "backends",
     "get_backend",

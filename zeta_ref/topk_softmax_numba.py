@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from ._checks import visit_order
-from ._jit_numba import serial_and_parallel
+from ._jit_numba import parallel_njit, serial_and_parallel
 from .config import SCORES
 from .host_memory import empty_output
 from .topk_softmax import INV_EUCLIDEAN_EPS
@@ -28,7 +28,7 @@ _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
 
 
 
-@nb.njit(cache=True, parallel=True)
+@parallel_njit
 def _means_kernel(x, whole, threads, out):
     """x: (R, N, d); writes the cumulative (or whole-sequence) means, (R, N, d), x's dtype,
     into ``out``."""

@@ -29,13 +29,23 @@ zeta_ref's reading, step by step:
 4. Re-rank (D6), only when W > k: keep the k window keys nearest to the query by the score's
    own notion of nearness (:func:`nearness`), ties to the lower position, listed in window
    order. With W = k the window is the selection, as in the paper.
+
+Cost. The specification reads these steps literally and pays for it. Step 1 filters all N keys
+once per distinct pool length U: O(U N) time per row, which is O(N^2) in "inclusive" mode
+(U = N; about 30 s at N = 65536) but O(N) for "none" (U = 1) and for "strict" with the D5 chunk
+rule (U <= 8). Step 4 gathers every window's keys and sorts the whole window. Before a call
+predicted to take more than a few seconds, :func:`insertion_points` and
+:func:`neighbour_window` issue one :class:`SlowSpecificationWarning` per process; the Numba twin
+(:mod:`zeta_ref.window_numba`) gives the same answers in O(N sqrt N) per row.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from ._checks import visit_order
+from ._checks import is_integer, visit_order
 from .config import CAUSAL_MODES
 
 
@@ -89,12 +99,78 @@ def _pools(q_codes, key_perm, sorted_key_codes, pool_len):
             yield r, slice(q0, q0 + nq), perm[r][in_pool], kz[r][in_pool]
 
 
-def _check_pool_len(pool_len, n):
-    pool_len = np.asarray(pool_len)
-    if pool_len.shape != (n,) or (n > 1 and np.any(np.diff(pool_len) < 0)):
-        raise ValueError(f"pool_len must be a non-decreasing array of shape ({n},), as "
-                         f"pool_lengths returns it; got shape {pool_len.shape}")
-    return pool_len
+def check_pool_len(pool_len, n: int) -> np.ndarray:
+    """``pool_len`` as a contiguous int64 array (N,), or an error naming it.
+
+    Every backend's :func:`insertion_points` and :func:`neighbour_window` call this one check,
+    so that they reject the same inputs with the same error. A valid ``pool_len`` is what
+    :func:`pool_lengths` returns:
+
+    - integers of shape (N,), one pool length per query;
+    - each in [0, N]: a pool is a prefix ``0 .. L - 1`` of the N key positions, so L < 0 or
+      L > N means nothing (and silently clipping it would hide a caller's mistake);
+    - non-decreasing: the queries that share a pool form a run of positions (the
+      specification walks those runs; the Numba twin grows one pool with the position).
+
+    Raises
+    ------
+    TypeError
+        ``pool_len`` is not an integer array.
+    ValueError
+        Wrong shape, a value outside [0, N], or a decrease.
+    """
+    arr = np.asarray(pool_len)
+    if arr.shape != (n,):
+        raise ValueError(f"pool_len must have shape ({n},), one pool length per query, as "
+                         f"pool_lengths returns it; got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
+        raise TypeError(f"pool_len must be an integer array; got dtype {arr.dtype}")
+    if n and (arr.min() < 0 or arr.max() > n):
+        raise ValueError(f"pool_len must hold values in [0, {n}] (a pool is a prefix of the "
+                         f"positions 0 .. N-1); got values from {arr.min()} to {arr.max()}")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)  # (N,), safe now: 0 <= values <= N
+    drops = np.flatnonzero(np.diff(arr) < 0)
+    if drops.size:
+        i = int(drops[0])
+        raise ValueError(f"pool_len must be non-decreasing, as pool_lengths returns it; got "
+                         f"pool_len[{i}] = {arr[i]} > pool_len[{i + 1}] = {arr[i + 1]}")
+    return arr
+
+
+class SlowSpecificationWarning(UserWarning):
+    """The NumPy specification is about to take long (seconds to minutes); a twin is faster."""
+
+
+#: Predicted work (rows x distinct pool lengths x N key visits) above which the specification
+#: warns. It filters all N keys once per distinct pool length, at 6-7 ns per key visited on the
+#: 2-core development VM (NumPy on one core, 2026-12-02; N = 4096 to 32768, both functions):
+#: 2^29 visits is about 3.5 s. One row in "inclusive" mode crosses it above N = 23,170, four
+#: rows above N = 11,585.
+SLOW_WORK = 1 << 29
+#: Seconds per key visit, only for the estimate in the warning's message.
+SECONDS_PER_VISIT = 7e-9
+_slow_warned = False  # warn once per process
+
+
+def _warn_if_slow(rows: int, pool_len: np.ndarray, n: int) -> None:
+    """Issue one :class:`SlowSpecificationWarning` per process when :func:`_pools` would visit
+    more than :data:`SLOW_WORK` keys. ``pool_len`` is already checked (non-decreasing)."""
+    global _slow_warned
+    if _slow_warned or n == 0:
+        return
+    distinct = 1 + int(np.count_nonzero(np.diff(pool_len)))  # U: non-decreasing, so runs
+    work = rows * distinct * n
+    if work <= SLOW_WORK:
+        return
+    _slow_warned = True
+    warnings.warn(
+        f"the NumPy specification of stage 5 filters all N keys once per distinct pool length: "
+        f"{rows} row(s) x {distinct} pool lengths x N = {n} is {work:.2g} key visits, roughly "
+        f"{work * SECONDS_PER_VISIT:.0f} s per call at about {SECONDS_PER_VISIT * 1e9:.0f} ns a "
+        f"visit (O(N^2) per row in 'inclusive' mode). "
+        f'backend="numba" gives the same result in O(N sqrt N) per row. '
+        f"(This warning is shown once per process.)",
+        SlowSpecificationWarning, stacklevel=3)
 
 
 def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarray:
@@ -106,8 +182,8 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
         Z codes of the queries (stage 3).
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
         The keys in Z order and their codes (stage 4).
-    pool_len : int64 array (N,), non-decreasing
-        L_i from :func:`pool_lengths`.
+    pool_len : int64 array (N,), non-decreasing, values in [0, N]
+        L_i from :func:`pool_lengths` (checked by :func:`check_pool_len`).
 
     Returns
     -------
@@ -120,8 +196,9 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     is a convention of docs/decisions.md.
     """
     lead, n = q_codes.shape[:-1], q_codes.shape[-1]
-    pool_len = _check_pool_len(pool_len, n)
+    pool_len = check_pool_len(pool_len, n)
     qz = q_codes.reshape(-1, n)  # (R, N)
+    _warn_if_slow(qz.shape[0], pool_len, n)
     out = np.zeros(qz.shape, dtype=np.int64)  # (R, N)
     for r, queries, _, pool_codes in _pools(q_codes, key_perm, sorted_key_codes, pool_len):
         out[r, queries] = np.searchsorted(pool_codes, qz[r, queries], side="left")
@@ -138,8 +215,8 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
         Z codes of the queries (stage 3).
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
         The keys in Z order and their codes (stage 4).
-    pool_len : int64 array (N,), non-decreasing
-        L_i from :func:`pool_lengths`.
+    pool_len : int64 array (N,), non-decreasing, values in [0, N]
+        L_i from :func:`pool_lengths` (checked by :func:`check_pool_len`).
     width : int
         W, the window width.
     order : int64 array (..., N), optional
@@ -157,9 +234,10 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
     D9 (-1 for empty slots), D11 (sliding at the pool ends).
     """
     lead, n = q_codes.shape[:-1], q_codes.shape[-1]
-    pool_len = _check_pool_len(pool_len, n)
+    pool_len = check_pool_len(pool_len, n)
     visit_order(order, lead, n)  # checked as in every backend, not needed here
     qz = q_codes.reshape(-1, n)  # (R, N)
+    _warn_if_slow(qz.shape[0], pool_len, n)
     out = np.full((qz.shape[0], n, width), -1, dtype=np.int64)  # (R, N, W)
     slots = np.arange(width)  # (W,)
     for r, queries, pool_pos, pool_codes in _pools(q_codes, key_perm, sorted_key_codes,
@@ -223,6 +301,16 @@ def gather_rows(x, idx) -> np.ndarray:
     return rows.reshape(lead + (n, s, x.shape[-1]))
 
 
+def check_k_top(k_top, width: int) -> int:
+    """``k_top`` as a Python int in [1, W], or a ValueError naming it (every backend's
+    :func:`rerank` calls this one check). A re-rank keeps k of the W window keys: k = 0 keeps
+    nothing and k > W cannot be filled."""
+    if not is_integer(k_top) or not 1 <= k_top <= width:
+        raise ValueError(f"k_top must be an integer in [1, W] = [1, {width}] (W: the window "
+                         f"width, the last axis of window_idx); got {k_top!r}")
+    return int(k_top)
+
+
 def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     """Keep the ``k_top`` keys of each window nearest to the query (step 4, D6).
 
@@ -232,7 +320,7 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     window_idx : int64 array (..., N, W)
         From :func:`neighbour_window`.
     k_top : int
-        k, how many to keep (k <= W).
+        k, how many to keep, 1 <= k <= W (checked by :func:`check_k_top`).
     score : str
         Chooses the notion of nearness (:func:`nearness`).
 
@@ -244,6 +332,7 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     -----
     Paper section 3.3 leaves W open; D6 adds the exact re-rank when W > k.
     """
+    k_top = check_k_top(k_top, window_idx.shape[-1])
     keys = gather_rows(k, window_idx)  # (..., N, W, d_k)
     near = nearness(q, keys, score)  # (..., N, W)
     valid = window_idx >= 0

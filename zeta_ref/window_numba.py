@@ -30,8 +30,16 @@ block when codes are adversarial; about W B / L for random codes), and nothing i
 Memory: two (N,) arrays per block being processed, never N x N.
 
 Re-rank (step 4): the nearness is accumulated coordinate by coordinate in the input dtype, in
-the specification's order, so it is bit-identical; the k nearest (ties to the lower position,
-empty slots last) are kept in window order.
+the specification's order, so it is bit-identical. The specification sorts the whole window
+(``lexsort``, O(W log W)); the twin keeps only the k best slots seen so far in a max-heap whose
+root is the worst of them, so each further slot costs one comparison, or O(log k) when it
+displaces the root: O(W (d_k + log k)) per query. The order is the specification's, made total:
+(nearness, position, slot), so ties go to the lower position and empty slots (inf, int64 max)
+rank last, the lower slot first. A second pass writes the slots that rank at or before the root
+(exactly k of them) in window order.
+
+Inputs are checked by the specification's own checks (``check_pool_len``, ``check_k_top`` in
+:mod:`zeta_ref.window`), so both backends reject the same arguments with the same error.
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ import numba as nb
 import numpy as np
 
 from ._checks import visit_order
+from ._jit_numba import parallel_njit
 from .host_memory import empty_output
+from .window import check_k_top, check_pool_len
 
 
 def block_size(n: int, width: int) -> int:
@@ -85,7 +95,7 @@ def _search_left_from(codes, m, x, guess):
     return lo
 
 
-@nb.njit(cache=True, parallel=True)
+@parallel_njit
 def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, order, width, block, out):
     """q_codes, key_perm, sorted_codes, order: (R, N); pool_len (N,) in [0, N]; writes every
     row of ``out``, int64 (R, N, W). The queries of a block are visited in ``order``."""
@@ -181,8 +191,9 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
     ----------
     q_codes : uint64 array (..., N)
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
-    pool_len : int64 array (N,)
-        L_i from :func:`zeta_ref.window.pool_lengths`.
+    pool_len : int64 array (N,), non-decreasing, values in [0, N]
+        L_i from :func:`zeta_ref.window.pool_lengths`; rejected as the specification rejects
+        it (:func:`zeta_ref.window.check_pool_len`).
     width : int
         W, the window width.
     order : int64 array (..., N), optional
@@ -205,7 +216,7 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
     perm = np.ascontiguousarray(np.asarray(key_perm).reshape(n_rows, n), dtype=np.int64)  # (R, N)
     kz = np.ascontiguousarray(np.asarray(sorted_key_codes).reshape(n_rows, n),
                               dtype=np.uint64)  # (R, N)
-    lengths = np.clip(np.asarray(pool_len, dtype=np.int64), 0, n)  # (N,)
+    lengths = check_pool_len(pool_len, n)  # (N,) int64, the specification's check
     width = int(width)
     visit = visit_order(order, lead, n)  # (R, N)
     out = empty_output((n_rows, n, width), np.int64)  # (R, N, W)
@@ -214,9 +225,22 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
     return out.reshape(lead + (n, width))
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, inline="always")
+def _ranks_before(near, pos, a, b):
+    """Slot ``a`` ranks before slot ``b``: nearer, or as near and a lower position, or (two empty
+    slots, both (inf, int64 max)) the lower slot. A total order on the slots, and the same one
+    as the specification's stable ``lexsort`` by (nearness, position)."""
+    if near[a] != near[b]:
+        return near[a] < near[b]
+    if pos[a] != pos[b]:
+        return pos[a] < pos[b]
+    return a < b
+
+
+@parallel_njit
 def _rerank_kernel(q, k, window_idx, k_top, softmax, out):
-    """q, k: (R, N, d); window_idx (R, N, W); writes int64 (R, N, k_top) into ``out``."""
+    """q, k: (R, N, d); window_idx (R, N, W); 1 <= k_top <= W; writes int64 (R, N, k_top)
+    into ``out``. One query per iteration; O(W d + W log k) time, O(W) scratch."""
     r_count, n, d = q.shape
     width = window_idx.shape[2]
     big = np.iinfo(np.int64).max
@@ -225,41 +249,54 @@ def _rerank_kernel(q, k, window_idx, k_top, softmax, out):
         i = task % n
         near = np.empty(width, dtype=q.dtype)  # (W,)
         pos = np.empty(width, dtype=np.int64)  # (W,)
-        order = np.empty(width, dtype=np.int64)  # slots, nearest first
-        kept = np.zeros(width, dtype=np.bool_)
-        # nearness, coordinate by coordinate in the input dtype (window.nearness)
+        heap = np.empty(k_top, dtype=np.int64)  # (k,) slots; the root ranks last of them
+        size = 0
         for s in range(width):
+            # pass 1a: nearness, coordinate by coordinate in the input dtype (window.nearness)
             j = window_idx[r, i, s]
-            if j < 0:
+            if j < 0:  # an empty slot ranks after every key
                 near[s] = np.inf
                 pos[s] = big
-                continue
-            acc = q.dtype.type(0)
-            for e in range(d):
-                if softmax:
-                    acc -= q[r, i, e] * k[r, j, e]
-                else:
-                    diff = q[r, i, e] - k[r, j, e]
-                    acc += diff * diff
-            near[s] = acc
-            pos[s] = j
-        # rank by (nearness, position, slot): an insertion sort, stable like lexsort
-        for s in range(width):
-            t = s
-            while t > 0:
-                o = order[t - 1]
-                if near[o] > near[s] or (near[o] == near[s] and pos[o] > pos[s]):
-                    order[t] = o
-                    t -= 1
-                else:
-                    break
-            order[t] = s
-        for s in range(k_top):
-            kept[order[s]] = True
-        # the kept keys back in window order
+            else:
+                acc = q.dtype.type(0)
+                for e in range(d):
+                    if softmax:
+                        acc -= q[r, i, e] * k[r, j, e]
+                    else:
+                        diff = q[r, i, e] - k[r, j, e]
+                        acc += diff * diff
+                near[s] = acc
+                pos[s] = j
+            # pass 1b: keep the k best slots seen so far in a max-heap (root = the worst kept)
+            if size < k_top:  # not full yet: push s and sift it up
+                t = size
+                heap[t] = s
+                size += 1
+                while t > 0:
+                    up = (t - 1) >> 1
+                    if not _ranks_before(near, pos, heap[up], heap[t]):
+                        break
+                    heap[up], heap[t] = heap[t], heap[up]
+                    t = up
+            elif _ranks_before(near, pos, s, heap[0]):  # s beats the worst kept: replace it
+                heap[0] = s
+                t = 0
+                while True:  # sift down towards the child that ranks later
+                    c = 2 * t + 1
+                    if c >= size:
+                        break
+                    if c + 1 < size and _ranks_before(near, pos, heap[c], heap[c + 1]):
+                        c += 1
+                    if not _ranks_before(near, pos, heap[t], heap[c]):
+                        break
+                    heap[t], heap[c] = heap[c], heap[t]
+                    t = c
+        # pass 2: the kept slots are exactly those ranking at or before the root (the k-th
+        # best, since the order is total); write them out in window order
+        worst = heap[0]
         m = 0
         for s in range(width):
-            if kept[s]:
+            if not _ranks_before(near, pos, worst, s):
                 out[r, i, m] = window_idx[r, i, s]
                 m += 1
 
@@ -272,6 +309,7 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     q, k : float arrays (..., N, d_k)
     window_idx : int64 array (..., N, W)
     k_top : int
+        k, 1 <= k <= W (:func:`zeta_ref.window.check_k_top`).
     score : str
         "softmax" ranks by -<q, k>, the other scores by ||q - k||^2.
 
@@ -283,16 +321,17 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     lead, n, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     n_rows = int(np.prod(lead, dtype=np.int64))
     width = window_idx.shape[-1]
+    k_top = check_k_top(k_top, width)  # the specification's check: 1 <= k <= W
     qr = np.ascontiguousarray(q.reshape(n_rows, n, d))  # (R, N, d_k)
     kr = np.ascontiguousarray(np.asarray(k).reshape(n_rows, n, d))  # (R, N, d_k)
     wr = np.ascontiguousarray(np.asarray(window_idx).reshape(n_rows, n, width),
                               dtype=np.int64)  # (R, N, W)
-    out = empty_output((n_rows, n, int(k_top)), np.int64)  # (R, N, k)
+    out = empty_output((n_rows, n, k_top), np.int64)  # (R, N, k)
     _rerank_kernel(qr, kr, wr, np.int64(k_top), score == "softmax", out)
-    return out.reshape(lead + (n, int(k_top)))
+    return out.reshape(lead + (n, k_top))
 
 
-@nb.njit(cache=True, parallel=True)
+@parallel_njit
 def _insertion_kernel(q_codes, key_perm, sorted_codes, pool_len, out):
     """q_codes, key_perm, sorted_codes: (R, N); pool_len (N,) non-decreasing; writes int64
     (R, N) into ``out``."""
@@ -344,7 +383,8 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     ----------
     q_codes : uint64 array (..., N)
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
-    pool_len : int64 array (N,), non-decreasing
+    pool_len : int64 array (N,), non-decreasing, values in [0, N]
+        Rejected as the specification rejects it (:func:`zeta_ref.window.check_pool_len`).
 
     Returns
     -------
@@ -356,7 +396,7 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     qz = np.ascontiguousarray(q_codes.reshape(n_rows, n), dtype=np.uint64)  # (R, N)
     perm = np.ascontiguousarray(np.asarray(key_perm).reshape(n_rows, n), dtype=np.int64)
     kz = np.ascontiguousarray(np.asarray(sorted_key_codes).reshape(n_rows, n), dtype=np.uint64)
-    lengths = np.clip(np.asarray(pool_len, dtype=np.int64), 0, n)  # (N,)
+    lengths = check_pool_len(pool_len, n)  # (N,) int64, the specification's check
     out = empty_output((n_rows, n), np.int64)  # (R, N)
     _insertion_kernel(qz, perm, kz, lengths, out)
     return out.reshape(lead + (n,))
