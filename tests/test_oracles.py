@@ -1,11 +1,13 @@
 """Oracles: dense attention, exact top-k, recall@k."""
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from zeta_ref import oracles
+from zeta_ref.tolerances import assert_close
 from zeta_ref.topk_softmax import INV_EUCLIDEAN_EPS
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
@@ -167,3 +169,149 @@ def test_recall_against_itself_is_one(rng, make_qkv):
     assert per.shape == (2, 20)
     assert np.isnan(per[:, :5]).all() and (per[:, 5:] == 1).all()
     assert oracles.recall_at_k(ex, ex) == 1.0
+
+
+# --- blocks of queries (issue 13): O(N * block) memory, the same answers ------------------------
+
+def unblocked_nearness(q, k, score):
+    """(..., N, N) nearness of every key to every query, all at once: the definition."""
+    near = np.zeros(q.shape[:-1] + (k.shape[-2],))  # (..., N, N)
+    for j in range(q.shape[-1]):  # coordinate by coordinate, as zeta_ref.window.nearness
+        if score == "softmax":
+            near -= q[..., :, None, j] * k[..., None, :, j]
+        else:
+            diff = q[..., :, None, j] - k[..., None, :, j]
+            near += diff * diff
+    return near
+
+
+def unblocked_visible(n, causal, m):
+    """(N, N): may query i see key j?"""
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    return {"inclusive": j <= i, "strict": j < (i // m) * m, "none": j < n}[causal]
+
+
+def unblocked_dense_weights(q, k, score, causal, gamma, m):
+    """(..., N, N) weights of dense attention, every query at once, in float64."""
+    q, k = q.astype(np.float64), k.astype(np.float64)
+    seen = unblocked_visible(q.shape[-2], causal, m)
+    near = unblocked_nearness(q, k, score)
+    if score in ("cauchy", "inv_euclidean"):
+        add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
+        a = np.where(seen, 1.0 / (near + add), 0.0)
+    else:
+        logits = np.where(seen, -near / np.sqrt(q.shape[-1]) if score == "softmax" else -near,
+                          -np.inf)
+        top = logits.max(axis=-1, keepdims=True)
+        a = np.where(seen, np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    total = a.sum(axis=-1, keepdims=True)
+    return a / np.where(total > 0, total, 1.0)
+
+
+def unblocked_topk(q, k, k_top, score, causal, m):
+    """(..., N, k_top) exact top-k, every query at once: sort each whole row."""
+    q, k = q.astype(np.float64), k.astype(np.float64)
+    n = q.shape[-2]
+    seen = np.broadcast_to(unblocked_visible(n, causal, m), q.shape[:-1] + (n,))
+    near = np.where(seen, unblocked_nearness(q, k, score), np.inf)
+    order = np.argsort(near, axis=-1, kind="stable")  # ties keep position order
+    found = np.take_along_axis(seen, order, axis=-1)
+    idx = np.where(found, order, -1)[..., :k_top]
+    return np.concatenate([idx, np.full(idx.shape[:-1] + (k_top - idx.shape[-1],), -1)], axis=-1)
+
+
+AWKWARD_N = [1, 2, 3, 17, 257]
+BLOCKS = [1, 2, 16, "N", "N+5", None]  # None: the default, one block at these sizes
+
+
+def as_block(block, n):
+    return {"N": n, "N+5": n + 5}.get(block, block)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("n", AWKWARD_N)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", ["inclusive", "strict", "none"])
+@pytest.mark.parametrize("score", SCORES)
+def test_dense_in_blocks_matches_all_at_once(rng, make_qkv, score, causal, dtype, n, block):
+    q, k, v = make_qkv(rng, n, 3, 5, lead=(2,), dtype=dtype)
+    block = as_block(block, n)
+    got = oracles.dense_attention(q, k, v, score, causal, gamma=0.8, chunk_size=2, block=block)
+    w = unblocked_dense_weights(q, k, score, causal, 0.8, 2)  # (2, N, N)
+    v64 = v.astype(np.float64)
+    # every weight is the same, bit for bit; only w @ v is BLAS's, whose kernel (and so the
+    # order of its sums) depends on the number of rows: the same blocks give the same bits...
+    step = n if block is None else block
+    by_block = np.concatenate([w[..., s:s + step, :] @ v64 for s in range(0, n, step)], axis=-2)
+    np.testing.assert_array_equal(got, by_block)
+    # ...and one block is the whole computation of before, bit for bit
+    if step >= n:
+        np.testing.assert_array_equal(got, w @ v64)
+    # any blocks agree with all at once within float64's tolerance
+    assert_close(got, w @ v64, scale=np.abs(v64).max())
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("n", AWKWARD_N)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("causal", ["inclusive", "strict", "none"])
+@pytest.mark.parametrize("score", SCORES)
+def test_exact_topk_in_blocks_matches_all_at_once(rng, score, causal, dtype, n, block):
+    # grid points: many exact ties, which must still go to the lower position
+    q = rng.integers(-1, 2, size=(2, n, 2)).astype(dtype)
+    k = rng.integers(-1, 2, size=(2, n, 2)).astype(dtype)
+    got = oracles.exact_topk(q, k, 4, score, causal, chunk_size=2, block=as_block(block, n))
+    assert got.dtype == np.int64 and got.shape == (2, n, 4)
+    np.testing.assert_array_equal(got, unblocked_topk(q, k, 4, score, causal, 2))
+
+
+def test_blocks_keep_leading_dims_apart(rng, make_qkv):
+    q, k, v = make_qkv(rng, 40, 3, 4, lead=(2, 3))
+    dense = oracles.dense_attention(q, k, v, "cauchy", block=7)
+    topk = oracles.exact_topk(q, k, 5, "cauchy", block=7)
+    assert dense.shape == (2, 3, 40, 4) and topk.shape == (2, 3, 40, 5)
+    for b in range(2):
+        for h in range(3):
+            assert_close(dense[b, h], oracles.dense_attention(q[b, h], k[b, h], v[b, h], "cauchy"))
+            np.testing.assert_array_equal(topk[b, h], oracles.exact_topk(q[b, h], k[b, h], 5))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True, "8"])
+def test_block_must_be_a_positive_integer(rng, make_qkv, bad):
+    q, k, v = make_qkv(rng, 5)
+    with pytest.raises(ValueError, match="block must be an integer >= 1"):
+        oracles.dense_attention(q, k, v, block=bad)
+    with pytest.raises(ValueError, match="block must be an integer >= 1"):
+        oracles.exact_topk(q, k, 2, block=bad)
+
+
+@pytest.mark.parametrize("n, lead", [(1, ()), (4096, ()), (4096, (2, 8)), (10**6, ()),
+                                     (10**6, (4, 16))])
+def test_default_block_keeps_one_temporary_within_the_budget(n, lead):
+    block = oracles._query_block(None, n, lead)
+    row_bytes = 8 * n * math.prod(lead)  # one query's (..., 1, N) float64
+    assert block >= 1
+    assert block * row_bytes <= oracles.BLOCK_BYTES or block == 1
+    assert (block + 1) * row_bytes > oracles.BLOCK_BYTES  # and no smaller than it need be
+
+
+@pytest.mark.parametrize("lead, n", [((), 4096), ((2, 2), 2048)])
+def test_memory_is_bounded(rng, make_qkv, lead, n):
+    # Before issue 13 the oracles held several (..., N, N) float64 arrays at once: over 400 MiB
+    # here. Now they hold about six (..., block, N) float64 arrays of at most BLOCK_BYTES
+    # (4 MiB) each, some 25 MiB, whatever N. The bound asserted, a quarter of ONE (..., N, N)
+    # float64 array (32 MiB for these sizes), holds with room to spare and fails at once if
+    # anything of size (..., N, N) comes back. NumPy reports its allocations to tracemalloc.
+    q, k, v = make_qkv(rng, n, 3, 4, lead=lead)
+    one_square = 8 * n * n * math.prod(lead)
+    bound = one_square // 4
+    assert 7 * oracles.BLOCK_BYTES < bound  # the budget leaves room for the inputs and output
+    for run in (lambda: oracles.dense_attention(q, k, v, "softmax"),
+                lambda: oracles.exact_topk(q, k, 32, "cauchy")):
+        tracemalloc.start()
+        try:
+            run()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < bound, f"peak {peak / 2**20:.1f} MiB, bound {bound / 2**20:.0f} MiB"

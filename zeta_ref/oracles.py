@@ -6,7 +6,16 @@
   same causal pools as ZETA (same nearness, ties to the lower position).
 - :func:`recall_at_k`: the fraction of the exact top-k that a selection found.
 
-These are O(N^2) in time and memory by design: they are for checking, not for speed.
+These are O(N^2) in time by design: they are for checking, not for speed. Their memory is
+O(N * block): they take the queries a block at a time and hold the nearness of one block of
+queries to all N keys, never all N x N. By default the block is as many queries as keep one
+(..., block, N) float64 array within :data:`BLOCK_BYTES` (4 MiB, counted across the leading
+dims), and at least one query; about six such arrays are alive at once, some 25 MiB at any N
+(until one query's row alone outgrows the budget, past N = 524288 for one head). Every
+query's result comes from its own row alone, so the blocking changes no selection and no
+weight; only the final product ``w @ v`` of :func:`dense_attention` may differ in the last
+bits between block sizes, as BLAS picks its kernel, and so its order of summation, by the
+number of rows (one block, as at small N, gives the bits of the computation all at once).
 """
 
 from __future__ import annotations
@@ -18,9 +27,12 @@ from .config import CAUSAL_MODES, SCORES
 from .topk_softmax import INV_EUCLIDEAN_EPS
 from .window import nearness, pool_lengths
 
+#: Bytes one (..., block, N) float64 array of a block may take, across the leading dims.
+BLOCK_BYTES = 4 * 2**20
 
-def _visible(n: int, causal: str, chunk_size: int | None) -> np.ndarray:
-    """Boolean (N, N): entry (i, j) says whether query i may see key j."""
+
+def _pool_lengths(n: int, causal: str, chunk_size: int | None) -> np.ndarray:
+    """L_i for every query (it may see keys 0 .. L_i - 1), after checking causal and M."""
     if causal not in CAUSAL_MODES:
         raise ValueError(f"causal must be one of {CAUSAL_MODES}; got {causal!r}")
     if causal == "strict":
@@ -32,17 +44,25 @@ def _visible(n: int, causal: str, chunk_size: int | None) -> np.ndarray:
                 "ZetaConfig.chunk_size_for(N)"
             )
         chunk_size = check_positive_int(chunk_size, "chunk_size")
-    lengths = pool_lengths(n, causal, chunk_size or 1)  # (N,)
-    return np.arange(n)[None, :] < lengths[:, None]  # (N, N)
+    return pool_lengths(n, causal, chunk_size or 1)  # (N,)
+
+
+def _query_block(block: int | None, n: int, lead: tuple) -> int:
+    """Queries per block: ``block`` if given, else as many as fit :data:`BLOCK_BYTES`."""
+    if block is not None:
+        return check_positive_int(block, "block")
+    row_bytes = 8 * n * int(np.prod(lead, dtype=np.int64))  # one query's (..., 1, N) float64
+    return max(1, BLOCK_BYTES // row_bytes)
 
 
 def _pairwise_nearness(q, k, score):
-    """(..., N, N) nearness of every key to every query (smaller is nearer)."""
+    """(..., b, N) nearness of every key to each of b queries (smaller is nearer)."""
     return nearness(q, k[..., None, :, :], score)
 
 
 def dense_attention(q, k, v, score: str = "softmax", causal: str = "inclusive", *,
-                    gamma: float = 0.5, chunk_size: int | None = None) -> np.ndarray:
+                    gamma: float = 0.5, chunk_size: int | None = None,
+                    block: int | None = None) -> np.ndarray:
     """Attention over every key a query may see, computed in float64.
 
     Parameters
@@ -57,6 +77,9 @@ def dense_attention(q, k, v, score: str = "softmax", causal: str = "inclusive", 
         gamma of the Cauchy score.
     chunk_size : int, optional
         M, required for "strict" (pass ZETA's ``Intermediates.chunk_size``); ignored otherwise.
+    block : int, optional
+        Queries computed at once (memory O(N * block)); by default as many as keep one
+        (..., block, N) float64 array within :data:`BLOCK_BYTES`, at least one.
 
     Returns
     -------
@@ -68,24 +91,31 @@ def dense_attention(q, k, v, score: str = "softmax", causal: str = "inclusive", 
     n, d_k = q.shape[-2], q.shape[-1]
     if score == "cauchy":
         check_gamma(gamma, np.float64, n)
-    seen = _visible(n, causal, chunk_size)  # (N, N)
-    near = _pairwise_nearness(q, k, score)  # (..., N, N)
-    if score in ("cauchy", "inv_euclidean"):
-        add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
-        a = np.where(seen, 1.0 / (near + add), 0.0)
-    else:
-        logits = -near / np.sqrt(d_k) if score == "softmax" else -near
-        logits = np.where(seen, logits, -np.inf)
-        top = logits.max(axis=-1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)
-        a = np.where(seen, np.exp(logits - top), 0.0)
-    total = a.sum(axis=-1, keepdims=True)
-    w = a / np.where(total > 0, total, 1.0)  # (..., N, N)
-    return w @ v  # (..., N, d_v)
+    lengths = _pool_lengths(n, causal, chunk_size)  # (N,)
+    step = _query_block(block, n, q.shape[:-2])
+    out = np.empty(v.shape)  # (..., N, d_v)
+    # a block of queries at a time; each query's weights come from its own row alone
+    for start in range(0, n, step):
+        rows = slice(start, start + step)  # the block's queries (the last block may be short)
+        seen = np.arange(n) < lengths[rows, None]  # (b, N)
+        near = _pairwise_nearness(q[..., rows, :], k, score)  # (..., b, N)
+        if score in ("cauchy", "inv_euclidean"):
+            add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
+            a = np.where(seen, 1.0 / (near + add), 0.0)  # (..., b, N)
+        else:
+            logits = -near / np.sqrt(d_k) if score == "softmax" else -near
+            logits = np.where(seen, logits, -np.inf)  # (..., b, N)
+            top = logits.max(axis=-1, keepdims=True)  # (..., b, 1)
+            top = np.where(np.isfinite(top), top, 0.0)
+            a = np.where(seen, np.exp(logits - top), 0.0)  # (..., b, N)
+        total = a.sum(axis=-1, keepdims=True)  # (..., b, 1)
+        w = a / np.where(total > 0, total, 1.0)  # (..., b, N)
+        out[..., rows, :] = w @ v  # (..., b, d_v)
+    return out
 
 
 def exact_topk(q, k, k_top: int, score: str = "cauchy", causal: str = "inclusive", *,
-               chunk_size: int | None = None) -> np.ndarray:
+               chunk_size: int | None = None, block: int | None = None) -> np.ndarray:
     """The ``k_top`` nearest visible keys of every query, by brute force.
 
     Nearness is that of the window stage's re-rank (:func:`zeta_ref.window.nearness`),
@@ -96,7 +126,7 @@ def exact_topk(q, k, k_top: int, score: str = "cauchy", causal: str = "inclusive
     q, k : float array (..., N, d_k)
     k_top : int
         How many to return.
-    score, causal, chunk_size
+    score, causal, chunk_size, block
         As in :func:`dense_attention`.
 
     Returns
@@ -109,16 +139,19 @@ def exact_topk(q, k, k_top: int, score: str = "cauchy", causal: str = "inclusive
     q, k, _ = check_qkv(q, k, k)
     q, k = q.astype(np.float64), k.astype(np.float64)
     n = q.shape[-2]
-    seen = _visible(n, causal, chunk_size)  # (N, N)
-    near = np.where(seen, _pairwise_nearness(q, k, score), np.inf)  # (..., N, N)
-    position = np.broadcast_to(np.where(seen, np.arange(n), n), near.shape)
-    order = np.lexsort((position, near), axis=-1)[..., :k_top]  # (..., N, <=k_top)
-    found = np.take_along_axis(np.broadcast_to(seen, near.shape), order, axis=-1)
-    idx = np.where(found, order, -1)
-    if idx.shape[-1] < k_top:  # fewer keys than k_top in the whole sequence
-        pad = np.full(idx.shape[:-1] + (k_top - idx.shape[-1],), -1, np.int64)
-        idx = np.concatenate([idx, pad], axis=-1)
-    return idx.astype(np.int64)
+    lengths = _pool_lengths(n, causal, chunk_size)  # (N,)
+    step = _query_block(block, n, q.shape[:-2])
+    idx = np.full(q.shape[:-1] + (k_top,), -1, dtype=np.int64)  # (..., N, k_top)
+    for start in range(0, n, step):
+        rows = slice(start, start + step)  # the block's queries (the last block may be short)
+        seen = np.arange(n) < lengths[rows, None]  # (b, N)
+        near = np.where(seen, _pairwise_nearness(q[..., rows, :], k, score), np.inf)  # (..., b, N)
+        position = np.broadcast_to(np.where(seen, np.arange(n), n), near.shape)
+        order = np.lexsort((position, near), axis=-1)[..., :k_top]  # (..., b, <=k_top)
+        found = np.take_along_axis(np.broadcast_to(seen, near.shape), order, axis=-1)
+        # fewer than k_top keys in the whole sequence: the slots past N stay -1
+        idx[..., rows, :order.shape[-1]] = np.where(found, order, -1)
+    return idx
 
 
 def recall_at_k(found, exact, *, per_query: bool = False):
