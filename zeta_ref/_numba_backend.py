@@ -2,7 +2,8 @@
 
 Each twin sits next to the NumPy function it accelerates (``quantize_numba.py`` beside
 ``quantize.py``, ...) with the same signature and output dtypes. Importing this module imports
-Numba; the registry only does so when the backend is asked for.
+Numba (and runs the set-up of :mod:`zeta_ref._jit_numba`: a writable kernel cache, a fork-safe
+threading layer); the registry only does so when the backend is asked for.
 """
 
 from .backends import Stages
@@ -11,6 +12,7 @@ try:
     import numba  # noqa: F401
 except ImportError:  # pragma: no cover - numba is a dependency; kept for partial installs
     STAGES = None
+    UNAVAILABLE = "Numba is not installed"
 else:
     from .morton_numba import morton_encode
     from .quantize_numba import quantize

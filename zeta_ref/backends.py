@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -29,13 +31,19 @@ class Stages:
     # (q, k, v, candidates, score, gamma, mean_k, mean_v, *, order, with_weights)
     #   -> (out, weights or None, mean_weight)
     topk_attention: Callable
+    # optional: (q, k, v, config) -> output, the whole pass fused, used when no intermediates
+    # are asked for; it must compute what the stages compute
+    forward: Callable | None = None
+    # the array module of the stages' inputs and outputs: numpy, or cupy for the GPU
+    xp: Any = np
 
 
 @dataclass(frozen=True)
 class Backend:
     """A registry entry.
 
-    ``module`` must expose ``STAGES`` (a :class:`Stages`) and ``available() -> bool``.
+    ``module`` must expose ``STAGES`` (a :class:`Stages`) and ``available() -> bool``; it may
+    expose ``UNAVAILABLE``, a one-line reason for ``available()`` being False.
     """
 
     name: str
@@ -43,15 +51,32 @@ class Backend:
     needs_gpu: bool
     description: str
 
-    def available(self) -> bool:
+    def problem(self) -> str | None:
+        """None when this backend can run here, else why not, in one line.
+
+        Any failure to load the module counts (a missing dependency, but also, say, Numba
+        finding no folder to cache its kernels in): the backend is then simply not available.
+        """
         try:
             mod = importlib.import_module(self.module)
-        except ImportError:
-            return False
-        return bool(mod.available())
+            usable = bool(mod.available())
+        except Exception as err:  # whatever goes wrong, one backend never breaks the registry
+            return f"loading {self.module} failed: {type(err).__name__}: {_first_line(err)}"
+        if not usable:
+            return getattr(mod, "UNAVAILABLE", None) or (
+                "needs CuPy and a GPU" if self.needs_gpu else "its dependencies are missing")
+        return None
+
+    def available(self) -> bool:
+        return self.problem() is None
 
     def stages(self) -> Stages:
         return importlib.import_module(self.module).STAGES
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 REGISTRY: dict[str, Backend] = {}
@@ -66,24 +91,31 @@ register(Backend("numpy", "zeta_ref._numpy_backend", False,
                  "the NumPy specification: readable, exact, the reference for all others"))
 register(Backend("numba", "zeta_ref._numba_backend", False,
                  "Numba CPU kernels, parallel over rows and queries"))
+register(Backend("cupy", "zeta_ref.cupy", True,
+                 "CuPy RawKernels on an NVIDIA GPU, stage by stage and one fused fast pass"))
 
 
 def backends(include_unavailable: bool = False) -> list[str]:
-    """Names of the backends usable on this machine (all registered ones if asked)."""
+    """Names of the backends usable on this machine (all registered ones if asked).
+
+    Never raises: a backend that cannot be loaded here is left out (:func:`get_backend` says
+    why).
+    """
     return [name for name, b in REGISTRY.items() if include_unavailable or b.available()]
 
 
 def get_backend(name: str) -> Backend:
-    """The registry entry ``name``, or a ValueError that lists what is available."""
+    """The registry entry ``name``, or a ValueError that lists what is available (and, for a
+    registered backend that cannot run here, why not)."""
     if not isinstance(name, str) or name not in REGISTRY:
         raise ValueError(
             f"backend must be one of {backends()} (available here); got {name!r}"
         )
     entry = REGISTRY[name]
-    if not entry.available():
+    problem = entry.problem()
+    if problem is not None:
         raise ValueError(
-            f"backend {name!r} is registered but not usable on this machine "
-            f"({'needs CuPy and a GPU' if entry.needs_gpu else 'its dependencies are missing'}); "
+            f"backend {name!r} is registered but not usable on this machine ({problem}); "
             f"available: {backends()}"
         )
     return entry
