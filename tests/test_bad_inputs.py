@@ -141,6 +141,10 @@ def test_lists_of_floats_work():
     (dict(clip_range=3.0), ValueError, r"^clip_range"),
     (dict(clip_range=(0.0, float("inf"))), ValueError, r"^clip_range"),
     (dict(clip_range=(0.0, 1.0, 2.0)), ValueError, r"^clip_range"),
+    (dict(k=2**70), ValueError, r"^k must be at most 2\*\*63 - 1"),
+    (dict(k=2**63), ValueError, r"^k must be at most"),
+    (dict(k=4, window=2**64), ValueError, r"^window must be at most"),
+    (dict(chunk_size=2**70), ValueError, r"^chunk_size must be at most"),
 ])
 def test_bad_config(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -156,6 +160,12 @@ def test_code_wider_than_63_bits(d_k, bits):
     q, k, v = qkv(d_k=d_k)
     with pytest.raises(ValueError, match=r"config\.bits.*63"):
         zeta_attention(q, k, v, ZetaConfig(k=2, bits=bits))
+
+
+def test_no_bits_fit_beyond_63_dimensions():
+    q, k, v = qkv(d_k=64)
+    with pytest.raises(ValueError, match=r"no config\.bits fits: project to at most 63"):
+        zeta_attention(q, k, v, ZetaConfig(k=2, bits=1))
 
 
 @pytest.mark.parametrize("d_k, bits", [(7, 9), (3, 21), (1, 63), (2, 31)])

@@ -95,6 +95,16 @@ def test_ci_runs_the_readme_commands():
     assert "zeta-ref demo" in lines[0] and "pytest" in lines[1] and ".[test]" in lines[1]
 
 
+def test_ci_tests_the_oldest_and_newest_admitted_python():
+    """requires-python is bounded by what CI runs: its lowest and its highest minor version."""
+    spec = _pyproject()["project"]["requires-python"].replace(" ", "")
+    m = re.fullmatch(r">=3\.(\d+),<3\.(\d+)", spec)
+    assert m, f"requires-python should read '>=3.X,<3.Y'; got {spec!r}"
+    oldest, newest = f"3.{m.group(1)}", f"3.{int(m.group(2)) - 1}"
+    script = (ROOT / ".ci" / "run").read_text()
+    assert f'PYTHONS="{oldest} {newest}"' in script
+
+
 def test_console_script_and_module_entry_point_agree():
     scripts = _pyproject()["project"]["scripts"]
     assert scripts == {"zeta-ref": "zeta_ref.cli:main"}

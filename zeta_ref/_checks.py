@@ -29,33 +29,52 @@ def check_positive_int(x, name: str) -> int:
     return int(x)
 
 
-def as_float_array(x, name: str, *, min_ndim: int = 2) -> np.ndarray:
-    """``x`` as a float32/float64 ndarray of at least ``min_ndim`` dims, all values finite."""
-    if hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
+def as_float_array(x, name: str, *, min_ndim: int = 2, xp=np, check_finite: bool = True):
+    """``x`` as a float32/float64 array of ``xp`` (NumPy, or CuPy for the GPU backend) with at
+    least ``min_ndim`` dims and, unless ``check_finite`` is False, all values finite."""
+    if xp is np and hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(
-            f"{name} is a GPU array; the CPU backends take NumPy arrays (move it with .get())"
+            f"{name} is a GPU array; the CPU backends take NumPy arrays (move it with .get(), "
+            f"or use backend='cupy')"
         )
-    arr = np.asarray(x)
+    arr = xp.asarray(x)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array; got dtype {arr.dtype}")
     if arr.ndim < min_ndim:
         raise ValueError(
             f"{name} must have at least {min_ndim} dimensions (..., N, d); got shape {arr.shape}"
         )
-    # min and max propagate NaN and show +-inf, and need no temporary array as large as x
-    if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(
-            f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
-        )
+    if check_finite and arr.size:
+        lo, hi = extremes([arr], xp)[0]
+        _check_finite(arr, name, lo, hi, xp)
     return arr
 
 
-def check_qkv(q, k, v):
-    """Validate the three inputs of :func:`zeta_ref.zeta_attention`; return them as arrays."""
-    q = as_float_array(q, "q")
-    k = as_float_array(k, "k")
-    v = as_float_array(v, "v")
+def extremes(arrays, xp=np) -> list[tuple[float, float]]:
+    """(min, max) of each non-empty array, as Python floats: one transfer from a GPU.
+
+    min and max propagate NaN and show +-inf, and need no temporary as large as the array.
+    """
+    if xp is np:
+        return [(float(a.min()), float(a.max())) for a in arrays]
+    both = xp.stack([xp.stack([a.min(), a.max()]).astype(xp.float64) for a in arrays])
+    return [(float(lo), float(hi)) for lo, hi in both.get()]
+
+
+def _check_finite(arr, name: str, lo: float, hi: float, xp=np) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = xp.argwhere(~xp.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})"
+        )
+
+
+def check_qkv(q, k, v, xp=np):
+    """Validate the three inputs of :func:`zeta_ref.zeta_attention`; return them as arrays of
+    ``xp`` (NumPy, or CuPy for the GPU backend: NumPy inputs are then copied to the device)."""
+    q = as_float_array(q, "q", xp=xp, check_finite=False)
+    k = as_float_array(k, "k", xp=xp, check_finite=False)
+    v = as_float_array(v, "v", xp=xp, check_finite=False)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(
             f"q, k and v must share one dtype; got {q.dtype}, {k.dtype} and {v.dtype}"
@@ -75,8 +94,12 @@ def check_qkv(q, k, v):
         raise ValueError(f"d_k and d_v must be >= 1; got q {q.shape} and v {v.shape}")
     if 0 in q.shape[:-2]:
         raise ValueError(f"leading dimensions must be non-empty; got q of shape {q.shape}")
-    check_magnitude(q, "q")
-    check_magnitude(k, "k")
+    (q_lo, q_hi), (k_lo, k_hi), (v_lo, v_hi) = extremes([q, k, v], xp)
+    for arr, name, lo, hi in ((q, "q", q_lo, q_hi), (k, "k", k_lo, k_hi), (v, "v", v_lo, v_hi)):
+        _check_finite(arr, name, lo, hi, xp)
+    check_magnitude(q, "q", largest=max(-q_lo, q_hi))
+    check_magnitude(k, "k", largest=max(-k_lo, k_hi))
+    check_magnitude(v, "v", value_limit(v.dtype, v.shape[-2]), largest=max(-v_lo, v_hi))
     return q, k, v
 
 
@@ -89,16 +112,32 @@ def magnitude_limit(dtype, d: int) -> float:
     return float(np.sqrt(np.finfo(dtype).max / (8 * d)))
 
 
-def check_magnitude(x: np.ndarray, name: str) -> None:
-    """q and k must stay below :func:`magnitude_limit`; a clear error instead of inf or NaN."""
-    limit = magnitude_limit(x.dtype, x.shape[-1])
-    largest = max(-float(x.min()), float(x.max()))
+def value_limit(dtype, n: int) -> float:
+    """Largest |v| allowed in values of ``dtype`` over a sequence of ``n`` positions.
+
+    An output is a weighted average of value rows, so it is no larger than the largest |v|
+    (a quarter of the dtype's range leaves room for rounding); the mean term's running sums
+    are float64 sums of up to n rows, which must not overflow either.
+    """
+    return min(float(np.finfo(dtype).max) / 4, float(np.finfo(np.float64).max) / (4 * max(n, 1)))
+
+
+def check_magnitude(x, name: str, limit: float | None = None, *,
+                    largest: float | None = None) -> None:
+    """Values of ``x`` must stay below ``limit`` (default :func:`magnitude_limit`, for q and
+    k); a clear error instead of inf or NaN. ``largest`` is max |x| when already known."""
+    if limit is None:
+        limit = magnitude_limit(x.dtype, x.shape[-1])
+        why = (f"for {x.dtype} with d_k = {x.shape[-1]} at most {limit:.3g} is allowed, or "
+               f"squared distances and dot products overflow")
+    else:
+        why = (f"for {x.dtype} over N = {x.shape[-2]} positions at most {limit:.3g} is "
+               f"allowed, or the outputs and the mean term's sums overflow")
+    if largest is None:
+        largest = max(-float(x.min()), float(x.max()))
     if largest > limit:
-        raise ValueError(
-            f"{name} holds values up to {largest:.3g} in magnitude; for {x.dtype} with "
-            f"d_k = {x.shape[-1]} at most {limit:.3g} is allowed, or squared distances and dot "
-            f"products overflow (rescale {name}, or pass float64)"
-        )
+        fix = f"rescale {name}" + (", or pass float64" if x.dtype == np.float32 else "")
+        raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; {why} ({fix})")
 
 
 def check_gamma(gamma: float, dtype, n_candidates: int) -> None:
@@ -121,9 +160,11 @@ def check_gamma(gamma: float, dtype, n_candidates: int) -> None:
 def check_bits_for_dim(bits: int, d: int, name: str = "bits") -> None:
     """A Morton code of d coordinates of ``bits`` bits must fit in 63 bits of a uint64."""
     if d * bits > 63:
+        fix = (f"use {name} <= {63 // d}" if d <= 63 else
+               f"no {name} fits: project to at most 63 dimensions (3 in the paper)")
         raise ValueError(
             f"{name} * d must be <= 63 so the code fits a uint64; got {name}={bits} with d={d} "
-            f"({d * bits} bits); use bits <= {63 // d}"
+            f"({d * bits} bits); {fix}"
         )
 
 

@@ -19,7 +19,7 @@ twin backend is checked stage by stage against the specification with the same i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -59,8 +59,10 @@ class Intermediates:
         smaller code; the window starts at pool rank p_i - W//2 before sliding (D11).
     window_idx : int64 (..., N, W)
         Stage 5: the window around each query's insertion point; -1 = empty slot.
+        W here is ``config.window_for(N) = min(W, N)``.
     candidates : int64 (..., N, k)
         Stage 5: the selected keys (the window itself when W = k); -1 = empty slot.
+        k here is ``config.k_for(N) = min(k, N)``.
     mean_k, mean_v : (..., N, d_k), (..., N, d_v) or None
         Stage 6: the mean term's key and value (None when ``history_mean`` is off).
     weights : (..., N, k)
@@ -91,9 +93,11 @@ class Intermediates:
     output: np.ndarray
 
     def arrays(self) -> dict:
-        """The array fields by name (for saving with ``np.savez`` or comparing)."""
+        """The array fields by name (for saving with ``np.savez`` or comparing); NumPy arrays,
+        or CuPy arrays when the inputs were."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if isinstance(getattr(self, f.name), np.ndarray)}
+                if f.name not in ("config", "backend", "chunk_size")
+                and getattr(self, f.name) is not None}
 
 
 def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = "numpy",
@@ -109,7 +113,9 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     config : ZetaConfig, optional
         All settings; ``ZetaConfig()`` when omitted.
     backend : str, default "numpy"
-        One of :func:`zeta_ref.backends`.
+        One of :func:`zeta_ref.backends`. With "cupy" (the GPU), NumPy inputs are copied to the
+        device and every result comes back as NumPy; CuPy inputs give CuPy results, on the
+        same device, with no copy to the host inside the pass.
     return_intermediates : bool, default False
         Also return an :class:`Intermediates` with every stage's result.
 
@@ -131,16 +137,25 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     if not isinstance(return_intermediates, bool):
         raise TypeError(f"return_intermediates must be True or False; got {return_intermediates!r}")
     entry = get_backend(backend)
-    q, k, v = check_qkv(q, k, v)
+    s = entry.stages()
+    xp = s.xp  # numpy, or cupy for the GPU backend
+    # a GPU backend gives NumPy results for NumPy inputs, device arrays for device arrays
+    to_host = xp is not np and not hasattr(q, "__cuda_array_interface__")
+    q, k, v = check_qkv(q, k, v, xp=xp)
     n, d_k = q.shape[-2], q.shape[-1]
     check_bits_for_dim(cfg.bits, d_k, name="config.bits")
+    # k and W beyond N would only add slots that are always empty: capped at N
+    k_top, width = cfg.k_for(n), cfg.window_for(n)
     if cfg.score == "cauchy":
-        check_gamma(cfg.gamma, q.dtype, cfg.k + cfg.history_mean)
-    s = entry.stages()
+        check_gamma(cfg.gamma, q.dtype, k_top + cfg.history_mean)
     # The stage functions trust their inputs: hand them contiguous arrays.
-    q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
+    q, k, v = (xp.ascontiguousarray(x) for x in (q, k, v))
 
-    # stage 2: quantise queries and keys the same way (D1, D2, D12)
+    if not return_intermediates and s.forward is not None:
+        output = s.forward(q, k, v, cfg)  # the fused pass: the same result, fewer arrays
+        return output.get() if to_host else output
+
+    # stage 2: quantise queries and keys the same way (D1, D2, D12, D13)
     q_coords = s.quantize(q, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
     k_coords = s.quantize(k, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
     # stage 3: interleave the bits (D3)
@@ -156,9 +171,9 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     chunk = cfg.chunk_size_for(n)
     pool_len = pool_lengths(n, cfg.causal, chunk)  # (N,)
     window_idx = s.neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len,
-                                    cfg.window_width, order=query_order)  # (..., N, W)
-    if cfg.window_width > cfg.k:
-        candidates = s.rerank(q, k, window_idx, cfg.k, cfg.score)  # (..., N, k)
+                                    width, order=query_order)  # (..., N, W)
+    if width > k_top:
+        candidates = s.rerank(q, k, window_idx, k_top, cfg.score)  # (..., N, k)
     else:
         candidates = window_idx
     # stage 6: weights over the candidates and the mean term (D7, D8, D9)
@@ -169,13 +184,16 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
         q, k, v, candidates, cfg.score, cfg.gamma, mean_k, mean_v, order=query_order,
         with_weights=return_intermediates)  # (..., N, d_v), (..., N, k) or None, (..., N)
     if not return_intermediates:
-        return output
-    return output, Intermediates(
+        return output.get() if to_host else output
+    inter = Intermediates(
         config=cfg, backend=entry.name, chunk_size=chunk,
         q_coords=q_coords, k_coords=k_coords, q_codes=q_codes, k_codes=k_codes,
-        key_perm=key_perm, sorted_key_codes=sorted_key_codes, pool_len=pool_len,
+        key_perm=key_perm, sorted_key_codes=sorted_key_codes, pool_len=xp.asarray(pool_len),
         # the window does not need p_i as such: it is computed for the reader only
         insertion=s.insertion_points(q_codes, key_perm, sorted_key_codes, pool_len),
         window_idx=window_idx, candidates=candidates, mean_k=mean_k, mean_v=mean_v,
         weights=weights, mean_weight=mean_weight, output=output,
     )
+    if to_host:  # every array back to the host, once, at the end
+        inter = replace(inter, **{name: a.get() for name, a in inter.arrays().items()})
+    return inter.output, inter

@@ -17,6 +17,8 @@ SQUASHES = ("sigmoid", "tanh", "clip")
 
 #: D5: without an explicit ``chunk_size`` a sequence is cut into this many chunks ...
 AUTO_CHUNKS = 8
+#: The largest k, window or chunk_size a config holds: sizes are int64 in every backend.
+MAX_SIZE = 2**63 - 1
 
 
 def _choice(name: str, value, options) -> None:
@@ -31,7 +33,9 @@ class ZetaConfig:
     Parameters
     ----------
     k : int, default 32
-        Number of keys each query attends to (the paper's top-k; section 3.3).
+        Number of keys each query attends to (the paper's top-k; section 3.3). A pool never
+        holds more than N keys, so a pass over N positions uses ``min(k, N)`` slots
+        (:meth:`k_for`); k itself may be anything from 1 to ``MAX_SIZE``.
     bits : int, default 10
         Bits per coordinate in the quantisation (D2). ``d_k * bits`` must be at most 63;
         that is checked when the dimension is known, at the call.
@@ -44,7 +48,8 @@ class ZetaConfig:
     window : int or None, default None
         Width W of the neighbour window taken around the query's place in the sorted keys
         (D6). None means W = k, the window is the selection. W > k re-ranks the window
-        exactly down to k.
+        exactly down to k. Like k, it is capped at N for a pass over N positions
+        (:meth:`window_for`).
     score : {"cauchy", "softmax", "neg_euclidean", "inv_euclidean"}, default "cauchy"
         How the k candidates are weighted (section 3.4, Eq. 6 and the ablation's variants).
     gamma : float, default 0.5
@@ -71,6 +76,11 @@ class ZetaConfig:
     def __post_init__(self):
         if not is_integer(self.k) or self.k < 1:
             raise ValueError(f"k must be an integer >= 1; got {self.k!r}")
+        for name in ("k", "window", "chunk_size"):
+            value = getattr(self, name)
+            if is_integer(value) and value > MAX_SIZE:
+                raise ValueError(f"{name} must be at most 2**63 - 1 (sizes are int64); "
+                                 f"got {value!r}")
         if not is_integer(self.bits) or not 1 <= self.bits <= 63:
             raise ValueError(f"bits must be an integer in [1, 63]; got {self.bits!r}")
         if self.chunk_size is not None and (not is_integer(self.chunk_size) or self.chunk_size < 1):
@@ -106,6 +116,22 @@ class ZetaConfig:
     def window_width(self) -> int:
         """W, the number of keys the window takes before any re-rank (D6)."""
         return self.k if self.window is None else int(self.window)
+
+    def k_for(self, n: int) -> int:
+        """k as used for a sequence of length ``n``: ``min(k, n)``.
+
+        No pool holds more than n keys, so slots beyond n would always be empty (-1, D9);
+        capping k keeps the arrays (N, k) small whatever k is, and changes no output.
+        """
+        return min(int(self.k), int(n))
+
+    def window_for(self, n: int) -> int:
+        """W as used for a sequence of length ``n``: ``min(W, n)``, for the same reason.
+
+        A window of n or more ranks always covers the whole pool, so the cap changes no
+        selection (and ``k_for(n) <= window_for(n)`` as k <= W).
+        """
+        return min(self.window_width, int(n))
 
     def chunk_size_for(self, n: int) -> int:
         """M for a sequence of length ``n``: the given ``chunk_size`` or the D5 rule.
