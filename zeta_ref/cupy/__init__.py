@@ -1,0 +1,52 @@
+"""Registry entry "cupy": the CuPy RawKernel twins of every stage, and a fused fast pass.
+
+One module per stage, named as the specification's (``quantize``, ``morton``, ``sort``,
+``window``, ``topk_softmax``), each launcher beside its CUDA source (``quantize.cu``, ...);
+``fused`` is the fast forward pass. Importing this package imports CuPy; the registry only does
+so when the backend is asked for, and the backend is available only where CuPy imports and sees
+a GPU.
+"""
+
+from __future__ import annotations
+
+from ..backends import Stages
+
+#: Why the backend cannot run here ("" where it can), with how to install what is missing.
+UNAVAILABLE = ""
+try:
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 1:
+        UNAVAILABLE = "CuPy sees no GPU"
+except ImportError:
+    UNAVAILABLE = ("CuPy is not installed; install the extra matching your CUDA: "
+                   "pip install 'zeta_ref[cuda12]' or 'zeta_ref[cuda13]'")
+except Exception as error:  # noqa: BLE001 - no driver or no device: the backend is absent
+    UNAVAILABLE = f"CuPy finds no usable GPU ({type(error).__name__}: {error})"
+
+STAGES = None
+if not UNAVAILABLE:
+    from .fused import forward
+    from .morton import morton_encode
+    from .quantize import quantize
+    from .sort import sort_keys
+    from .topk_softmax import history_means, topk_attention
+    from .window import insertion_points, neighbour_window, rerank
+
+    STAGES = Stages(
+        quantize=quantize,
+        morton_encode=morton_encode,
+        sort_keys=sort_keys,
+        insertion_points=insertion_points,
+        neighbour_window=neighbour_window,
+        rerank=rerank,
+        history_means=history_means,
+        topk_attention=topk_attention,
+        forward=forward,
+        xp=cupy,
+    )
+
+
+def available() -> bool:
+    """True where CuPy imports and sees at least one GPU."""
+    return STAGES is not None

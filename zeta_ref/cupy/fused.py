@@ -1,0 +1,147 @@
+"""The fast forward pass on the GPU: stages 2 to 6 with nothing materialised that the output
+does not need (``zeta_attention(..., backend="cupy")`` without intermediates).
+
+Per call, for all (batch, head) rows at once, with no synchronisation with the host:
+
+1. ``zeta_fused_keys``: queries and keys quantised, interleaved and packed with their row and
+   position into uint64 sort keys, one kernel (stages 2, 3; ``fused.cu``).
+2. one radix sort of all 2 R N keys (``cupy.sort``): every row's keys in Z order, and every
+   row's queries in Z order, which is the order the next steps visit them in (stage 4).
+3. the prefix pools, three kernels for all levels of all rows.
+4. ``zeta_fused_window``: every query's window and, for W > k, its k nearest keys, kept as it
+   walks: int32 candidates (R, N, k), no (N, W) array (stage 5).
+5. the mean term's blocked scan, three kernels for keys and values together (D8).
+6. the attention kernel, 16 threads per query, queries in Z order (stage 6).
+
+It computes what the stage-by-stage path computes: the same candidates, bit for bit, and the
+same outputs within the tolerances (tests/test_cupy.py checks both). When a row, a code and a
+position do not fit in 64 bits together, it runs the stage functions instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import cupy as cp
+
+from ..config import ZetaConfig
+from . import _runtime as rt
+from .quantize import _squash_args
+from .topk_softmax import history_means, launch_topk
+
+#: The stages as the benchmark times them (``marks``).
+STAGE_NAMES = ("codes", "sort", "pools", "window", "means", "attention")
+#: log2 of S_0, the smallest prefix pool (window.cu); the tile of the level kernels.
+S0_BITS = 8
+TILE = 1024
+_CAUSAL_IDS = {"inclusive": 0, "strict": 1, "none": 2}
+_NAMES = ("zeta_fused_keys<float>", "zeta_fused_keys<double>", "zeta_level_counts",
+          "zeta_level_offsets", "zeta_level_scatter", "zeta_fused_window<float, 0>",
+          "zeta_fused_window<float, 1>", "zeta_fused_window<double, 0>",
+          "zeta_fused_window<double, 1>")
+
+
+def _fn(name):
+    return rt.kernel("fused", name, _NAMES)
+
+
+def packing(rows: int, n: int, code_bits: int):
+    """(pos_bits, fits): the position's bits, and whether 2 rows, code and position fit 64."""
+    pos_bits = (n - 1).bit_length()
+    row_bits = (2 * rows - 1).bit_length()
+    return pos_bits, row_bits + code_bits + pos_bits <= 64
+
+
+def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int):
+    """The prefix pools below the top one, from the sorted keys: (levels, level_offset, T)."""
+    n_levels = 0
+    while (1 << (S0_BITS + n_levels)) < n:
+        n_levels += 1
+    sizes = [1 << (S0_BITS + t) for t in range(n_levels)]
+    offsets = np.concatenate([[0], np.cumsum([rows * s for s in sizes])]).astype(np.int64)
+    levels = rt.empty(max(int(offsets[-1]), 1), np.uint64)
+    level_offset = cp.asarray(offsets)
+    if n_levels:
+        tiles = -(-n // TILE)
+        counts = rt.empty((rows, tiles, n_levels), np.int32)
+        starts = rt.empty((rows, tiles, n_levels), np.int64)
+        packed = (np.int32(S0_BITS), np.int32(code_bits), np.int32(pos_bits))
+        _fn("zeta_level_counts")((tiles, rows), (TILE,),
+                                 (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
+                                 + packed + (counts,))
+        rt.launch(_fn("zeta_level_offsets"), rows * n_levels,
+                  (counts, rt.i64(rows), rt.i64(tiles), np.int32(n_levels), starts))
+        _fn("zeta_level_scatter")((tiles, rows), (TILE,),
+                                  (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
+                                  + packed + (starts, level_offset, levels))
+    return levels, level_offset, n_levels
+
+
+def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None):
+    """ZETA forward for checked, contiguous CuPy arrays q, k (..., N, d_k), v (..., N, d_v).
+
+    Returns the output (..., N, d_v), and with ``return_candidates`` also the candidates
+    (..., N, k) as int64 (for the tests: they must equal the stage-by-stage candidates).
+    ``marks``, a list, receives a recorded CUDA event at the start and after each stage of
+    :data:`STAGE_NAMES`, for the benchmark's per-stage times.
+    """
+    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+    rows = q.size // (n * d_k)
+    k_top, width = cfg.k_for(n), cfg.window_for(n)
+    code_bits = d_k * cfg.bits
+    pos_bits, fits = packing(rows, n, code_bits)
+    if not fits:
+        return _by_stages(q, k, v, cfg, return_candidates)
+
+    def mark():
+        if marks is not None:
+            event = cp.cuda.Event()
+            event.record()
+            marks.append(event)
+
+    mark()
+    # stages 2 and 3: rows 0 .. R-1 the keys, R .. 2R-1 the queries, as packed sort keys
+    keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
+    rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
+              (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
+              + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
+              + (np.int32(code_bits), np.int32(pos_bits), keys))
+    mark()
+    # stage 4: one sort for every row of keys and of queries
+    keys = cp.sort(keys)
+    mark()
+    levels, level_offset, n_levels = prefix_levels(keys, rows, n, code_bits, pos_bits)
+    mark()
+    # stage 5: window (and re-rank) per query, in Z order, into int32 candidates
+    cand = rt.empty(lead + (n, k_top), np.int32)  # (..., N, k)
+    rerank = width > k_top
+    heap = ((rt.empty(rows * n * k_top, q.dtype), rt.empty(rows * n * k_top, np.int64),
+             rt.empty(rows * n * k_top, np.int64)) if rerank
+            else (rt.empty(1, q.dtype), rt.empty(1, np.int64), rt.empty(1, np.int64)))
+    rt.launch(_fn(f"zeta_fused_window<{rt.ctype_name(q.dtype)}, {int(rerank)}>"), rows * n,
+              (keys, levels, level_offset, np.int32(n_levels), np.int32(S0_BITS),
+               np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n),
+               np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n)),
+               rt.i64(width), rt.i64(k_top), q, k, np.int32(d_k),
+               np.int32(cfg.score == "softmax")) + heap + (cand,))
+    mark()
+    # stage 6: the mean term, then the weights and the output
+    mean_k = mean_v = None
+    if cfg.history_mean:
+        mean_k, mean_v = history_means(k, v, cfg.causal)
+    mark()
+    query_keys = keys[rows * n:]  # the queries of every row, in Z order
+    out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, query_keys,
+                            np.uint64((1 << pos_bits) - 1), False)
+    mark()
+    if return_candidates:
+        return out, cand.astype(np.int64)
+    return out
+
+
+def _by_stages(q, k, v, cfg, return_candidates):
+    """The same pass through the stage functions, for codes too wide to pack."""
+    from .. import attention  # here, not above: the composer is what calls this module
+
+    out, im = attention.zeta_attention(q, k, v, cfg, backend="cupy", return_intermediates=True)
+    return (out, im.candidates) if return_candidates else out

@@ -1,0 +1,327 @@
+// Stage 6 on the GPU: the mean term and the top-k softmax (paper section 3.4, Eq. 6; D7-D9).
+// Mirrors zeta_ref/topk_softmax.py.
+//
+// The mean term (D8), a blocked scan in double, three kernels:
+//   zeta_block_sums   thread per (row, block of positions, column): the block's column sum
+//   zeta_scan_blocks  thread per (row, column): exclusive prefix of the block sums, and total
+//   zeta_means_write  thread per (row, block, column): running sum through the block, divided
+//                     by i + 1 (causal), written in T; zeta_means_whole: total / N ("none")
+//
+// The weights and the output, per query i with candidates j_1 .. j_k (-1 = empty, D9) and the
+// mean term as slot k:
+//   near_s = ||q_i - k_j||^2, or -<q_i, k_j> for "softmax" (no FMA, as window.nearness)
+//   a_s    = 1 / (near_s + add)  ("cauchy": add = gamma^2; "inv_euclidean": 1e-6), or
+//            exp(logit_s - max logit) with logit = -near / sqrt(d_k) ("softmax") or -near
+//   w_s    = a_s / sum a;  out_i = sum_s w_s v_{j_s} + w_k vbar_i
+// zeta_topk_plain: one thread per query, any d_k, d_v and dtype: the obviously right version.
+// zeta_topk_fast (float, d_v a multiple of 4 up to 256): 16 threads per query, two queries per
+// warp. Lane l scores slots l, l + 16, ...; shuffles give the maximum and the sum; then every
+// candidate's value row is read as 16 float4 (one 256-byte row per 16 lanes, coalesced), four
+// candidates in flight. Queries are taken in `order` (Z order), so neighbouring queries, which
+// share most candidates, read value rows the L2 cache already holds.
+#include "zeta_common.cuh"
+
+#define ZETA_INV_EUCLIDEAN_EPS 1e-6
+
+// ---------------------------------------------------------------- the mean term
+// Keys and values in one pass: column e of the (rows, n, D = d1 + d2) "table" is column e of
+// x1 (the keys) for e < d1, and column e - d1 of x2 (the values) otherwise.
+template <typename T>
+__device__ __forceinline__ T column(const T* x1, const T* x2, long long r, long long i,
+                                    long long n, int d1, int d2, int e) {
+    return e < d1 ? x1[(r * n + i) * d1 + e] : x2[(r * n + i) * d2 + (e - d1)];
+}
+
+// sums[(r, b, e)] = the sum of column e over block b's positions.
+template <typename T>
+__global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ x2,
+                                long long rows, long long n, int d1, int d2, long long block,
+                                double* __restrict__ sums) {
+    int d = d1 + d2;
+    long long n_blocks = (n + block - 1) / block;
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+         task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
+        int e = (int)(task % d);
+        long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
+        long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        double s = 0.0;
+#pragma unroll 8
+        for (long long i = i0; i < i1; ++i) s += (double)column(x1, x2, r, i, n, d1, d2, e);
+        sums[task] = s;
+    }
+}
+
+// In place: sums[r, b, e] becomes the sum over the blocks before b; totals[r, e] the sum of all.
+// One warp per (row, column): 32 blocks at a time, a shuffle scan inside each group of 32.
+extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long rows,
+                                            long long n_blocks, int d,
+                                            double* __restrict__ totals) {
+    int lane = threadIdx.x & 31;
+    long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+         task < rows * d; task += warps) {
+        long long r = task / d, e = task % d;
+        double run = 0.0;  // the sum of the groups before
+        for (long long b0 = 0; b0 < n_blocks; b0 += 32) {
+            long long b = b0 + lane;
+            double* at = sums + (r * n_blocks + b) * d + e;
+            double s = b < n_blocks ? *at : 0.0;
+            double inc = s;  // inclusive scan over the group (a fixed order: deterministic)
+            for (int m = 1; m < 32; m <<= 1) {
+                double up = __shfl_up_sync(0xffffffffu, inc, m);
+                if (lane >= m) inc += up;
+            }
+            if (b < n_blocks) *at = run + inc - s;
+            run += __shfl_sync(0xffffffffu, inc, 31);
+        }
+        if (lane == 0) totals[task] = run;
+    }
+}
+
+// The means: causal, the running sum through the block / (i + 1); whole ("none"), total / n.
+template <typename T>
+__global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__ x2,
+                                 const double* __restrict__ prefix,
+                                 const double* __restrict__ totals, int whole, long long rows,
+                                 long long n, int d1, int d2, long long block,
+                                 T* __restrict__ out1, T* __restrict__ out2) {
+    int d = d1 + d2;
+    long long n_blocks = (n + block - 1) / block;
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+         task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
+        int e = (int)(task % d);
+        long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
+        long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        double run = prefix[task];
+        for (long long i = i0; i < i1; ++i) {
+            run += (double)column(x1, x2, r, i, n, d1, d2, e);
+            T mean = (T)((whole ? totals[r * d + e] : run) / (double)(whole ? n : i + 1));
+            if (e < d1) out1[(r * n + i) * d1 + e] = mean;
+            else out2[(r * n + i) * d2 + (e - d1)] = mean;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- scores
+// score ids: 0 cauchy, 1 softmax, 2 neg_euclidean, 3 inv_euclidean (topk_softmax_numba)
+template <typename T>
+__device__ __forceinline__ T near_of(const T* q, const T* key, int d_k, int score) {
+    T acc = (T)0;
+    for (int e = 0; e < d_k; ++e) {
+        if (score == 1) acc = sub_rn(acc, mul_rn(q[e], key[e]));
+        else { T diff = sub_rn(q[e], key[e]); acc = add_rn(acc, mul_rn(diff, diff)); }
+    }
+    return acc;
+}
+
+__device__ __forceinline__ float exp_t(float x) { return expf(x); }
+__device__ __forceinline__ double exp_t(double x) { return exp(x); }
+
+// logit for the exp scores, affinity for the inverse ones
+template <typename T>
+__device__ __forceinline__ T raw_score(T near, int score, T add, T root_d) {
+    if (score == 0 || score == 3) return (T)1 / (near + add);
+    return score == 1 ? -near / root_d : -near;
+}
+
+// ---------------------------------------------------------------- one thread per query
+template <typename T, typename I>
+__global__ void zeta_topk_plain(const T* __restrict__ q, const T* __restrict__ k,
+                                const T* __restrict__ v, const I* __restrict__ cand,
+                                const T* __restrict__ mean_k, const T* __restrict__ mean_v,
+                                int with_mean, const unsigned long long* __restrict__ visit,
+                                unsigned long long visit_mask, long long rows, long long n,
+                                int d_k, int d_v, long long n_slots,
+                                int score, T add, T root_d, T* __restrict__ out,
+                                T* __restrict__ weights, int with_weights,
+                                T* __restrict__ mean_weight) {
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x; task < rows * n;
+         task += (long long)gridDim.x * blockDim.x) {
+        long long r = task / n, i = (long long)(visit[task] & visit_mask), at = r * n + i;
+        const T* qi = q + at * d_k;
+        const I* c = cand + at * n_slots;
+        const T* keys = k + r * n * d_k;
+        const T* vals = v + r * n * d_v;
+        bool exp_score = score == 1 || score == 2;
+        // pass 1: the largest logit (exp scores)
+        T top = (T)0;
+        bool any = false;
+        for (long long s = 0; s <= n_slots; ++s) {
+            if (s == n_slots && !with_mean) break;
+            if (s < n_slots && c[s] < 0) continue;
+            const T* key = s < n_slots ? keys + (long long)c[s] * d_k : mean_k + at * d_k;
+            T x = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
+            if (!any || x > top) top = x;
+            any = true;
+        }
+        if (!exp_score) top = (T)0;
+        // pass 2: the sum of the affinities
+        T total = (T)0;
+        for (long long s = 0; s <= n_slots; ++s) {
+            if (s == n_slots && !with_mean) break;
+            if (s < n_slots && c[s] < 0) continue;
+            const T* key = s < n_slots ? keys + (long long)c[s] * d_k : mean_k + at * d_k;
+            T x = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
+            total += exp_score ? exp_t(x - top) : x;
+        }
+        if (!(total > (T)0)) total = (T)1;  // nothing valid: weights and output 0
+        // pass 3: weights and the weighted sum
+        T* o = out + at * d_v;
+        for (int e = 0; e < d_v; ++e) o[e] = (T)0;
+        T w_mean = (T)0;
+        for (long long s = 0; s <= n_slots; ++s) {
+            if (s == n_slots && !with_mean) break;
+            bool empty = s < n_slots && c[s] < 0;
+            T w = (T)0;
+            if (!empty) {
+                const T* key = s < n_slots ? keys + (long long)c[s] * d_k : mean_k + at * d_k;
+                T x = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
+                w = (exp_score ? exp_t(x - top) : x) / total;
+                const T* row = s < n_slots ? vals + (long long)c[s] * d_v : mean_v + at * d_v;
+                for (int e = 0; e < d_v; ++e) o[e] += w * row[e];
+            }
+            if (s < n_slots && with_weights) weights[at * n_slots + s] = w;
+            if (s == n_slots) w_mean = w;
+        }
+        mean_weight[at] = w_mean;
+    }
+}
+
+// ---------------------------------------------------------------- 16 threads per query
+#define ZETA_FAST_MAX_DV 256
+
+template <typename I, int U>
+__global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restrict__ k,
+                               const float* __restrict__ v, const I* __restrict__ cand,
+                               const float* __restrict__ mean_k, const float* __restrict__ mean_v,
+                               int with_mean, const unsigned long long* __restrict__ visit,
+                               unsigned long long visit_mask, long long rows, long long n,
+                               int d_k, int d_v, int n_slots,
+                               int score, float add, float root_d, float* __restrict__ out,
+                               float* __restrict__ weights, int with_weights,
+                               float* __restrict__ mean_weight) {
+    const unsigned full = 0xffffffffu;
+    int lane = threadIdx.x & 15;
+    long long group = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 4;
+    long long n_groups = ((long long)gridDim.x * blockDim.x) >> 4;
+    // every lane of the warp runs the same number of rounds, so the shuffles always have all
+    // 32 lanes; a half-warp past the end computes on a copy of the last query and writes nothing
+    long long total_q = rows * n;
+    long long rounds = (total_q + n_groups - 1) / n_groups;
+    bool exp_score = score == 1 || score == 2;
+    int slots = n_slots + (with_mean ? 1 : 0);
+    for (long long round = 0; round < rounds; ++round) {
+        long long task = group + round * n_groups;
+        bool live = task < total_q;
+        if (!live) task = total_q - 1;
+        long long r = task / n, i = (long long)(visit[task] & visit_mask), at = r * n + i;
+        const float* qi = q + at * d_k;
+        const I* c = cand + at * n_slots;
+        const float* keys = k + r * n * d_k;
+        const float* vals = v + r * n * d_v;
+        // scores, once: lane l takes slots l, l + 16, ... (slot n_slots is the mean term)
+        float sc[U];  // U = slots per lane, a template argument: k + 1 <= 16 U
+        int jj[U];    // the slot's key; -1 empty (D9), -2 the mean term
+        float top = -__int_as_float(0x7f800000);  // -inf
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int s = lane + 16 * u;
+            jj[u] = -1;
+            sc[u] = 0.0f;
+            if (s < slots) {
+                jj[u] = s < n_slots ? (int)c[s] : -2;
+                if (jj[u] != -1) {
+                    const float* key = jj[u] >= 0 ? keys + (long long)jj[u] * d_k
+                                                  : mean_k + at * d_k;
+                    sc[u] = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
+                    top = fmaxf(top, sc[u]);
+                }
+            }
+        }
+        for (int m = 8; m > 0; m >>= 1) top = fmaxf(top, __shfl_xor_sync(full, top, m, 16));
+        if (!exp_score || isinf(top)) top = 0.0f;  // -inf: nothing valid
+        float total = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (jj[u] != -1) sc[u] = exp_score ? expf(sc[u] - top) : sc[u];  // affinity
+            total += jj[u] != -1 ? sc[u] : 0.0f;
+        }
+        for (int m = 8; m > 0; m >>= 1) total += __shfl_xor_sync(full, total, m, 16);
+        if (!(total > 0.0f)) total = 1.0f;
+        float w_mean = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int s = lane + 16 * u;
+            sc[u] = jj[u] != -1 ? sc[u] / total : 0.0f;  // the weight
+            if (live && with_weights && s < n_slots) weights[at * n_slots + s] = sc[u];
+            if (s == n_slots && with_mean) w_mean = sc[u];
+        }
+        // the weighted sum: lane l owns columns 4l .. 4l + 3 of every 64-column stripe
+        float4 acc[ZETA_FAST_MAX_DV / 64];
+#pragma unroll
+        for (int u = 0; u < ZETA_FAST_MAX_DV / 64; ++u) acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (16 * u >= slots) break;
+            int in_chunk = slots - 16 * u < 16 ? slots - 16 * u : 16;
+#pragma unroll 4
+            for (int t = 0; t < in_chunk; ++t) {
+                float wt = __shfl_sync(full, sc[u], t, 16);
+                int jt = __shfl_sync(full, jj[u], t, 16);
+                if (jt == -1) continue;
+                const float* row = jt >= 0 ? vals + (long long)jt * d_v : mean_v + at * d_v;
+#pragma unroll
+                for (int x = 0; x < ZETA_FAST_MAX_DV / 64; ++x) {
+                    int col = 64 * x + 4 * lane;
+                    if (col < d_v) {
+                        float4 y = *reinterpret_cast<const float4*>(row + col);
+                        acc[x].x += wt * y.x; acc[x].y += wt * y.y;
+                        acc[x].z += wt * y.z; acc[x].w += wt * y.w;
+                    }
+                }
+            }
+        }
+        for (int m = 8; m > 0; m >>= 1) w_mean += __shfl_xor_sync(full, w_mean, m, 16);
+        if (live) {
+#pragma unroll
+            for (int u = 0; u < ZETA_FAST_MAX_DV / 64; ++u) {
+                int col = 64 * u + 4 * lane;
+                if (col < d_v) *reinterpret_cast<float4*>(out + at * d_v + col) = acc[u];
+            }
+            if (lane == 0) mean_weight[at] = w_mean;
+        }
+    }
+}
+
+#define ZETA_MEANS(T)                                                                          \
+    template __global__ void zeta_block_sums<T>(const T*, const T*, long long, long long, int, \
+                                                int, long long, double*);                      \
+    template __global__ void zeta_means_write<T>(const T*, const T*, const double*,            \
+                                                 const double*, int, long long, long long, int, \
+                                                 int, long long, T*, T*);
+ZETA_MEANS(float)
+ZETA_MEANS(double)
+#define ZETA_TOPK_PLAIN(T, I)                                                                  \
+    template __global__ void zeta_topk_plain<T, I>(                                            \
+        const T*, const T*, const T*, const I*, const T*, const T*, int,                       \
+        const unsigned long long*, unsigned long long, long long, long long, int, int,         \
+        long long, int, T, T, T*, T*, int, T*);
+ZETA_TOPK_PLAIN(float, long long)
+ZETA_TOPK_PLAIN(double, long long)
+ZETA_TOPK_PLAIN(float, int)
+ZETA_TOPK_PLAIN(double, int)
+#define ZETA_TOPK_FAST(I, U)                                                                   \
+    template __global__ void zeta_topk_fast<I, U>(                                             \
+        const float*, const float*, const float*, const I*, const float*, const float*, int,   \
+        const unsigned long long*, unsigned long long, long long, long long, int, int, int,    \
+        int, float, float, float*, float*, int, float*);
+ZETA_TOPK_FAST(int, 1)
+ZETA_TOPK_FAST(int, 2)
+ZETA_TOPK_FAST(int, 3)
+ZETA_TOPK_FAST(int, 4)
+ZETA_TOPK_FAST(int, 8)
+ZETA_TOPK_FAST(long long, 1)
+ZETA_TOPK_FAST(long long, 2)
+ZETA_TOPK_FAST(long long, 3)
+ZETA_TOPK_FAST(long long, 4)
+ZETA_TOPK_FAST(long long, 8)

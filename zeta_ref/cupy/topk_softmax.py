@@ -1,0 +1,150 @@
+"""CuPy twin of stage 6: the mean term and the top-k softmax (section 3.4, Eq. 6; D7, D8, D9).
+
+Same signatures and output dtypes as :mod:`zeta_ref.topk_softmax`; float results agree with
+the specification within :mod:`zeta_ref.tolerances` (the sums run in another order). The
+kernels are in ``topk_softmax.cu``.
+
+The mean term is a blocked scan in double precision: block sums, a scan of the block sums,
+then the running sum through each block (never ``cupy.cumsum`` over (R, N, d), which alone
+would cost more than the attention). ``topk_attention`` takes the fast kernel (16 threads per
+query, float4 loads) for float32 values whose width is a multiple of 4 up to 256, and the
+plain one-thread-per-query kernel otherwise; both read the candidates, keys and values in the
+visiting order given (Z order from the composer), which changes no result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import cupy as cp
+
+from ..config import SCORES
+from ..topk_softmax import INV_EUCLIDEAN_EPS
+from . import _runtime as rt
+from .window import visit_order
+
+_SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
+_NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks",
+          "zeta_means_write<float>", "zeta_means_write<double>",
+          "zeta_topk_plain<float, long long>", "zeta_topk_plain<double, long long>",
+          "zeta_topk_plain<float, int>", "zeta_topk_plain<double, int>",
+          "zeta_topk_fast<int, 1>", "zeta_topk_fast<int, 2>", "zeta_topk_fast<int, 3>",
+          "zeta_topk_fast<int, 4>", "zeta_topk_fast<int, 8>", "zeta_topk_fast<long long, 1>",
+          "zeta_topk_fast<long long, 2>", "zeta_topk_fast<long long, 3>",
+          "zeta_topk_fast<long long, 4>", "zeta_topk_fast<long long, 8>")
+#: The fast kernel keeps a row of up to this many floats per 16 threads in registers ...
+FAST_MAX_DV = 256
+#: ... and the scores of up to this many slots (k + the mean term).
+FAST_MAX_SLOTS = 128
+
+
+def _fn(name):
+    return rt.kernel("topk_softmax", name, _NAMES)
+
+
+def scan_block(n: int) -> int:
+    """Positions per block of the means' scan: about sqrt(N) / 4, at least 64.
+
+    Each thread of the first and last kernels walks one block of one column, a chain of
+    dependent additions; the scan in between walks the block sums, 32 at a time. Short blocks
+    keep both chains short.
+    """
+    root_bits = (max(int(n), 1).bit_length() + 1) // 2  # about log2 sqrt(N)
+    return max(64, 1 << max(root_bits - 2, 0))
+
+
+def history_means(k, v, causal: str):
+    """The mean key and mean value each query may add as an extra candidate (CuPy twin, D8).
+
+    Keys and values go through the same three kernels together (``topk_softmax.cu``).
+    Returns CuPy arrays (..., N, d_k) and (..., N, d_v) in the input dtype.
+    """
+    k = rt.device(k)
+    v = rt.device(v, k.dtype)
+    n, d_k, d_v = k.shape[-2], k.shape[-1], v.shape[-1]
+    rows = k.size // (n * d_k)
+    d = d_k + d_v
+    block = scan_block(n)
+    n_blocks = -(-n // block)
+    t = rt.ctype_name(k.dtype)
+    sums = rt.empty((rows, n_blocks, d), np.float64)
+    totals = rt.empty((rows, d), np.float64)
+    mean_k, mean_v = rt.empty(k.shape, k.dtype), rt.empty(v.shape, v.dtype)
+    rt.launch(_fn(f"zeta_block_sums<{t}>"), sums.size,
+              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums))
+    rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
+              (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
+    rt.launch(_fn(f"zeta_means_write<{t}>"), sums.size,
+              (k, v, sums, totals, np.int32(causal == "none"), rt.i64(rows), rt.i64(n),
+               np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
+    return mean_k, mean_v
+
+
+def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
+                   mean_k=None, mean_v=None, *, order=None, with_weights: bool = True,
+                   kernel: str = "auto"):
+    """Weights over each query's candidates and the weighted sum of their values (CuPy twin).
+
+    Parameters and results as :func:`zeta_ref.topk_softmax.topk_attention` (CuPy arrays out);
+    ``kernel`` ("auto", "fast" or "plain") picks the kernel, for the tests.
+    """
+    if score not in _SCORE_IDS:
+        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    q = rt.device(q)
+    dtype = q.dtype
+    k, v = rt.device(k, dtype), rt.device(v, dtype)
+    cand = rt.device(candidates)
+    if cand.dtype not in (np.int32, np.int64):
+        cand = cand.astype(np.int64)
+    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+    d_v, n_slots = v.shape[-1], cand.shape[-1]
+    rows = q.size // (n * d_k)
+    with_mean = mean_k is not None
+    mk = rt.device(mean_k, dtype) if with_mean else None
+    mv = rt.device(mean_v, dtype) if with_mean else None
+    visit = visit_order(order, rows, n)
+    return launch_topk(q, k, v, cand, score, gamma, mk, mv, visit, ALL_BITS, with_weights,
+                       kernel)
+
+
+#: A visiting mask that keeps a whole int64 position.
+ALL_BITS = np.uint64(2**64 - 1)
+
+
+def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, with_weights,
+                kernel="auto"):
+    """The launch behind :func:`topk_attention`, for inputs already on the device, contiguous
+    and checked. Query t of row r is ``visit[r, t] & visit_mask``: an order of positions (mask
+    ALL_BITS), or the fast path's sorted packed query keys (mask: the position bits)."""
+    dtype = q.dtype
+    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+    d_v, n_slots = v.shape[-1], cand.shape[-1]
+    rows = q.size // (n * d_k)
+    with_mean = mean_k is not None
+    mk = mean_k if with_mean else rt.empty((1, d_k), dtype)
+    mv = mean_v if with_mean else rt.empty((1, d_v), dtype)
+    out = rt.empty(lead + (n, d_v), dtype)
+    weights = rt.empty(lead + (n, n_slots) if with_weights else (1,), dtype)
+    mean_weight = rt.empty(lead + (n,), dtype)
+    fast_ok = (dtype == np.float32 and d_v % 4 == 0 and d_v <= FAST_MAX_DV
+               and n_slots + 1 <= FAST_MAX_SLOTS
+               and v.data.ptr % 16 == 0 and mv.data.ptr % 16 == 0)  # float4 loads
+    if kernel == "fast" and not fast_ok:
+        raise ValueError("the fast kernel takes float32 values of width 4, 8, ... 256 and "
+                         "k + 1 <= 128 slots")
+    use_fast = fast_ok if kernel == "auto" else kernel == "fast"
+    ctype = np.float32 if dtype == np.float32 else np.float64
+    add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
+    index = "int" if cand.dtype == np.int32 else "long long"
+    common = (q, k, v, cand, mk, mv, np.int32(with_mean), visit, np.uint64(visit_mask),
+              rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v))
+    tail = (np.int32(_SCORE_IDS[score]), ctype(add), ctype(np.sqrt(d_k)), out, weights,
+            np.int32(with_weights), mean_weight)
+    if use_fast:
+        per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + 1)
+        rt.launch(_fn(f"zeta_topk_fast<{index}, {per_lane}>"), 16 * rows * n,
+                  common + (np.int32(n_slots),) + tail)
+    else:
+        rt.launch(_fn(f"zeta_topk_plain<{rt.ctype_name(dtype)}, {index}>"), rows * n,
+                  common + (rt.i64(n_slots),) + tail)
+    return out, (weights if with_weights else None), mean_weight

@@ -1,0 +1,169 @@
+// Stage 5's per-query steps, shared by window.cu (stage by stage) and fused.cu (fast path):
+// the binary search, the window walk (D6, D9, D11) and the re-rank's bounded heap (D6).
+// Comments on the algorithm: window.cu.
+#pragma once
+#include "zeta_common.cuh"
+
+__device__ __forceinline__ long long lower_bound(const unsigned long long* codes, long long m,
+                                                 unsigned long long x) {
+    long long lo = 0, hi = m;
+    while (lo < hi) {
+        long long mid = (lo + hi) >> 1;
+        if (codes[mid] < x) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+// The smallest level whose size is at least L (the top level has size N >= L).
+__device__ __forceinline__ int level_for(const long long* level_size, int n_levels, long long L) {
+    int t = 0;
+    while (t < n_levels - 1 && level_size[t] < L) ++t;
+    return t;
+}
+
+// A pool in Z order, two layouts. SplitPool: positions and codes in two arrays (the stage by
+// stage path, any code width). PackedPool: packed sort keys (fused.cu), row bits included.
+struct SplitPool {
+    const long long* pos;
+    const unsigned long long* codes;
+    long long m;
+    __device__ long long position(long long e) const { return pos[e]; }
+    __device__ long long find(unsigned long long qz) const { return lower_bound(codes, m, qz); }
+};
+
+struct Packing {
+    int code_bits, pos_bits;
+    __device__ long long pos(unsigned long long key) const {
+        return (long long)(key & ((1ULL << pos_bits) - 1));
+    }
+    __device__ unsigned long long code(unsigned long long key) const {
+        unsigned long long mask = code_bits >= 64 ? ~0ULL : (1ULL << code_bits) - 1;
+        return (key >> pos_bits) & mask;
+    }
+    __device__ unsigned long long row_bits(long long r) const {
+        return code_bits + pos_bits < 64 ? (unsigned long long)r << (code_bits + pos_bits) : 0;
+    }
+};
+
+struct PackedPool {
+    const unsigned long long* keys;
+    long long m;
+    unsigned long long row;  // the row's bits, as in every key of the pool
+    Packing pk;
+    __device__ long long position(long long e) const { return pk.pos(keys[e]); }
+    // the first key whose code is >= qz: the first key >= (row, qz, position 0)
+    __device__ long long find(unsigned long long qz) const {
+        return lower_bound(keys, m, row | (qz << pk.pos_bits));
+    }
+};
+
+// Steps 2 and 3 for one query: calls sink(slot, position) for each window key in Z order and
+// returns how many there were (at most `width`).
+template <typename Pool, typename Sink>
+__device__ long long walk_window(const Pool& pool, long long L, unsigned long long qz,
+                                 long long width, Sink& sink) {
+    long long ip = pool.find(qz);
+    long long half = width / 2, n_left = 0, n_right = 0;
+    long long a = ip - 1, b = ip;
+    while (n_left < half && a >= 0) { n_left += pool.position(a) < L; --a; }
+    long long want_right = width - n_left;  // more on the right when the left ran out
+    while (n_right < want_right && b < pool.m) { n_right += pool.position(b) < L; ++b; }
+    while (n_left + n_right < width && a >= 0) { n_left += pool.position(a) < L; --a; }  // D11
+    // the window: every visible key strictly between a and b, in Z order
+    long long slot = 0;
+    for (long long e = a + 1; e < b; ++e) {
+        long long j = pool.position(e);
+        if (j < L) sink(slot++, j);
+    }
+    return slot;
+}
+
+template <typename I>
+struct WriteSink {
+    I* row;
+    __device__ void operator()(long long slot, long long j) { row[slot] = (I)j; }
+};
+
+// ---------------------------------------------------------------- the k nearest of a window
+// "a is worse than b": farther, or as near and at a higher position (ties to the lower one).
+template <typename T>
+__device__ __forceinline__ bool worse(T na, long long pa, T nb, long long pb) {
+    return na > nb || (na == nb && pa > pb);
+}
+
+template <typename T>
+__device__ __forceinline__ T nearness(const T* q, const T* k, int d, int softmax) {
+    T acc = (T)0;
+    for (int e = 0; e < d; ++e) {
+        if (softmax) acc = sub_rn(acc, mul_rn(q[e], k[e]));
+        else { T diff = sub_rn(q[e], k[e]); acc = add_rn(acc, mul_rn(diff, diff)); }
+    }
+    return acc;
+}
+
+// A max-heap (worst on top) of at most k (nearness, position, slot) entries, in scratch rows.
+template <typename T>
+struct NearestK {
+    T* near; long long* pos; long long* slot; long long k, size;
+    const T* q; const T* keys; int d, softmax;
+
+    __device__ void swap(long long a, long long b) {
+        T n = near[a]; near[a] = near[b]; near[b] = n;
+        long long p = pos[a]; pos[a] = pos[b]; pos[b] = p;
+        long long s = slot[a]; slot[a] = slot[b]; slot[b] = s;
+    }
+    __device__ void sift_down(long long h) {
+        while (true) {
+            long long c = 2 * h + 1;
+            if (c >= size) return;
+            if (c + 1 < size && worse(near[c + 1], pos[c + 1], near[c], pos[c])) ++c;
+            if (!worse(near[c], pos[c], near[h], pos[h])) return;
+            swap(c, h); h = c;
+        }
+    }
+    __device__ void operator()(long long s, long long j) {  // the window key j in slot s
+        T n = nearness(q, keys + j * d, d, softmax);
+        if (size < k) {  // push, sift up
+            long long h = size++;
+            near[h] = n; pos[h] = j; slot[h] = s;
+            while (h > 0 && worse(near[h], pos[h], near[(h - 1) / 2], pos[(h - 1) / 2])) {
+                swap(h, (h - 1) / 2); h = (h - 1) / 2;
+            }
+        } else if (worse(near[0], pos[0], n, j)) {  // replace the worst
+            near[0] = n; pos[0] = j; slot[0] = s;
+            sift_down(0);
+        }
+    }
+};
+
+// Sift a[h] down a max-heap a[0 .. n).
+__device__ void sift_max(long long* a, long long h, long long n) {
+    while (true) {
+        long long c = 2 * h + 1;
+        if (c >= n) return;
+        if (c + 1 < n && a[c + 1] > a[c]) ++c;
+        if (a[c] <= a[h]) return;
+        long long t = a[c]; a[c] = a[h]; a[h] = t; h = c;
+    }
+}
+
+// Sort a[0 .. n) ascending in place (heapsort: O(n log n), no scratch).
+__device__ void sort_ascending(long long* a, long long n) {
+    for (long long h = n / 2 - 1; h >= 0; --h) sift_max(a, h, n);
+    for (long long end = n - 1; end > 0; --end) {
+        long long t = a[0]; a[0] = a[end]; a[end] = t;
+        sift_max(a, 0, end);
+    }
+}
+
+// The kept keys in window order into out[0 .. k), then -1 (D9). Each heap entry is a (slot,
+// position) pair; packed as slot * 2^32 + position (both below 2^31, checked by the launcher)
+// one sort by slot puts the positions in window order.
+template <typename T, typename I>
+__device__ void emit_kept(NearestK<T>& heap, I* out) {
+    for (long long h = 0; h < heap.size; ++h) heap.slot[h] = (heap.slot[h] << 32) | heap.pos[h];
+    sort_ascending(heap.slot, heap.size);
+    for (long long h = 0; h < heap.size; ++h) out[h] = (I)(heap.slot[h] & 0xFFFFFFFFLL);
+    for (long long h = heap.size; h < heap.k; ++h) out[h] = (I)-1;
+}
+

@@ -1,0 +1,79 @@
+// Shared device code of the CuPy backend: arithmetic that rounds the specification's way.
+//
+// Included by every .cu file of zeta_ref/cupy. Two things live here:
+//
+// 1. Arithmetic helpers add/sub/mul/div_rn for float and double. They call the _rn intrinsics,
+//    which the compiler never fuses into an FMA (an FMA rounds once where NumPy rounds twice).
+//    The integer stages depend on it: the squash (D13) and the re-rank's nearness must give the
+//    specification's bits, not merely close ones.
+// 2. Stage 2 (quantisation, D1, D2, D13) and stage 3 (bit interleaving, D3) for one value,
+//    line for line zeta_ref/quantize.py and zeta_ref/morton.py.
+#pragma once
+
+// ---------------------------------------------------------------- rounding as NumPy rounds
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+
+__device__ __forceinline__ double inf64() { return __longlong_as_double(0x7ff0000000000000LL); }
+
+// ---------------------------------------------------------------- exp from IEEE operations (D13)
+// The constants of zeta_ref/quantize.py, digit for digit (tests/test_cupy_sources.py checks).
+#define ZETA_LN2_HI 0.6931471803691238
+#define ZETA_LN2_LO 1.9082149292705877e-10
+#define ZETA_INV_LN2 1.4426950408889634
+#define ZETA_EXP_MAX_ARG 709.782712893384
+#define ZETA_EXP_MIN_ARG -745.1332191019412
+
+__device__ __forceinline__ double exp_ieee(double t) {
+    if (t > ZETA_EXP_MAX_ARG) return inf64();
+    if (t < ZETA_EXP_MIN_ARG) return 0.0;
+    // 1 / j!, j = 0 .. 13: EXP_TAYLOR of quantize.py
+    const double taylor[14] = {1.0, 1.0, 0.5, 0.16666666666666666, 0.041666666666666664,
+                               0.008333333333333333, 0.001388888888888889,
+                               0.0001984126984126984, 2.48015873015873e-05,
+                               2.7557319223985893e-06, 2.755731922398589e-07,
+                               2.505210838544172e-08, 2.08767569878681e-09,
+                               1.6059043836821613e-10};
+    // step 1: n = floor(t / ln 2 + 1/2)
+    double n = floor(add_rn(mul_rn(t, ZETA_INV_LN2), 0.5));
+    // step 2: r = (t - n ln2_hi) - n ln2_lo
+    double r = sub_rn(sub_rn(t, mul_rn(n, ZETA_LN2_HI)), mul_rn(n, ZETA_LN2_LO));
+    // step 3: Horner's rule, highest degree first
+    double p = taylor[13];
+#pragma unroll
+    for (int j = 12; j >= 0; --j) p = add_rn(mul_rn(p, r), taylor[j]);
+    // step 4: times 2^n
+    return ldexp(p, (int)n);
+}
+
+// ---------------------------------------------------------------- stage 2: one coordinate
+// squash ids: 0 sigmoid, 1 tanh, 2 clip (quantize_numba._SQUASH_IDS)
+__device__ __forceinline__ double squash(double x, int method, double lo, double hi) {
+    if (method == 0) return div_rn(1.0, add_rn(1.0, exp_ieee(-x)));
+    if (method == 1) return div_rn(1.0, add_rn(1.0, exp_ieee(mul_rn(-2.0, x))));
+    return div_rn(sub_rn(fmin(fmax(x, lo), hi), lo), sub_rn(hi, lo));
+}
+
+// min(floor(squash(x) * 2^B), 2^B - 1): scale = 2^B (exact), top = 2^B - 1
+__device__ __forceinline__ unsigned long long cell_of(double x, int method, double lo, double hi,
+                                                      double scale, unsigned long long top) {
+    double cell = floor(mul_rn(squash(x, method, lo, hi), scale));  // whole number in [0, 2^B]
+    return cell >= scale ? top : (unsigned long long)cell;
+}
+
+// ---------------------------------------------------------------- stage 3: interleaving (D3)
+// Bit t of coordinate j goes to bit t * d + (d - 1 - j) of the code: from the top, the highest
+// bit of every coordinate with dimension 0 first, then the next bits, and so on.
+__device__ __forceinline__ unsigned long long spread_bits(unsigned long long u, int j, int d,
+                                                          int bits) {
+    unsigned long long code = 0;
+    for (int t = 0; t < bits; ++t)
+        code |= ((u >> t) & 1ULL) << (t * d + (d - 1 - j));
+    return code;
+}
