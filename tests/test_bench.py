@@ -48,7 +48,10 @@ def test_bench_runs_and_writes_table_json_and_plot(tmp_path):
     assert "at N=65536 >= 1,000,000: not measured" in res.stdout  # no silent pass
     data = json.loads(out_json.read_text())
     runs = {(r["n"], r["method"]): r for r in data["runs"]}
-    assert set(runs) == {(n, m) for n in (64, 256) for m in ("numpy", "numba", "dense")}
+    from zeta_ref.bench import load_torch
+
+    methods = ("numpy", "numba", "dense") + (("sdpa",) if load_torch() else ())  # torch: optional
+    assert set(runs) == {(n, m) for n in (64, 256) for m in methods}
     for r in runs.values():
         assert r["total_s"] > 0 and r["tokens_per_s"] > 0 and r["faults_per_call"] >= 0
         assert r["memory"]["peak_extra_kib"] >= 0
@@ -69,3 +72,264 @@ def test_bench_bad_options(args, message):
     res = subprocess.run([sys.executable, "-m", "zeta_ref", "bench", *args],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------ options, and the GPU half
+
+
+def _bench_exit(argv, capsys):
+    """Run ``zeta-ref bench ARGV`` in this process; return (exit status, stdout, stderr)."""
+    from zeta_ref.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpu-shapes", "1x8"], "--gpu-shapes"),
+    (["--gpu-shapes", "0x8x4096"], "--gpu-shapes"),
+    (["--gpu-shapes", "1x8x4k"], "--gpu-shapes"),
+    (["--sdpa-max-pairs", "-1"], "--sdpa-max-pairs"),
+    (["--sdpa-fp32-max-pairs", "nan"], "--sdpa-fp32-max-pairs"),
+    (["--copy-mib", "0"], "--copy-mib"),
+    (["--sdpa-cpu-max-n", "-1"], "--sdpa-cpu-max-n"),
+    (["--backends", "nope"], "--backends"),
+])
+def test_bench_bad_options_in_process(capsys, args, message):
+    code, out, err = _bench_exit(args, capsys)
+    assert code == 2 and message in err and out == "", (code, out, err)
+
+
+def test_new_options_parse():
+    from zeta_ref import bench_gpu
+    from zeta_ref.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--backends", "numba", "cupy", "--gpu-shapes",
+                                      "1x8x4096", "16X8x65536", "--sdpa-max-pairs", "1e9",
+                                      "--sdpa-fp32-max-pairs", "0", "--copy-mib", "64",
+                                      "--no-sdpa", "--sdpa-cpu-max-n", "4096"])
+    assert args.backends == ["numba", "cupy"] and args.no_sdpa and args.copy_mib == 64
+    assert bench_gpu.validate(args) == [(1, 8, 4096), (16, 8, 65536)]
+    assert args.sdpa_cpu_max_n == 4096
+    defaults = build_parser().parse_args(["bench"])
+    shapes = bench_gpu.validate(defaults)
+    assert (1, 8, 1 << 20) in shapes and (16, 8, 65536) in shapes and len(shapes) == 9
+    assert defaults.sizes == [1024, 4096, 16384, 65536]  # the CPU defaults stay
+
+
+def test_sdpa_skip_rule():
+    from zeta_ref import bench_gpu
+    from zeta_ref.cli import build_parser
+
+    args = build_parser().parse_args(["bench"])
+    assert bench_gpu.causal_pairs(1, 1, 4) == 10
+    assert bench_gpu.sdpa_skip_reason(1, 8, 65536, "fp32", args) is None
+    assert bench_gpu.sdpa_skip_reason(16, 8, 65536, "fp32", args) is None
+    why = bench_gpu.sdpa_skip_reason(1, 8, 1 << 20, "fp32", args)
+    assert "--sdpa-fp32-max-pairs" in why
+    assert bench_gpu.sdpa_skip_reason(1, 8, 1 << 20, "bf16", args) is None
+
+
+def test_cupy_where_unavailable_fails_cleanly_before_any_work(capsys):
+    import zeta_ref
+
+    if "cupy" in zeta_ref.backends():
+        pytest.skip("CuPy is usable here")
+    for argv in (["--backends", "cupy"], ["--backends", "numba", "cupy"]):
+        code, out, err = _bench_exit(argv, capsys)
+        assert code == 2 and out == "", (code, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "--backends" in lines[0] and "'cupy'" in lines[0], err
+        assert "not usable on this machine" in lines[0], err
+
+
+# A TEST FIXTURE, NOT A MEASUREMENT: the GPU half of a results dict with invented numbers,
+# shaped like what bench_gpu.run_gpu writes, chosen so that every target has a known verdict.
+def _fabricated_gpu_results():
+    def zeta(b, n, ms, sort_ms, cupy_sort_ms):
+        stages = {"codes": 0.05 * ms, "sort": sort_ms, "pools": 0.02 * ms, "window": 0.2 * ms,
+                  "means": 0.1 * ms, "attention": 0.9 * ms - sort_ms - 0.37 * ms}
+        return {"batch": b, "heads": 8, "n": n, "method": "zeta", "skipped": None,
+                "total_s": ms / 1e3, "fused_s": 0.9 * ms / 1e3,
+                "stages_s": {k: v / 1e3 for k, v in stages.items()},
+                "peak_bytes": b * 8 * n * 600, "input_bytes": b * 8 * n * 280,
+                "output_bytes": b * 8 * n * 256, "min_bytes": b * 8 * n * 536,
+                "bytes_per_s": b * 8 * n * 536 / (ms / 1e3), "sort_keys": b * 8 * n,
+                "cupy_sort_s": cupy_sort_ms / 1e3, "sort_per_call_s": sort_ms / 1e3,
+                "sort_ratio": sort_ms / cupy_sort_ms}
+
+    def sdpa(b, n, dtype, ms):
+        if ms is None:
+            return {"batch": b, "heads": 8, "n": n, "method": f"sdpa-{dtype}",
+                    "skipped": "B*H*N(N+1)/2 = 4.4e+12 causal pairs > --sdpa-fp32-max-pairs=1e+12"}
+        return {"batch": b, "heads": 8, "n": n, "method": f"sdpa-{dtype}", "skipped": None,
+                "total_s": ms / 1e3, "peak_bytes": b * 8 * n * 384}
+
+    runs = []
+    #            B      N      ZETA  sort  cupy.sort  SDPA bf16  SDPA fp32   (ms, invented)
+    for b, n, z, so, cs, bf, fp in [(1, 4096, 0.20, 0.06, 0.03, 0.10, 0.9),    # slower at 4k
+                                    (1, 8192, 0.22, 0.06, 0.03, 0.25, 2.8),
+                                    (1, 65536, 0.80, 0.10, 0.04, 9.6, 129.0),   # 0.083: met
+                                    (1, 131072, 1.72, 0.16, 0.07, 38.4, 520.0),  # 2.15x: met
+                                    (1, 1 << 20, 31.0, 1.00, 0.40, 2500.0, None),  # > 30 ms
+                                    (16, 65536, 13.0, 1.75, 0.50, 153.0, 2030.0)]:  # 0.085
+        runs += [zeta(b, n, z, so, cs), sdpa(b, n, "bf16", bf), sdpa(b, n, "fp32", fp)]
+    gpu = {"device": {"name": "TEST FIXTURE (invented numbers)", "memory_gib": 1.0,
+                      "cupy": "0", "cuda_runtime": "0.0", "cuda_driver": "0.0",
+                      "torch": "0", "torch_cuda": "0.0"},
+           "date": "TEST FIXTURE", "command": "TEST FIXTURE", "repeats": 1, "sdpa": "timed",
+           "config": {"d_k": 3, "d_v": 64, "k": 32, "dtype": "float32", "causal": "inclusive",
+                      "score": "cauchy", "history_mean": True, "sdpa_layout": "(B, H, N, 64)"},
+           "copy": {"mib": 1024, "bytes_moved": 2 << 30, "median_s": 5.4e-4,
+                    "bytes_per_s": (2 << 30) / 5.4e-4, "how": "TEST FIXTURE"},
+           "runs": runs}
+    from zeta_ref import bench_gpu
+
+    bench_gpu.add_ratios(gpu)
+    return gpu
+
+
+def test_targets_from_a_fabricated_results_dict():
+    from zeta_ref import bench_gpu
+
+    gpu = _fabricated_gpu_results()
+    ratio_b1, ratio_b16, faster, doubling, one_m, sort = bench_gpu.evaluate_targets(gpu)
+    assert ratio_b1["met"] is True and ratio_b1["stretch_met"] is False
+    assert ratio_b1["measured"].startswith("0.083")
+    assert ratio_b16["met"] is False  # 13 / 153 = 0.085 > 0.08
+    assert faster["met"] is True and faster["stretch_met"] is False
+    assert faster["crossover_n"] == 8192
+    assert doubling["met"] is True and doubling["measured"].startswith("2.15")
+    assert one_m["met"] is False and "31.00 ms" in one_m["measured"]
+    assert sort["met"] is False and "3.50x at B=16" in sort["measured"]  # 1.75 / 0.5
+    lines = bench_gpu.target_lines(bench_gpu.evaluate_targets(gpu))
+    assert lines[0].endswith("-> met; stretch (<= 0.05): MISSED"), lines[0]
+    assert lines[1].endswith("-> MISSED")
+    # what a run did not measure is never a silent pass
+    empty = dict(gpu, runs=[])
+    assert all(e["met"] is None for e in bench_gpu.evaluate_targets(empty))
+    assert all("not measured" in line for line in
+               bench_gpu.target_lines(bench_gpu.evaluate_targets(empty)))
+
+
+def test_gpu_table_json_and_plot_of_a_fabricated_results_dict(tmp_path):
+    from zeta_ref import bench, bench_gpu
+
+    gpu = _fabricated_gpu_results()
+    text = bench_gpu.format_gpu_table(gpu)
+    assert "targets (issue 10):" in text and "TEST FIXTURE" in text
+    assert "sdpa-fp32 at B=1, H=8, N=1048576 skipped: " in text
+    results = {"machine": {"cpu": "TEST FIXTURE", "cores": 0}, "runs": [], "gpu": gpu}
+    path = tmp_path / "gpu.json"
+    bench.write_json(results, str(path))
+    back = json.loads(path.read_text())
+    assert back["gpu"]["runs"] == gpu["runs"]
+    labels = [s[0] for s in bench.series(back)]
+    assert "GPU ZETA cupy fp32, B=1, H=8" in labels and "GPU SDPA bf16, B=16, H=8" in labels
+    assert "GPU SDPA fp32, B=1, H=8" in labels
+    png = tmp_path / "gpu.png"
+    bench.plot(back, str(png))
+    assert png.stat().st_size > 10_000
+
+
+def _numpy_stand_in_for_cupy(monkeypatch):
+    """Replace CuPy, the CuPy backend's fused pass and zeta_attention by NumPy stand-ins, so
+    that bench_gpu.run_gpu's own code runs on the CPU (the numbers it gives mean nothing)."""
+    import time
+    import types
+
+    import zeta_ref
+
+    pool = types.SimpleNamespace(held=0, free_all_blocks=lambda: None)
+    pool.total_bytes = lambda: pool.held
+
+    class Event:
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3,
+        Device=lambda: types.SimpleNamespace(synchronize=lambda: None),
+        memory=types.SimpleNamespace(OutOfMemoryError=MemoryError),
+        runtime=types.SimpleNamespace(
+            getDeviceProperties=lambda i: {"name": b"NumPy stand-in", "totalGlobalMem": 2**30},
+            runtimeGetVersion=lambda: 12080, driverGetVersion=lambda: 13000))
+    rng = types.SimpleNamespace(standard_normal=lambda shape, dtype: np.random.default_rng(
+        0).standard_normal(shape).astype(dtype))
+    cp = types.SimpleNamespace(
+        __version__="stand-in", float32=np.float32, uint64=np.uint64, ones=np.ones,
+        empty_like=np.empty_like, copyto=np.copyto, arange=np.arange, sort=np.sort, cuda=cuda,
+        random=types.SimpleNamespace(RandomState=lambda seed: rng),
+        get_default_memory_pool=lambda: pool)
+    stage_names = ("codes", "sort", "pools", "window", "means", "attention")
+
+    def forward(q, k, v, cfg, marks=None):
+        marks = [] if marks is None else marks
+        marks.append(Event())
+        marks[-1].record()
+        for _ in stage_names:
+            time.sleep(1e-4)
+            marks.append(Event())
+            marks[-1].record()
+        out = np.zeros(v.shape, v.dtype)
+        pool.held += out.nbytes
+        return out
+
+    def zeta_attention(q, k, v, cfg, backend):
+        assert backend == "cupy"
+        return forward(q, k, v, cfg)
+
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    fused = types.SimpleNamespace(STAGE_NAMES=stage_names, forward=forward)
+    monkeypatch.setitem(sys.modules, "zeta_ref.cupy", types.SimpleNamespace(fused=fused))
+    monkeypatch.setitem(sys.modules, "zeta_ref.cupy.fused", fused)
+    monkeypatch.setattr(zeta_ref, "zeta_attention", zeta_attention)
+    return pool
+
+
+def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
+    from zeta_ref import bench, bench_gpu
+    from zeta_ref.cli import build_parser
+
+    pool = _numpy_stand_in_for_cupy(monkeypatch)
+    args = build_parser().parse_args(["bench", "--gpu-shapes", "1x8x256", "2x2x512",
+                                      "--repeats", "2", "--copy-mib", "1", "--no-sdpa"])
+    results = {"runs": []}
+    bench_gpu.run_gpu(args, results, bench_gpu.validate(args), bench.Progress)
+    gpu = results["gpu"]
+    assert gpu["device"]["name"] == "NumPy stand-in" and gpu["device"]["cuda_runtime"] == "12.8"
+    rows = {(r["batch"], r["heads"], r["n"], r["method"]): r for r in gpu["runs"]}
+    assert len(rows) == 6
+    z = rows[2, 2, 512, "zeta"]
+    assert set(z["stages_s"]) == {"codes", "sort", "pools", "window", "means", "attention"}
+    assert z["total_s"] > 0 and z["fused_s"] > 0 and z["sort_ratio"] > 0
+    assert z["peak_bytes"] == 2 * 2 * 512 * 64 * 4  # the stand-in allocates its output only
+    assert z["min_bytes"] == 2 * 2 * 512 * (3 + 3 + 64 + 64) * 4
+    assert rows[1, 8, 256, "sdpa-bf16"]["skipped"] == "--no-sdpa"
+    assert gpu["copy"]["bytes_moved"] == 2 << 20
+    assert pool.held > 0
+    text = bench_gpu.format_gpu_table(gpu)
+    assert "NumPy stand-in" in text and "not measured" in text
+    bench.write_json(results, str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text())["gpu"]["runs"][0]["n"] == 256
+
+
+def test_torch_cpu_baseline_is_causal_softmax_attention():
+    # runs only where torch is installed (it is not a dependency of zeta_ref)
+    pytest.importorskip("torch")
+    from zeta_ref import bench
+
+    import torch
+
+    out = bench.torch_sdpa_call(40, seed=3, head_dim=8)().numpy()  # (1, 1, N, 8)
+    gen = torch.Generator().manual_seed(3)  # the same draws as the call's inputs
+    q, k, v = (torch.randn((1, 1, 40, 8), generator=gen).numpy() for _ in range(3))
+    want = oracles.dense_attention(q, k, v, score="softmax", causal="inclusive")
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+    row = bench.measure_cpu("sdpa", 64, repeats=1)
+    assert row["method"] == "sdpa" and row["total_s"] > 0 and "stages_s" not in row

@@ -1,9 +1,12 @@
-"""Time the CPU backends of ZETA against dense causal softmax attention in NumPy (issue 3).
+"""Time ZETA's backends against dense causal attention: the CPU backends (issue 3) and the
+GPU backend (issue 10, --backends cupy; see zeta_ref/bench_gpu.py for what is measured there).
 
-For each sequence length N: one head, d_k = 3, d_v = 64, k = 32, float32, the default
+CPU: for each sequence length N: one head, d_k = 3, d_v = 64, k = 32, float32, the default
 ZetaConfig (causal "inclusive", Cauchy score, mean term on). Reported per backend ("numpy",
-the specification, and "numba", the twins) and for dense attention (float32 BLAS: q @ k.T,
-causal mask, softmax, @ v):
+the specification, and "numba", the twins) and for two dense baselines: "dense", NumPy on the
+same inputs (float32 BLAS: q @ k.T, causal mask, softmax, @ v), and, where torch is installed,
+"sdpa", torch's scaled_dot_product_attention (causal, float32, q, k, v of width 64, as in a
+transformer head; torch's own CPU threads):
 
   - the median over --repeats runs of the end-to-end forward pass and of every stage
     (after one warm-up call, which also compiles or loads the Numba kernels),
@@ -22,10 +25,23 @@ call. The Numba twins take their large outputs from zeta_ref.host_memory, which 
 that nothing refers to any more; without it, each call would fault in and zero-fill its ~60 MiB
 of outputs afresh (the C library hands blocks this large back to the kernel), and on a virtual
 machine a fault costs microseconds. A diagnostic line repeats the largest Numba run with the
-pool off, in the same process, right after the timed run: it shows what the reuse buys.
+pool off, in the same process, after the timed run: it shows what the reuse buys.
 
 Configurations that would take too long or too much memory are skipped with the reason
-(--numpy-max-n, --dense-max-n). A progress bar goes to stderr; the table to stdout.
+(--numpy-max-n, --dense-max-n, --sdpa-cpu-max-n). A progress bar goes to stderr; the table to
+stdout.
+
+GPU (--backends cupy, alone or with numpy and numba): for each --gpu-shapes B x H x N (float32,
+d_k = 3, d_v = 64, k = 32, default ZetaConfig, inputs already on the device): the end-to-end
+median of zeta_attention(..., backend="cupy") timed with CUDA events after a warm-up; the
+median of every stage of the fused pass (events recorded between its stages); the peak device
+memory of one call (bytes CuPy's default memory pool holds after the call beyond what it held
+before it, with its free blocks released first: the call's allocations, output included, not
+the inputs); the achieved bandwidth (the least bytes a pass moves: q, k, v read and the output
+written once) beside a device-to-device copy measured in the same run; one cupy.sort of as many
+packed uint64 keys as the fused sort stage sorts per call; and, where torch sees CUDA,
+scaled_dot_product_attention (causal, bf16 and fp32, (B, H, N, 64)) on the same shapes, with the
+ratio ZETA / SDPA. The targets of issue 10 are printed as met or missed from the same run.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -53,13 +70,18 @@ def add_arguments(parser):
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs per measurement; the median is reported (default 5)")
     parser.add_argument("--backends", nargs="+", default=["numpy", "numba"],
-                        help="CPU backends to time (default: numpy numba)")
+                        help="backends to time: numpy and numba (CPU, against the dense "
+                             "baselines), cupy (GPU, against torch SDPA; see the GPU options) "
+                             "(default: numpy numba)")
     parser.add_argument("--numpy-max-n", type=int, default=4096,
                         help="skip the numpy backend above this N: its 'inclusive' window "
                              "filters the keys once per query, O(N^2) (default 4096)")
     parser.add_argument("--dense-max-n", type=int, default=16384,
                         help="skip dense attention above this N: it holds N x N float32 "
                              "scores (default 16384, 1 GiB)")
+    parser.add_argument("--sdpa-cpu-max-n", type=int, default=16384,
+                        help="skip torch's scaled_dot_product_attention on the CPU above this N: "
+                             "its work grows as N^2 (default 16384)")
     parser.add_argument("--morton-n", type=int, default=1 << 16,
                         help="codes per call in the Morton-only timing, the target's number "
                              "(default 65536: one forward pass's keys at N = 65536, in cache)")
@@ -72,7 +94,12 @@ def add_arguments(parser):
                         help="Numba threads (default: all cores, numba.get_num_threads())")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     parser.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="write a log-log plot of time vs N")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write a log-log plot of time vs N: every method, CPU and GPU, one "
+                             "line per (method, batch)")
+    from . import bench_gpu
+
+    bench_gpu.add_arguments(parser)
 
 
 # ------------------------------------------------------------------ inputs and workloads
@@ -98,6 +125,44 @@ def dense_causal_attention(q, k, v):
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return (scores @ v[0])[None]  # (1, N, d_v)
+
+
+def load_torch():
+    """torch where it imports, else None (the "sdpa" baseline is then left out)."""
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - not installed, or broken: no torch baseline
+        return None
+    return torch
+
+
+def torch_sdpa_call(n: int, seed: int, head_dim: int = 64):
+    """A closure running torch's scaled_dot_product_attention on the CPU: causal, float32,
+    q, k, v (1, 1, N, head_dim) standard normal (torch's own layout and head width)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn((1, 1, n, head_dim), generator=gen) for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def call():
+        with torch.inference_mode():
+            return sdpa(q, k, v, is_causal=True)  # (1, 1, N, head_dim)
+
+    return call
+
+
+def forward_call(method: str, n: int, seed: int, cfg=None):
+    """The end-to-end call that a CPU row times: "dense", "sdpa" or a CPU backend's name."""
+    if method == "sdpa":
+        return torch_sdpa_call(n, seed)
+    q, k, v = make_inputs(n, seed)
+    if method == "dense":
+        return lambda: dense_causal_attention(q, k, v)
+    from zeta_ref import ZetaConfig, zeta_attention
+
+    cfg = ZetaConfig(k=32) if cfg is None else cfg
+    return lambda: zeta_attention(q, k, v, cfg, backend=method)
 
 
 def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
@@ -128,7 +193,7 @@ def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
     def window():
         pool = pool_lengths(n, cfg.causal, cfg.chunk_size_for(n))
         res["cand"] = s.neighbour_window(res["qz"], res["perm"], res["sorted"], pool,
-                                         cfg.window_width, order=res["q_order"])
+                                         cfg.window_for(n), order=res["q_order"])
 
     def means():
         res["mk"], res["mv"] = s.history_means(k, v, cfg.causal)
@@ -172,16 +237,9 @@ def _status_kib(field: str) -> int:
 
 def _memory_probe(method: str, n: int, seed: int) -> dict:
     """Run in a fresh process: the peak RSS that one forward call adds (KiB)."""
-    from zeta_ref import ZetaConfig, zeta_attention
-
-    q, k, v = make_inputs(n, seed)
-    cfg = ZetaConfig(k=32)
-    if method == "dense":
-        call = lambda: dense_causal_attention(q, k, v)  # noqa: E731
-    else:
-        call = lambda: zeta_attention(q, k, v, cfg, backend=method)  # noqa: E731
-        if method == "numba":
-            zeta_attention(q[:, :64], k[:, :64], v[:, :64], cfg, backend=method)  # load kernels
+    call = forward_call(method, n, seed)
+    if method in ("numba", "sdpa"):
+        forward_call(method, 64, seed)()  # load the kernels (and torch's libraries)
     before = _status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -254,7 +312,7 @@ def _fmt_ms(t):
     return "-" if t is None else f"{t * 1e3:.2f}"
 
 
-def machine() -> dict:
+def machine(torch=None) -> dict:
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -266,37 +324,118 @@ def machine() -> dict:
         pass
     import numba
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
             "numba_threads": numba.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "torch": None, "torch_threads": None}
+    if torch is not None:
+        info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
+    return info
 
 
 # ------------------------------------------------------------------ the run
 
+DENSE_METHODS = ("dense", "sdpa")  # the baselines: no stages, no "numba" in them
 
-def run(args):
-    from zeta_ref import ZetaConfig, zeta_attention
-    from zeta_ref.backends import backends as available
+
+def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
+                stages: bool = True, bar: Progress | None = None) -> dict:
+    """One CPU row: the median end-to-end time over ``repeats`` calls after a warm-up call,
+    tokens per second, minor page faults and system time per call, and, for a ZETA backend
+    (``stages``), the median of every stage, timed in pipeline order."""
+    from zeta_ref import ZetaConfig
+
+    cfg = ZetaConfig(k=32) if cfg is None else cfg
+    row = {"n": n, "method": method, "skipped": None}
+    if bar:
+        bar.show(f"{method} N={n} end to end")
+    forward = forward_call(method, n, seed, cfg)
+    forward()  # warm-up (and the JIT's compile or cache load)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    row["total_s"] = median_time(forward, repeats)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    row["tokens_per_s"] = n / row["total_s"]
+    row["faults_per_call"] = (after.ru_minflt - before.ru_minflt) / repeats
+    row["sys_s_per_call"] = (after.ru_stime - before.ru_stime) / repeats
+    if bar:
+        bar.step(f"{method} N={n} end to end")
+    if stages and method not in DENSE_METHODS:
+        q, k, v = make_inputs(n, seed)
+        row["stages_s"] = {}
+        for name, fn in stage_calls(method, q, k, v, cfg).items():  # each feeds the next
+            fn()
+            row["stages_s"][name] = median_time(fn, repeats)
+            if bar:
+                bar.step(f"{method} N={n} {name}")
+    return row
+
+
+def validate(args):
+    """Check every option before any work (a ValueError names the option); return the parsed
+    GPU shapes and the backends, CPU and GPU, each usable here."""
+    from zeta_ref import bench_gpu
+    from zeta_ref.backends import get_backend
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
     if any(n < 1 for n in args.sizes):
         raise ValueError(f"--sizes must be >= 1; got {args.sizes}")
-    for b in args.backends:
-        if b not in available():
-            raise ValueError(f"--backends: {b!r} is not usable here; available: {available()}")
+    for name in ("numpy_max_n", "dense_max_n", "sdpa_cpu_max_n"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
+    for name in ("morton_n", "morton_stream_n"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    shapes = bench_gpu.validate(args)
+    cpu, gpu = [], []
+    for name in dict.fromkeys(args.backends):  # in order, once each
+        try:
+            entry = get_backend(name)  # says why a backend cannot run here
+        except ValueError as err:
+            raise ValueError(f"--backends: {err}") from None
+        (gpu if entry.needs_gpu else cpu).append(name)
     if args.threads is not None:
         import numba
 
         numba.set_num_threads(args.threads)  # validates the value itself
+    return shapes, cpu, gpu
+
+
+def run(args):
+    from zeta_ref import ZetaConfig, bench_gpu
+
+    shapes, cpu_backends, gpu_backends = validate(args)
+    torch = None if (args.no_sdpa or not cpu_backends) else load_torch()
     cfg = ZetaConfig(k=32)
-    methods = list(args.backends) + ["dense"]
-    results = {"machine": machine(), "command": " ".join(["zeta-ref", "bench"] + sys.argv[2:]),
+    results = {"machine": machine(torch),
+               "command": shlex.join(["zeta-ref", "bench"] + sys.argv[2:]),
                "config": {"d_k": 3, "d_v": 64, "k": 32, "dtype": "float32",
                           "causal": cfg.causal, "score": cfg.score,
                           "history_mean": cfg.history_mean, "heads": 1},
+               "sdpa_cpu": ("timed" if torch else
+                            "--no-sdpa" if args.no_sdpa else "torch is not installed"),
                "runs": [], "morton": None, "morton_stream": None}
+    if cpu_backends:
+        run_cpu(args, cpu_backends, torch, cfg, results)
+        add_ratios(results)
+        print(format_table(results))
+    if gpu_backends:  # "cupy", the one GPU backend
+        bench_gpu.run_gpu(args, results, shapes, Progress)
+        if cpu_backends:
+            print()
+        print(bench_gpu.format_gpu_table(results["gpu"]))
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def run_cpu(args, backends, torch, cfg, results):
+    """The CPU rows: every backend of ``backends``, then "dense" and (with torch) "sdpa"."""
+    methods = list(backends) + ["dense"] + (["sdpa"] if torch is not None else [])
 
     def skip_reason(method, n):
         if method == "numpy" and n > args.numpy_max_n:
@@ -304,14 +443,19 @@ def run(args):
         if method == "dense" and n > args.dense_max_n:
             return (f"N > --dense-max-n={args.dense_max_n} "
                     f"(N x N float32 scores = {n * n * 4 / 2**30:.0f} GiB)")
+        if method == "sdpa" and n > args.sdpa_cpu_max_n:
+            return f"N > --sdpa-cpu-max-n={args.sdpa_cpu_max_n} (O(N^2) work)"
         return None
 
     plan = [(n, m) for n in args.sizes for m in methods]
-    per_run = (1 + len(STAGE_NAMES)) + (0 if args.no_memory else 1)
-    bar = Progress(1 + sum(per_run if skip_reason(m, n) is None else 1 for n, m in plan))
+
+    def steps(m):
+        return 1 + (0 if m in DENSE_METHODS else len(STAGE_NAMES)) + (0 if args.no_memory else 1)
+
+    bar = Progress(1 + sum(steps(m) if skip_reason(m, n) is None else 1 for n, m in plan))
 
     # Morton encoding alone: 3-D, 10-bit coordinates
-    if "numba" in args.backends:
+    if "numba" in backends:
         from zeta_ref.morton_numba import morton_encode
 
         bar.show("morton encoding alone")
@@ -325,55 +469,38 @@ def run(args):
     bar.step("morton")
 
     for n, method in plan:
-        row = {"n": n, "method": method, "skipped": skip_reason(method, n)}
-        results["runs"].append(row)
-        if row["skipped"]:
+        reason = skip_reason(method, n)
+        if reason:
+            results["runs"].append({"n": n, "method": method, "skipped": reason})
             bar.step(f"{method} N={n} skipped")
             continue
-        q, k, v = make_inputs(n, args.seed)
-        bar.show(f"{method} N={n} end to end")
-        if method == "dense":
-            forward = lambda: dense_causal_attention(q, k, v)  # noqa: E731
-        else:
-            forward = lambda: zeta_attention(q, k, v, cfg, backend=method)  # noqa: E731
-        forward()  # warm-up (and the JIT's compile or cache load)
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        row["total_s"] = median_time(forward, args.repeats)
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        row["tokens_per_s"] = n / row["total_s"]
-        row["faults_per_call"] = (after.ru_minflt - before.ru_minflt) / args.repeats
-        row["sys_s_per_call"] = (after.ru_stime - before.ru_stime) / args.repeats
+        row = measure_cpu(method, n, args.repeats, args.seed, cfg, bar=bar)
+        results["runs"].append(row)
         if method == "numba" and n == max(args.sizes):
             bar.show(f"{method} N={n} end to end, output pool off")
+            forward = forward_call(method, n, args.seed, cfg)
             results["pool_off"] = dict(measure_without_pool(forward, args.repeats), n=n,
                                        pool_on_s=row["total_s"])
-        bar.step(f"{method} N={n} end to end")
-        if method != "dense":
-            calls = stage_calls(method, q, k, v, cfg)
-            row["stages_s"] = {}
-            for name, fn in calls.items():  # in pipeline order: each feeds the next
-                fn()
-                row["stages_s"][name] = median_time(fn, args.repeats)
-                bar.step(f"{method} N={n} {name}")
         if not args.no_memory:
             bar.show(f"{method} N={n} peak memory (subprocess)")
             row["memory"] = measure_memory(method, n, args.seed)
             bar.step(f"{method} N={n} memory")
     bar.close()
 
-    _add_ratios(results)
-    print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(results, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
+
+def write_json(results: dict, path: str) -> None:
+    """The raw numbers of a run (CPU rows, and the GPU's under "gpu") as JSON."""
+    def plain(x):  # NumPy scalars, should any slip in
+        if isinstance(x, np.generic):
+            return x.item()
+        raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, default=plain)
+        f.write("\n")
 
 
-def _add_ratios(results):
+def add_ratios(results):
     by = {(r["n"], r["method"]): r for r in results["runs"] if not r["skipped"]}
     for r in results["runs"]:
         if r["skipped"] or r["method"] == "numba":
@@ -385,9 +512,16 @@ def _add_ratios(results):
 
 def format_table(results) -> str:
     m = results["machine"]
+    sdpa = (f"torch {m['torch']} scaled_dot_product_attention, causal, float32, q, k, v "
+            f"(1, 1, N, 64), {m['torch_threads']} torch threads"
+            if results.get("sdpa_cpu") == "timed"
+            else f"not timed ({results.get('sdpa_cpu', 'torch is not installed')})")
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, numba threads {m['numba_threads']}; "
              f"numpy {m['numpy']}, numba {m['numba']}; {m['date']}",
+             f"command: {results.get('command', '?')}",
              "one head, d_k=3, d_v=64, k=32, float32, causal inclusive, cauchy, mean term on",
+             "dense: NumPy float32 on the same inputs (q @ k.T, causal mask, softmax, @ v)",
+             f"sdpa: {sdpa}",
              "times are medians in ms; x numba = this row's time / numba's time in this run", ""]
     head = (f"{'N':>6} {'method':<6} {'total':>9} {'tokens/s':>11} {'x numba':>8} "
             + " ".join(f"{s:>8}" for s in STAGE_NAMES) + f" {'peak MiB':>9} {'faults':>7}")
@@ -398,10 +532,11 @@ def format_table(results) -> str:
             continue
         stages = r.get("stages_s", {})
         mem = r.get("memory")
-        ratio = r.get("slower_than_numba", 1.0)
+        ratio = 1.0 if r["method"] == "numba" else r.get("slower_than_numba")
         lines.append(
             f"{r['n']:>6} {r['method']:<6} {_fmt_ms(r['total_s']):>9} {r['tokens_per_s']:>11,.0f} "
-            f"{ratio:>8.1f} " + " ".join(f"{_fmt_ms(stages.get(s)):>8}" for s in STAGE_NAMES)
+            + (f"{ratio:>8.1f} " if ratio is not None else f"{'-':>8} ")
+            + " ".join(f"{_fmt_ms(stages.get(s)):>8}" for s in STAGE_NAMES)
             + (f" {mem['peak_extra_kib'] / 1024:>9.1f}" if mem else f" {'-':>9}")
             + f" {r['faults_per_call']:>7.0f}")
     lines.append("")
@@ -447,36 +582,71 @@ def targets(results) -> list[str]:
     return out
 
 
+CPU_SERIES = (("numba", "CPU numba", dict(marker="o", color="tab:green")),
+              ("numpy", "CPU numpy", dict(marker="s", color="tab:olive")),
+              ("dense", "CPU dense (NumPy)", dict(marker="^", color="tab:orange")),
+              ("sdpa", "CPU torch SDPA fp32", dict(marker="v", color="tab:brown")))
+
+
+def series(results) -> list[tuple[str, list, list, dict]]:
+    """Every line of the time-vs-N plot: (label, N values, seconds, matplotlib style); the CPU
+    rows (one head) and, when the run had them, the GPU rows, one line per (method, batch)."""
+    out = []
+    for method, label, style in CPU_SERIES:
+        pts = sorted((r["n"], r["total_s"]) for r in results.get("runs", [])
+                     if r["method"] == method and not r["skipped"])
+        if pts:
+            out.append((label + ", 1 head", [n for n, _ in pts], [t for _, t in pts],
+                        dict(style, ls="-")))
+    if results.get("gpu"):
+        from zeta_ref import bench_gpu
+
+        out += bench_gpu.plot_series(results["gpu"])
+    return out
+
+
+def plot_times(results, ax) -> None:
+    """Draw the forward time against N, log-log, on ``ax``, with N log N and N^2 guides
+    through the first ZETA and the first dense line."""
+    lines = series(results)
+    for label, ns, ts, style in lines:
+        ax.plot(ns, ts, label=label, ms=4, lw=1.3, **style)
+    ns_all = sorted({n for _, ns, _, _ in lines for n in ns})
+    ts_all = [t for _, _, ts, _ in lines for t in ts]
+    zeta = [s for s in lines if "numba" in s[0] or "ZETA" in s[0]]
+    dense = [s for s in lines if "dense" in s[0] or "SDPA" in s[0]]
+    if zeta and len(ns_all) > 1:
+        xs = np.array(ns_all, dtype=float)
+        n0, t0 = zeta[0][1][0], zeta[0][2][0]
+        ax.plot(xs, t0 * xs * np.log2(xs) / (n0 * math.log2(max(n0, 2))), "k:", lw=0.8,
+                label="N log N (guide)")
+        if dense:
+            n1, t1 = dense[0][1][0], dense[0][2][0]
+            ax.plot(xs, t1 * (xs / n1) ** 2, "k--", lw=0.8, label="N^2 (guide)")
+        ax.set_ylim(min(ts_all) / 2, max(ts_all) * 2)  # the data's range, not the guides'
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length N")
+    ax.set_ylabel("forward time (s, median)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot(results, path: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ns_all = sorted({r["n"] for r in results["runs"]})
-    for method, style in (("numba", "o-"), ("numpy", "s-"), ("dense", "^-")):
-        pts = [(r["n"], r["total_s"]) for r in results["runs"]
-               if r["method"] == method and not r["skipped"]]
-        if pts:
-            ax.plot(*zip(*pts), style, label=method)
-    ref = [r for r in results["runs"] if r["method"] == "numba" and not r["skipped"]]
-    if ref and len(ns_all) > 1:
-        n0, t0 = ref[0]["n"], ref[0]["total_s"]
-        xs = np.array(ns_all, dtype=float)
-        ax.plot(xs, t0 * xs * np.log2(xs) / (n0 * math.log2(n0)), "k:", label="N log N")
-        dense = [r for r in results["runs"] if r["method"] == "dense" and not r["skipped"]]
-        n1, t1 = (dense[0]["n"], dense[0]["total_s"]) if dense else (n0, t0)
-        ax.plot(xs, t1 * (xs / n1) ** 2, "k--", label="N^2")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length N")
-    ax.set_ylabel("forward time (s, median)")
-    m = results["machine"]
-    ax.set_title(f"ZETA forward, 1 head, d_v=64, k=32, float32\n{m['cpu']}, {m['cores']} cores",
-                 fontsize=9)
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    plot_times(results, ax)
+    title = ["ZETA forward (d_k=3, d_v=64, k=32, float32) against dense attention"]
+    if results.get("runs"):
+        m = results["machine"]
+        title.append(f"CPU: {m['cpu']}, {m['cores']} cores")
+    if results.get("gpu"):
+        title.append(f"GPU: {results['gpu']['device']['name']}")
+    ax.set_title("\n".join(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
