@@ -88,6 +88,7 @@ nb_merge_streams = True
 
 # --- autodoc ------------------------------------------------------------------------------------
 autodoc_member_order = "bysource"
+autodoc_mock_imports = ["cupy"]  # the GPU backend's modules are documented without a GPU
 autodoc_default_options = {"members": True, "show-inheritance": False}
 autodoc_typehints = "description"
 napoleon_numpy_docstring = True

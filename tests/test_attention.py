@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from zeta_ref import Intermediates, ZetaConfig, backends, morton_encode, oracles, zeta_attention
 from zeta_ref._checks import magnitude_limit, value_limit
 from zeta_ref.tolerances import assert_close
-from zeta_ref.quantize import quantize
+from zeta_ref.stages.quantize import quantize
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
 CAUSAL_CHUNKS = [(c, m) for c in ("inclusive", "strict") for m in (1, 3, 16, None)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from zeta_ref import ZetaConfig, backends, morton_decode, morton_encode, oracles, zeta_attention
-from zeta_ref.quantize import squash
+from zeta_ref.stages.quantize import squash
 
 
 def qkv(n=6, d_k=3, d_v=4, lead=(), dtype=np.float64):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zeta_ref import oracles
-from zeta_ref.bench import dense_causal_attention, make_inputs, stage_calls
+from zeta_ref.tools.bench import dense_causal_attention, make_inputs, stage_calls
 
 pytest.importorskip("numba")
 
@@ -48,7 +48,7 @@ def test_bench_runs_and_writes_table_json_and_plot(tmp_path):
     assert "at N=65536 >= 1,000,000: not measured" in res.stdout  # no silent pass
     data = json.loads(out_json.read_text())
     runs = {(r["n"], r["method"]): r for r in data["runs"]}
-    from zeta_ref.bench import load_torch
+    from zeta_ref.tools.bench import load_torch
 
     methods = ("numpy", "numba", "dense") + (("sdpa",) if load_torch() else ())  # torch: optional
     assert set(runs) == {(n, m) for n in (64, 256) for m in methods}
@@ -79,7 +79,7 @@ def test_bench_bad_options(args, message):
 
 def _bench_exit(argv, capsys):
     """Run ``zeta-ref bench ARGV`` in this process; return (exit status, stdout, stderr)."""
-    from zeta_ref.cli import main
+    from zeta_ref.tools.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *argv])
@@ -103,8 +103,8 @@ def test_bench_bad_options_in_process(capsys, args, message):
 
 
 def test_new_options_parse():
-    from zeta_ref import bench_gpu
-    from zeta_ref.cli import build_parser
+    from zeta_ref.tools import bench_gpu
+    from zeta_ref.tools.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--backends", "numba", "cupy", "--gpu-shapes",
                                       "1x8x4096", "16X8x65536", "--sdpa-max-pairs", "1e9",
@@ -120,8 +120,8 @@ def test_new_options_parse():
 
 
 def test_sdpa_skip_rule():
-    from zeta_ref import bench_gpu
-    from zeta_ref.cli import build_parser
+    from zeta_ref.tools import bench_gpu
+    from zeta_ref.tools.cli import build_parser
 
     args = build_parser().parse_args(["bench"])
     assert bench_gpu.causal_pairs(1, 1, 4) == 10
@@ -185,14 +185,14 @@ def _fabricated_gpu_results():
            "copy": {"mib": 1024, "bytes_moved": 2 << 30, "median_s": 5.4e-4,
                     "bytes_per_s": (2 << 30) / 5.4e-4, "how": "TEST FIXTURE"},
            "runs": runs}
-    from zeta_ref import bench_gpu
+    from zeta_ref.tools import bench_gpu
 
     bench_gpu.add_ratios(gpu)
     return gpu
 
 
 def test_targets_from_a_fabricated_results_dict():
-    from zeta_ref import bench_gpu
+    from zeta_ref.tools import bench_gpu
 
     gpu = _fabricated_gpu_results()
     ratio_b1, ratio_b16, faster, doubling, one_m, sort = bench_gpu.evaluate_targets(gpu)
@@ -215,7 +215,7 @@ def test_targets_from_a_fabricated_results_dict():
 
 
 def test_gpu_table_json_and_plot_of_a_fabricated_results_dict(tmp_path):
-    from zeta_ref import bench, bench_gpu
+    from zeta_ref.tools import bench, bench_gpu
 
     gpu = _fabricated_gpu_results()
     text = bench_gpu.format_gpu_table(gpu)
@@ -293,8 +293,8 @@ def _numpy_stand_in_for_cupy(monkeypatch):
 
 
 def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
-    from zeta_ref import bench, bench_gpu
-    from zeta_ref.cli import build_parser
+    from zeta_ref.tools import bench, bench_gpu
+    from zeta_ref.tools.cli import build_parser
 
     pool = _numpy_stand_in_for_cupy(monkeypatch)
     args = build_parser().parse_args(["bench", "--gpu-shapes", "1x8x256", "2x2x512",
@@ -322,7 +322,7 @@ def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
 def test_torch_cpu_baseline_is_causal_softmax_attention():
     # runs only where torch is installed (it is not a dependency of zeta_ref)
     pytest.importorskip("torch")
-    from zeta_ref import bench
+    from zeta_ref.tools import bench
 
     import torch
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import zeta_ref
-from zeta_ref import quantize
+from zeta_ref.stages import quantize
 
 CUPY_DIR = Path(zeta_ref.__file__).parent / "cupy"
 SOURCES = sorted(CUPY_DIR.glob("*.cu"))

@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from zeta_ref import cli, oracles
-from zeta_ref.demo import make_sequence
+from zeta_ref.tools import cli
+from zeta_ref import oracles
+from zeta_ref.tools.demo import make_sequence
 
 
 def run_cli(*args):

@@ -59,9 +59,9 @@ def test_page_exists(site, page):
 def test_api_reference_documents_every_stage(site):
     html = (site / "api.html").read_text(encoding="utf-8")
     for name in ["zeta_ref.zeta_attention", "zeta_ref.ZetaConfig", "zeta_ref.Intermediates",
-                 "zeta_ref.projection.random_projection", "zeta_ref.quantize.quantize",
-                 "zeta_ref.morton.morton_encode", "zeta_ref.sort.sort_keys",
-                 "zeta_ref.window.neighbour_window", "zeta_ref.topk_softmax.topk_attention",
+                 "zeta_ref.stages.projection.random_projection", "zeta_ref.stages.quantize.quantize",
+                 "zeta_ref.stages.morton.morton_encode", "zeta_ref.stages.sort.sort_keys",
+                 "zeta_ref.stages.window.neighbour_window", "zeta_ref.stages.topk_softmax.topk_attention",
                  "zeta_ref.oracles.exact_topk", "zeta_ref.backends.backends"]:
         assert f'id="{name}"' in html, f"{name} missing from the API reference"
 

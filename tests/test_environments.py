@@ -1,4 +1,4 @@
-"""zeta_ref in the environments people run it in (issue 13; the set-up is in zeta_ref._jit_numba).
+"""zeta_ref in the environments people run it in (issue 13; the set-up is in zeta_ref.numba._jit).
 
 - A read-only install: Numba finds no writable cache folder (not beside the sources, not in the
   user's cache folder, HOME unset, NUMBA_CACHE_DIR unset). The Numba backend still loads, with
@@ -105,7 +105,8 @@ def _installed_copy(tmp_path: Path) -> tuple[Path, dict]:
     """
     site = tmp_path / "site"
     shutil.copytree(PACKAGE, site / "zeta_ref", ignore=shutil.ignore_patterns("__pycache__"))
-    (site / "zeta_ref" / "__pycache__").write_text("not a folder\n")
+    for folder in [site / "zeta_ref", *(p for p in (site / "zeta_ref").rglob("*") if p.is_dir())]:
+        (folder / "__pycache__").write_text("not a folder\n")  # in every package folder
     blocker = tmp_path / "blocker"
     blocker.write_text("a regular file\n")
     (tmp_path / "tmp").mkdir()
@@ -118,7 +119,7 @@ def _installed_copy(tmp_path: Path) -> tuple[Path, dict]:
 def test_read_only_install_caches_in_a_private_temp_folder(tmp_path):
     site, env = _installed_copy(tmp_path)
     out = _python(_script(tmp_path, f"""
-        from zeta_ref import _jit_numba
+        from zeta_ref.numba import _jit as _jit_numba
         assert zeta_ref.__file__.startswith({str(site)!r}), zeta_ref.__file__
         assert zeta_ref.backends() == ["numpy", "numba"], zeta_ref.backends()
         check_numba()
@@ -188,7 +189,8 @@ def test_real_read_only_copy(tmp_path):
     user_cache.mkdir()
     (tmp_path / "tmp").mkdir()
     (tmp_path / "tmp").chmod(0o777)  # the temp folder stays writable, as /tmp is
-    read_only = (site / "zeta_ref", site, user_cache)
+    package_folders = [p for p in (site / "zeta_ref").rglob("*") if p.is_dir()]
+    read_only = (*package_folders, site / "zeta_ref", site, user_cache)
     for folder in read_only:
         folder.chmod(0o555)
     try:
@@ -196,7 +198,7 @@ def test_real_read_only_copy(tmp_path):
                          TMPDIR=tmp_path / "tmp", PYTHONDONTWRITEBYTECODE=1)
         out = _python(_script(tmp_path, """
             import os
-            from zeta_ref import _jit_numba
+            from zeta_ref.numba import _jit as _jit_numba
             assert not os.access(os.path.dirname(zeta_ref.__file__), os.W_OK)
             assert zeta_ref.backends() == ["numpy", "numba"], zeta_ref.backends()
             check_numba()
@@ -212,7 +214,7 @@ def test_real_read_only_copy(tmp_path):
 
 def test_cache_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     """A fallback folder that others can write is not used: Numba's cache files are pickles."""
-    from zeta_ref import _jit_numba
+    from zeta_ref.numba import _jit as _jit_numba
 
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     path = Path(_jit_numba._private_cache_dir())
@@ -244,7 +246,9 @@ def test_a_backend_that_fails_to_load_is_left_out(tmp_path, monkeypatch):
 def _parallel_size(heads: int) -> int:
     """The smallest N at which every stage of a (1, heads, N, 3) pass takes its parallel kernel
     (the window, re-rank and mean kernels always do; sort from two rows on)."""
-    from zeta_ref import morton_numba, quantize_numba, topk_softmax_numba
+    from zeta_ref.numba import morton as morton_numba
+    from zeta_ref.numba import quantize as quantize_numba
+    from zeta_ref.numba import topk_softmax as topk_softmax_numba
 
     return max(-(-morton_numba.PARALLEL_MIN_CODES // heads),
                -(-quantize_numba.PARALLEL_MIN_VALUES // (3 * heads)),
@@ -256,7 +260,7 @@ N_PARALLEL = _parallel_size(HEADS)
 
 
 def test_threading_layer_is_fork_safe_by_default():
-    out = _python(["-c", "from zeta_ref import _jit_numba; print(_jit_numba.threading_layer())"],
+    out = _python(["-c", "from zeta_ref.numba import _jit; print(_jit.threading_layer())"],
                   env=_clean_env())
     layer = out.strip()
     assert layer in ("tbb", "workqueue") or (layer == "omp" and sys.platform != "linux"), layer
@@ -266,7 +270,7 @@ def test_threading_layer_is_fork_safe_by_default():
 def test_threading_layer_chosen_by_the_user_is_kept(how):
     choose = "numba.config.THREADING_LAYER = 'threadsafe'; " if how == "config" else ""
     env = _clean_env(NUMBA_THREADING_LAYER="threadsafe" if how == "env" else None)
-    out = _python(["-c", "import numba; " + choose + "import zeta_ref._numba_backend; "
+    out = _python(["-c", "import numba; " + choose + "import zeta_ref.numba; "
                    "print(numba.config.THREADING_LAYER)"], env=env)
     assert out.strip() == "threadsafe"
 
@@ -286,7 +290,7 @@ def test_workers_after_the_parent_ran_parallel_kernels(method, tmp_path):
 
         if __name__ == "__main__":
             want = [forward(seed) for seed in range(3)]
-            from zeta_ref import _jit_numba
+            from zeta_ref.numba import _jit as _jit_numba
             print(_jit_numba.threading_layer())
             with multiprocessing.get_context({method!r}).Pool(2) as pool:
                 got = pool.map_async(forward, range(3)).get(timeout=240)

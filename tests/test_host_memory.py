@@ -1,4 +1,4 @@
-"""The pool of large output buffers behind the Numba backend (zeta_ref.host_memory)."""
+"""The pool of large output buffers behind the Numba backend (zeta_ref.numba.host_memory)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numba
 import numpy as np
 import pytest
 
-from zeta_ref import ZetaConfig, host_memory, zeta_attention
-from zeta_ref.host_memory import HUGE_PAGE, POOLED_MIN_BYTES, empty_output
+from zeta_ref import ZetaConfig, zeta_attention
+from zeta_ref.numba import host_memory
+from zeta_ref.numba.host_memory import HUGE_PAGE, POOLED_MIN_BYTES, empty_output
 
 BIG = (POOLED_MIN_BYTES // 4 + 1000,)  # float32 elements: just over the pooling threshold
 

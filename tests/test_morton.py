@@ -156,7 +156,7 @@ def test_decode_accepts_signed_codes(rng):
 def test_docstring_examples():
     import doctest
 
-    import zeta_ref.morton
+    import zeta_ref.stages.morton
 
-    result = doctest.testmod(zeta_ref.morton)
+    result = doctest.testmod(zeta_ref.stages.morton)
     assert result.attempted >= 1 and result.failed == 0

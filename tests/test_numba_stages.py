@@ -9,17 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zeta_ref import morton, quantize, sort, topk_softmax, window
+from zeta_ref.stages import morton, quantize, sort, topk_softmax, window
 from zeta_ref.tolerances import assert_close as assert_within_tolerance
 
 numba = pytest.importorskip("numba")
 
-from zeta_ref import (  # noqa: E402
-    morton_numba,
-    quantize_numba,
-    sort_numba,
-    topk_softmax_numba,
-    window_numba,
+from zeta_ref.numba import (  # noqa: E402
+    morton as morton_numba,
+    quantize as quantize_numba,
+    sort as sort_numba,
+    topk_softmax as topk_softmax_numba,
+    window as window_numba,
 )
 
 SEED = 20250414
@@ -218,7 +218,7 @@ def test_insertion_points_match_spec(n, causal):
 
 
 # ---------------------------------------------------------------- serial and parallel kernels
-# Each kernel body is compiled twice (zeta_ref/_jit_numba.py) and the twins pick one by the size
+# Each kernel body is compiled twice (zeta_ref/numba/_jit.py) and the twins pick one by the size
 # of the work; the small inputs above run the serial ones. Both against the specification:
 
 

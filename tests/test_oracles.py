@@ -8,7 +8,7 @@ import pytest
 
 from zeta_ref import oracles
 from zeta_ref.tolerances import assert_close
-from zeta_ref.topk_softmax import INV_EUCLIDEAN_EPS
+from zeta_ref.stages.topk_softmax import INV_EUCLIDEAN_EPS
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
 
@@ -176,7 +176,7 @@ def test_recall_against_itself_is_one(rng, make_qkv):
 def unblocked_nearness(q, k, score):
     """(..., N, N) nearness of every key to every query, all at once: the definition."""
     near = np.zeros(q.shape[:-1] + (k.shape[-2],))  # (..., N, N)
-    for j in range(q.shape[-1]):  # coordinate by coordinate, as zeta_ref.window.nearness
+    for j in range(q.shape[-1]):  # coordinate by coordinate, as zeta_ref.stages.window.nearness
         if score == "softmax":
             near -= q[..., :, None, j] * k[..., None, :, j]
         else:

@@ -107,7 +107,7 @@ def test_ci_tests_the_oldest_and_newest_admitted_python():
 
 def test_console_script_and_module_entry_point_agree():
     scripts = _pyproject()["project"]["scripts"]
-    assert scripts == {"zeta-ref": "zeta_ref.cli:main"}
+    assert scripts == {"zeta-ref": "zeta_ref.tools.cli:main"}
     out = subprocess.run([sys.executable, "-m", "zeta_ref", "--help"], capture_output=True,
                          text=True, cwd=ROOT, check=True).stdout
     assert "demo" in out and "bench" in out

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zeta_ref.projection import project, random_projection
+from zeta_ref.stages.projection import project, random_projection
 
 
 def test_project_matches_a_loop(rng):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from zeta_ref import backends, get_backend, zeta_attention
-from zeta_ref.quantize import exp_ieee, quantize, squash
+from zeta_ref.stages.quantize import exp_ieee, quantize, squash
 from zeta_ref.tolerances import assert_close
 
 METHODS = ("sigmoid", "tanh", "clip")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zeta_ref.sort import sort_keys
+from zeta_ref.stages.sort import sort_keys
 
 
 def check_sorted(codes, perm, sorted_codes):

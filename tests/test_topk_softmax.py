@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zeta_ref.topk_softmax import INV_EUCLIDEAN_EPS, history_means, topk_attention
+from zeta_ref.stages.topk_softmax import INV_EUCLIDEAN_EPS, history_means, topk_attention
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
 

@@ -12,15 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zeta_ref import topk_softmax, window, zeta_attention, ZetaConfig
+from zeta_ref.stages import topk_softmax, window
+from zeta_ref import zeta_attention, ZetaConfig
 
 numba = pytest.importorskip("numba")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from zeta_ref import sort_numba, topk_softmax_numba, window_numba  # noqa: E402
-from zeta_ref.host_memory import HUGE_PAGE, POOLED_MIN_BYTES, empty_output  # noqa: E402
-from zeta_ref.window_numba import _search_left_from  # noqa: E402
+from zeta_ref.numba import sort as sort_numba, topk_softmax as topk_softmax_numba, window as window_numba  # noqa: E402
+from zeta_ref.numba.host_memory import HUGE_PAGE, POOLED_MIN_BYTES, empty_output  # noqa: E402
+from zeta_ref.numba.window import _search_left_from  # noqa: E402
 
 SEED = 31
 

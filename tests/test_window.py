@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from zeta_ref import window
-from zeta_ref.window import (SlowSpecificationWarning, check_k_top, check_pool_len,
+from zeta_ref.stages import window
+from zeta_ref.stages.window import (SlowSpecificationWarning, check_k_top, check_pool_len,
                              gather_rows, insertion_points, nearness, neighbour_window,
                              pool_lengths, rerank)
 
@@ -61,7 +61,7 @@ def test_pool_lengths_unknown_mode():
 
 
 def own_sort(codes):
-    """perm and sorted codes by (code, position), without zeta_ref.sort."""
+    """perm and sorted codes by (code, position), without zeta_ref.stages.sort."""
     n = codes.shape[-1]
     perm = np.stack([np.lexsort((np.arange(n), c)) for c in codes.reshape(-1, n)])
     perm = perm.reshape(codes.shape).astype(np.int64)

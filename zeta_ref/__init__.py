@@ -4,12 +4,12 @@ ZETA (Zeng et al., ICLR 2025, arXiv 2501.14577) selects, for every query, k keys
 along a Z-order (Morton) curve, under a causal mask, and weights them with an Adaptive
 Cauchy-Softmax. One module per stage:
 
-1. :mod:`zeta_ref.projection`   queries and keys to d_k dimensions
-2. :mod:`zeta_ref.quantize`     squash to [0, 1] and keep B bits per coordinate
-3. :mod:`zeta_ref.morton`       interleave the bits into Z-order codes
-4. :mod:`zeta_ref.sort`         sort the keys by code
-5. :mod:`zeta_ref.window`       causal pools, binary search, neighbour window, re-rank
-6. :mod:`zeta_ref.topk_softmax` weights over the candidates and the output
+1. :mod:`zeta_ref.stages.projection`   queries and keys to d_k dimensions
+2. :mod:`zeta_ref.stages.quantize`     squash to [0, 1] and keep B bits per coordinate
+3. :mod:`zeta_ref.stages.morton`       interleave the bits into Z-order codes
+4. :mod:`zeta_ref.stages.sort`         sort the keys by code
+5. :mod:`zeta_ref.stages.window`       causal pools, binary search, neighbour window, re-rank
+6. :mod:`zeta_ref.stages.topk_softmax` weights over the candidates and the output
 
 :func:`zeta_attention` composes stages 2-6; :mod:`zeta_ref.oracles` holds brute-force answers.
 """
@@ -18,8 +18,8 @@ from . import oracles
 from .attention import Intermediates, zeta_attention
 from .backends import backends, get_backend
 from .config import ZetaConfig
-from .morton import morton_decode, morton_encode
-from .window import SlowSpecificationWarning
+from .stages.morton import morton_decode, morton_encode
+from .stages.window import SlowSpecificationWarning
 
 __version__ = "0.1.0"
 

@@ -26,7 +26,7 @@ import numpy as np
 from ._checks import check_bits_for_dim, check_gamma, check_qkv
 from .backends import get_backend
 from .config import ZetaConfig
-from .window import pool_lengths
+from .stages.window import pool_lengths
 
 
 @dataclass(frozen=True)

@@ -87,9 +87,9 @@ def register(backend: Backend) -> None:
     REGISTRY[backend.name] = backend
 
 
-register(Backend("numpy", "zeta_ref._numpy_backend", False,
+register(Backend("numpy", "zeta_ref.stages", False,
                  "the NumPy specification: readable, exact, the reference for all others"))
-register(Backend("numba", "zeta_ref._numba_backend", False,
+register(Backend("numba", "zeta_ref.numba", False,
                  "Numba CPU kernels, parallel over rows and queries"))
 register(Backend("cupy", "zeta_ref.cupy", True,
                  "CuPy RawKernels on an NVIDIA GPU, stage by stage and one fused fast pass"))

@@ -24,8 +24,8 @@ import numpy as np
 
 from ._checks import check_gamma, check_positive_int, check_qkv
 from .config import CAUSAL_MODES, SCORES
-from .topk_softmax import INV_EUCLIDEAN_EPS
-from .window import nearness, pool_lengths
+from .stages.topk_softmax import INV_EUCLIDEAN_EPS
+from .stages.window import nearness, pool_lengths
 
 #: Bytes one (..., block, N) float64 array of a block may take, across the leading dims.
 BLOCK_BYTES = 4 * 2**20
@@ -70,7 +70,7 @@ def dense_attention(q, k, v, score: str = "softmax", causal: str = "inclusive", 
     q, k : float array (..., N, d_k)
     v : float array (..., N, d_v)
     score : {"cauchy", "softmax", "neg_euclidean", "inv_euclidean"}
-        As in :mod:`zeta_ref.topk_softmax`.
+        As in :mod:`zeta_ref.stages.topk_softmax`.
     causal : {"inclusive", "strict", "none"}
         The same pools as ZETA (D4).
     gamma : float
@@ -118,7 +118,7 @@ def exact_topk(q, k, k_top: int, score: str = "cauchy", causal: str = "inclusive
                chunk_size: int | None = None, block: int | None = None) -> np.ndarray:
     """The ``k_top`` nearest visible keys of every query, by brute force.
 
-    Nearness is that of the window stage's re-rank (:func:`zeta_ref.window.nearness`),
+    Nearness is that of the window stage's re-rank (:func:`zeta_ref.stages.window.nearness`),
     computed in float64; ties go to the lower position.
 
     Parameters

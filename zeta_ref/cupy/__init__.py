@@ -26,23 +26,19 @@ except Exception as error:  # noqa: BLE001 - no driver or no device: the backend
 
 STAGES = None
 if not UNAVAILABLE:
-    from .fused import forward
-    from .morton import morton_encode
-    from .quantize import quantize
-    from .sort import sort_keys
-    from .topk_softmax import history_means, topk_attention
-    from .window import insertion_points, neighbour_window, rerank
+    from . import fused, morton, quantize, sort, topk_softmax, window
 
+    # through the modules, so that zeta_ref.cupy.quantize & co. stay the modules
     STAGES = Stages(
-        quantize=quantize,
-        morton_encode=morton_encode,
-        sort_keys=sort_keys,
-        insertion_points=insertion_points,
-        neighbour_window=neighbour_window,
-        rerank=rerank,
-        history_means=history_means,
-        topk_attention=topk_attention,
-        forward=forward,
+        quantize=quantize.quantize,
+        morton_encode=morton.morton_encode,
+        sort_keys=sort.sort_keys,
+        insertion_points=window.insertion_points,
+        neighbour_window=window.neighbour_window,
+        rerank=window.rerank,
+        history_means=topk_softmax.history_means,
+        topk_attention=topk_softmax.topk_attention,
+        forward=fused.forward,
         xp=cupy,
     )
 

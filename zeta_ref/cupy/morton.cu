@@ -1,6 +1,6 @@
 // Stage 3 on the GPU: bit interleaving into Z-order codes (paper section 3.3, Eq. 4; D3).
 //
-// Mirrors zeta_ref/morton.py:morton_encode. One thread per point (grid-stride loop):
+// Mirrors zeta_ref/stages/morton.py:morton_encode. One thread per point (grid-stride loop):
 //   reads  u[i * d + j]  (uint64 coordinates, each below 2^bits)
 //   writes z[i]          (uint64) = the d coordinates' bits interleaved, dimension 0 highest
 #include "zeta_common.cuh"

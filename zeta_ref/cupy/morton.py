@@ -1,6 +1,6 @@
 """CuPy twin of stage 3, bit interleaving into Z-order codes (paper section 3.3, Eq. 4; D3).
 
-Same signature, output dtype and bit order as :func:`zeta_ref.morton.morton_encode`; the kernel
+Same signature, output dtype and bit order as :func:`zeta_ref.stages.morton.morton_encode`; the kernel
 is in ``morton.cu``: bit t of coordinate j becomes bit t * d + (d - 1 - j) of the code.
 """
 

@@ -1,6 +1,6 @@
 // Stage 2 on the GPU: quantisation (paper section 3.3, Eq. 4; D1, D2, D12, D13).
 //
-// Mirrors zeta_ref/quantize.py:quantize. One thread per coordinate (grid-stride loop):
+// Mirrors zeta_ref/stages/quantize.py:quantize. One thread per coordinate (grid-stride loop):
 //   reads  x[e]          (float or double, the flattened (..., N, d) input)
 //   writes out[e]        (uint64) = min(floor(squash(x[e]) * 2^B), 2^B - 1)
 // The squash runs in double whatever T is, with exp_ieee (zeta_common.cuh), so every

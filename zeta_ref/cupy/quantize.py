@@ -1,6 +1,6 @@
 """CuPy twin of stage 2, quantisation (paper section 3.3, Eq. 4; D1, D2, D12, D13).
 
-Same signature and output dtype as :func:`zeta_ref.quantize.quantize`; the kernel is in
+Same signature and output dtype as :func:`zeta_ref.stages.quantize.quantize`; the kernel is in
 ``quantize.cu``. Exact: the squash is computed from IEEE operations alone, the specification's
 operations in its order, never fused into FMAs (D13), so every coordinate lands in the
 specification's cell, also on a cell edge.

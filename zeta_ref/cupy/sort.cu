@@ -1,5 +1,5 @@
 // Stage 4 on the GPU: sorting the keys by Z code, stable (paper section 3.3; D10).
-// Mirrors zeta_ref/sort.py:sort_keys, with one sort call for all (batch, head) rows.
+// Mirrors zeta_ref/stages/sort.py:sort_keys, with one sort call for all (batch, head) rows.
 //
 // The rows are sorted together by packing (row, code, position) into one uint64 sort key,
 //     key = row << (code_bits + pos_bits) | code << pos_bits | position,

@@ -1,6 +1,6 @@
 """CuPy twin of stage 4, sorting the keys by Z code (paper section 3.3; D10).
 
-Same signature and output dtypes as :func:`zeta_ref.sort.sort_keys`, and the same permutation,
+Same signature and output dtypes as :func:`zeta_ref.stages.sort.sort_keys`, and the same permutation,
 bit for bit. All (batch, head) rows are sorted by ONE call: each key is packed with its row
 above and its position below the code (``sort.cu``), and one radix sort of the packed keys
 (``cupy.sort``) orders them by row, code and position, which is the stable order of D10.

@@ -1,5 +1,5 @@
 // Stage 6 on the GPU: the mean term and the top-k softmax (paper section 3.4, Eq. 6; D7-D9).
-// Mirrors zeta_ref/topk_softmax.py.
+// Mirrors zeta_ref/stages/topk_softmax.py.
 //
 // The mean term (D8), a blocked scan in double, three kernels:
 //   zeta_block_sums   thread per (row, block of positions, column): the block's column sum

@@ -1,6 +1,6 @@
 """CuPy twin of stage 6: the mean term and the top-k softmax (section 3.4, Eq. 6; D7, D8, D9).
 
-Same signatures and output dtypes as :mod:`zeta_ref.topk_softmax`; float results agree with
+Same signatures and output dtypes as :mod:`zeta_ref.stages.topk_softmax`; float results agree with
 the specification within :mod:`zeta_ref.tolerances` (the sums run in another order). The
 kernels are in ``topk_softmax.cu``.
 
@@ -19,7 +19,7 @@ import numpy as np
 import cupy as cp
 
 from ..config import SCORES
-from ..topk_softmax import INV_EUCLIDEAN_EPS
+from ..stages.topk_softmax import INV_EUCLIDEAN_EPS
 from . import _runtime as rt
 from .window import visit_order
 
@@ -85,7 +85,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
                    kernel: str = "auto"):
     """Weights over each query's candidates and the weighted sum of their values (CuPy twin).
 
-    Parameters and results as :func:`zeta_ref.topk_softmax.topk_attention` (CuPy arrays out);
+    Parameters and results as :func:`zeta_ref.stages.topk_softmax.topk_attention` (CuPy arrays out);
     ``kernel`` ("auto", "fast" or "plain") picks the kernel, for the tests.
     """
     if score not in _SCORE_IDS:

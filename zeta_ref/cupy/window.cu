@@ -1,5 +1,5 @@
 // Stage 5 on the GPU: causal pools, binary search, neighbour window, re-rank
-// (paper section 3.3; D4, D5, D6, D9, D11). Mirrors zeta_ref/window.py.
+// (paper section 3.3; D4, D5, D6, D9, D11). Mirrors zeta_ref/stages/window.py.
 //
 // The pools. Query i may see the key positions 0 .. L_i - 1 (L_i = pool_len[i]). Reading the
 // pool straight from the global Z order would mean skipping the N - L_i keys it may not see:

@@ -1,7 +1,7 @@
 """CuPy twin of stage 5: causal pools, binary search, window and re-rank (section 3.3; D4-D6,
 D9, D11).
 
-Same signatures, output dtypes and answers, bit for bit, as :mod:`zeta_ref.window`. The kernels
+Same signatures, output dtypes and answers, bit for bit, as :mod:`zeta_ref.stages.window`. The kernels
 and the idea of the prefix pools are in ``window.cu``; this file builds the pools and launches.
 
 Cost per row: building the pools is O(N) work for each of the log2(N / MIN_LEVEL) levels
@@ -18,7 +18,7 @@ import numpy as np
 
 import cupy as cp
 
-from ..window import check_pool_len
+from ..stages.window import check_pool_len
 from . import _runtime as rt
 
 #: S_0, the size of the smallest prefix pool; each level doubles it, the last is N.
@@ -103,7 +103,7 @@ def _pool_len(pool_len, n: int) -> np.ndarray:
 def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, *, order=None):
     """Each query's window of W keys around its place in its pool (CuPy twin, steps 1-3).
 
-    Parameters and result as :func:`zeta_ref.window.neighbour_window`; arrays may be NumPy or
+    Parameters and result as :func:`zeta_ref.stages.window.neighbour_window`; arrays may be NumPy or
     CuPy, the result is a CuPy int64 array (..., N, W).
     """
     qz = rt.device(q_codes, np.uint64)
@@ -124,7 +124,7 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
 def rerank(q, k, window_idx, k_top: int, score: str):
     """Keep the ``k_top`` keys of each window nearest to the query (CuPy twin, step 4).
 
-    Parameters and result as :func:`zeta_ref.window.rerank`; the result is a CuPy int64 array
+    Parameters and result as :func:`zeta_ref.stages.window.rerank`; the result is a CuPy int64 array
     (..., N, k).
     """
     q = rt.device(q)

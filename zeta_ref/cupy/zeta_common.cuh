@@ -7,7 +7,7 @@
 //    The integer stages depend on it: the squash (D13) and the re-rank's nearness must give the
 //    specification's bits, not merely close ones.
 // 2. Stage 2 (quantisation, D1, D2, D13) and stage 3 (bit interleaving, D3) for one value,
-//    line for line zeta_ref/quantize.py and zeta_ref/morton.py.
+//    line for line zeta_ref/stages/quantize.py and zeta_ref/stages/morton.py.
 #pragma once
 
 // ---------------------------------------------------------------- rounding as NumPy rounds
@@ -23,7 +23,7 @@ __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(
 __device__ __forceinline__ double inf64() { return __longlong_as_double(0x7ff0000000000000LL); }
 
 // ---------------------------------------------------------------- exp from IEEE operations (D13)
-// The constants of zeta_ref/quantize.py, digit for digit (tests/test_cupy_sources.py checks).
+// The constants of zeta_ref/stages/quantize.py, digit for digit (tests/test_cupy_sources.py checks).
 #define ZETA_LN2_HI 0.6931471803691238
 #define ZETA_LN2_LO 1.9082149292705877e-10
 #define ZETA_INV_LN2 1.4426950408889634
@@ -53,7 +53,7 @@ __device__ __forceinline__ double exp_ieee(double t) {
 }
 
 // ---------------------------------------------------------------- stage 2: one coordinate
-// squash ids: 0 sigmoid, 1 tanh, 2 clip (quantize_numba._SQUASH_IDS)
+// squash ids: 0 sigmoid, 1 tanh, 2 clip (zeta_ref/numba/quantize.py: _SQUASH_IDS)
 __device__ __forceinline__ double squash(double x, int method, double lo, double hi) {
     if (method == 0) return div_rn(1.0, add_rn(1.0, exp_ieee(-x)));
     if (method == 1) return div_rn(1.0, add_rn(1.0, exp_ieee(mul_rn(-2.0, x))));

@@ -1,7 +1,7 @@
 """Numba twin of stage 6, the top-k softmax and the mean term (section 3.4, Eq. 6; D7, D8, D9).
 
-Same signatures and output dtypes as :func:`zeta_ref.topk_softmax.history_means` and
-:func:`zeta_ref.topk_softmax.topk_attention`. Per query, in the input dtype:
+Same signatures and output dtypes as :func:`zeta_ref.stages.topk_softmax.history_means` and
+:func:`zeta_ref.stages.topk_softmax.topk_attention`. Per query, in the input dtype:
 
     near_s  = ||q - k_s||^2 (or -<q, k_s> for "softmax"), coordinate by coordinate
     a_s     = the score's affinity of near_s (0 for an empty slot, D9)
@@ -17,11 +17,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._checks import visit_order
-from ._jit_numba import parallel_njit, serial_and_parallel
-from .config import SCORES
+from .._checks import visit_order
+from ._jit import parallel_njit, serial_and_parallel
+from ..config import SCORES
 from .host_memory import empty_output
-from .topk_softmax import INV_EUCLIDEAN_EPS
+from ..stages.topk_softmax import INV_EUCLIDEAN_EPS
 
 _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
 
@@ -85,7 +85,7 @@ def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
 
 #: Queries per task of the top-k kernel: scratch buffers are allocated once per block.
 QUERY_BLOCK = 128
-#: Below this many queries (all rows together) the serial kernel runs (see _jit_numba).
+#: Below this many queries (all rows together) the serial kernel runs (see numba/_jit.py).
 PARALLEL_MIN_QUERIES = 8192
 
 

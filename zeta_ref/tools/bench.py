@@ -1,5 +1,5 @@
 """Time ZETA's backends against dense causal attention: the CPU backends (issue 3) and the
-GPU backend (issue 10, --backends cupy; see zeta_ref/bench_gpu.py for what is measured there).
+GPU backend (issue 10, --backends cupy; see zeta_ref/tools/bench_gpu.py for what is measured there).
 
 CPU: for each sequence length N: one head, d_k = 3, d_v = 64, k = 32, float32, the default
 ZetaConfig (causal "inclusive", Cauchy score, mean term on). Reported per backend ("numpy",
@@ -21,7 +21,7 @@ forward pass at N = 65536; input and output stay in cache, so it times the encod
 target's number) and --morton-stream-n (4 Mi codes: 96 MiB in, 32 MiB of fresh output, so it
 times the memory system and the page faults of the output as much as the encoding).
 Page faults: every end-to-end row also reports the minor page faults and the system time per
-call. The Numba twins take their large outputs from zeta_ref.host_memory, which reuses buffers
+call. The Numba twins take their large outputs from zeta_ref.numba.host_memory, which reuses buffers
 that nothing refers to any more; without it, each call would fault in and zero-fill its ~60 MiB
 of outputs afresh (the C library hands blocks this large back to the kernel), and on a virtual
 machine a fault costs microseconds. A diagnostic line repeats the largest Numba run with the
@@ -172,7 +172,7 @@ def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
     The results land in ``res`` (a new dict unless one is given) under short names.
     """
     from zeta_ref.backends import get_backend
-    from zeta_ref.window import pool_lengths
+    from zeta_ref.stages.window import pool_lengths
 
     s = get_backend(backend).stages()
     n = q.shape[-2]
@@ -222,7 +222,7 @@ def median_time(fn, repeats: int) -> float:
 _PROBE = r"""
 import json, sys
 sys.path.insert(0, {root!r})
-from zeta_ref.bench import _memory_probe
+from zeta_ref.tools.bench import _memory_probe
 print(json.dumps(_memory_probe({method!r}, {n}, {seed})))
 """
 
@@ -252,7 +252,7 @@ def _memory_probe(method: str, n: int, seed: int) -> dict:
 
 
 def measure_memory(method: str, n: int, seed: int) -> dict | None:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above zeta_ref/
     code = _PROBE.format(root=root, method=method, n=n, seed=seed)
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -265,9 +265,9 @@ def measure_memory(method: str, n: int, seed: int) -> dict | None:
 
 
 def measure_without_pool(forward, repeats: int) -> dict:
-    """The forward pass timed again with the output pool off (zeta_ref.host_memory.limit(0)):
+    """The forward pass timed again with the output pool off (zeta_ref.numba.host_memory.limit(0)):
     every call then gets fresh memory, as it would from NumPy alone (a diagnostic)."""
-    from zeta_ref import host_memory
+    from zeta_ref.numba import host_memory
 
     saved = host_memory.limit()
     host_memory.limit(0)
@@ -373,7 +373,7 @@ def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
 def validate(args):
     """Check every option before any work (a ValueError names the option); return the parsed
     GPU shapes and the backends, CPU and GPU, each usable here."""
-    from zeta_ref import bench_gpu
+    from zeta_ref.tools import bench_gpu
     from zeta_ref.backends import get_backend
 
     if args.repeats < 1:
@@ -402,7 +402,8 @@ def validate(args):
 
 
 def run(args):
-    from zeta_ref import ZetaConfig, bench_gpu
+    from zeta_ref import ZetaConfig
+    from zeta_ref.tools import bench_gpu
 
     shapes, cpu_backends, gpu_backends = validate(args)
     torch = None if (args.no_sdpa or not cpu_backends) else load_torch()
@@ -456,7 +457,7 @@ def run_cpu(args, backends, torch, cfg, results):
 
     # Morton encoding alone: 3-D, 10-bit coordinates
     if "numba" in backends:
-        from zeta_ref.morton_numba import morton_encode
+        from zeta_ref.numba.morton import morton_encode
 
         bar.show("morton encoding alone")
         for key, m in (("morton", args.morton_n), ("morton_stream", args.morton_stream_n)):
@@ -599,7 +600,7 @@ def series(results) -> list[tuple[str, list, list, dict]]:
             out.append((label + ", 1 head", [n for n, _ in pts], [t for _, t in pts],
                         dict(style, ls="-")))
     if results.get("gpu"):
-        from zeta_ref import bench_gpu
+        from zeta_ref.tools import bench_gpu
 
         out += bench_gpu.plot_series(results["gpu"])
     return out

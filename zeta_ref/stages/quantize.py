@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from .config import SQUASHES
+from ..config import SQUASHES
 
 # ---------------------------------------------------------------- exp from IEEE operations
 #

@@ -1,7 +1,7 @@
 """Numba twin of stage 5, the causal neighbour window and the re-rank (section 3.3; D4-D6, D9, D11).
 
-Same signatures, output dtypes and answers as :func:`zeta_ref.window.neighbour_window` and
-:func:`zeta_ref.window.rerank`. The specification reads the steps literally: for every distinct
+Same signatures, output dtypes and answers as :func:`zeta_ref.stages.window.neighbour_window` and
+:func:`zeta_ref.stages.window.rerank`. The specification reads the steps literally: for every distinct
 pool length L it filters the sorted keys down to the pool (O(N) per pool, O(N^2) for
 "inclusive"). The twin gets the same window in about O(N sqrt(N) / 32 + N (log N + W)):
 
@@ -39,7 +39,7 @@ rank last, the lower slot first. A second pass writes the slots that rank at or 
 (exactly k of them) in window order.
 
 Inputs are checked by the specification's own checks (``check_pool_len``, ``check_k_top`` in
-:mod:`zeta_ref.window`), so both backends reject the same arguments with the same error.
+:mod:`zeta_ref.stages.window`), so both backends reject the same arguments with the same error.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ import math
 import numba as nb
 import numpy as np
 
-from ._checks import visit_order
-from ._jit_numba import parallel_njit
+from .._checks import visit_order
+from ._jit import parallel_njit
 from .host_memory import empty_output
-from .window import check_k_top, check_pool_len
+from ..stages.window import check_k_top, check_pool_len
 
 
 def block_size(n: int, width: int) -> int:
@@ -192,8 +192,8 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
     q_codes : uint64 array (..., N)
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
     pool_len : int64 array (N,), non-decreasing, values in [0, N]
-        L_i from :func:`zeta_ref.window.pool_lengths`; rejected as the specification rejects
-        it (:func:`zeta_ref.window.check_pool_len`).
+        L_i from :func:`zeta_ref.stages.window.pool_lengths`; rejected as the specification rejects
+        it (:func:`zeta_ref.stages.window.check_pool_len`).
     width : int
         W, the window width.
     order : int64 array (..., N), optional
@@ -309,7 +309,7 @@ def rerank(q, k, window_idx, k_top: int, score: str) -> np.ndarray:
     q, k : float arrays (..., N, d_k)
     window_idx : int64 array (..., N, W)
     k_top : int
-        k, 1 <= k <= W (:func:`zeta_ref.window.check_k_top`).
+        k, 1 <= k <= W (:func:`zeta_ref.stages.window.check_k_top`).
     score : str
         "softmax" ranks by -<q, k>, the other scores by ||q - k||^2.
 
@@ -384,7 +384,7 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     q_codes : uint64 array (..., N)
     key_perm, sorted_key_codes : int64 array (..., N), uint64 array (..., N)
     pool_len : int64 array (N,), non-decreasing, values in [0, N]
-        Rejected as the specification rejects it (:func:`zeta_ref.window.check_pool_len`).
+        Rejected as the specification rejects it (:func:`zeta_ref.stages.window.check_pool_len`).
 
     Returns
     -------

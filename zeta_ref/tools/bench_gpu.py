@@ -234,8 +234,8 @@ def measure_zeta(b: int, h: int, n: int, repeats: int, seed: int = 0, cfg=None) 
     """One ZETA row: end-to-end and per-stage medians, peak pool memory, bytes/s."""
     import cupy as cp
 
-    from . import ZetaConfig, zeta_attention
-    from .cupy import fused
+    from .. import ZetaConfig, zeta_attention
+    from ..cupy import fused
 
     cfg = ZetaConfig(k=K_TOP) if cfg is None else cfg
     rs = cp.random.RandomState(seed)
@@ -318,7 +318,7 @@ def measure_sdpa(torch, b: int, h: int, n: int, dtype: str, repeats: int, seed: 
 
 def run_gpu(args, results: dict, shapes, progress_cls) -> None:
     """Time every shape on the GPU; the results land in ``results["gpu"]``."""
-    from . import ZetaConfig
+    from .. import ZetaConfig
 
     torch, why_no_torch = (None, "--no-sdpa") if args.no_sdpa else load_torch()
     cfg = ZetaConfig(k=K_TOP)

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import visit_order
-from .config import SCORES
+from .._checks import visit_order
+from ..config import SCORES
 from .window import gather_rows, nearness
 
 #: The guard of "inv_euclidean" against a distance of exactly 0.

@@ -1,6 +1,6 @@
 """Numba twin of stage 4, sorting the keys by Z code (paper section 3.3; D10).
 
-Same signature and output dtypes as :func:`zeta_ref.sort.sort_keys`: a *stable* sort, so equal
+Same signature and output dtypes as :func:`zeta_ref.stages.sort.sort_keys`: a *stable* sort, so equal
 codes keep position order (D10) and the permutation is the specification's, bit for bit.
 
 Method: a least-significant-digit radix sort, 8 bits per pass, one row per thread (prange over
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._jit_numba import serial_and_parallel
+from ._jit import serial_and_parallel
 from .host_memory import empty_output
 
 _DIGIT_BITS = 8

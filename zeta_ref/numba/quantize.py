@@ -1,12 +1,12 @@
 """Numba twin of stage 2, quantisation (paper section 3.3, Eq. 4; D1, D2, D12, D13).
 
-Same algorithm, signature and output dtype as :func:`zeta_ref.quantize.quantize`: squash each
+Same algorithm, signature and output dtype as :func:`zeta_ref.stages.quantize.quantize`: squash each
 coordinate into [0, 1] in float64 whatever the input dtype (D1), keep B bits (D2), the top value
 1.0 joins the last cell. One kernel for every squash, parallel over the flattened coordinates
 (serial for small inputs).
 
 Agreement with the specification is exact by construction (D13): the squash calls no math
-library. ``_exp_ieee`` below repeats :func:`zeta_ref.quantize.exp_ieee` operation for operation
+library. ``_exp_ieee`` below repeats :func:`zeta_ref.stages.quantize.exp_ieee` operation for operation
 (the same constants, the same order, no fused multiply-adds: Numba does not contract them
 unless asked to with fastmath), so every coordinate lands in the specification's cell, also one
 that lies on a cell edge.
@@ -19,23 +19,23 @@ import math
 import numba as nb
 import numpy as np
 
-from ._jit_numba import serial_and_parallel
-from .config import SQUASHES
+from ._jit import serial_and_parallel
+from ..config import SQUASHES
 from .host_memory import empty_output
-from .quantize import EXP_MAX_ARG, EXP_MIN_ARG, EXP_TAYLOR, INV_LN2, LN2_HI, LN2_LO
+from ..stages.quantize import EXP_MAX_ARG, EXP_MIN_ARG, EXP_TAYLOR, INV_LN2, LN2_HI, LN2_LO
 
 _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}
 _TAYLOR = np.array(EXP_TAYLOR, dtype=np.float64)  # 1 / j!, j = 0 .. 13
 
 
-#: From this many coordinates on the parallel kernel runs, below it the serial one (_jit_numba);
+#: From this many coordinates on the parallel kernel runs, below it the serial one (numba/_jit.py);
 #: on the 2-core machine of docs/benchmarks.md parallel was faster from about 2^12 on.
 PARALLEL_MIN_VALUES = 1 << 15
 
 
 @nb.njit(cache=True, inline="always")
 def _exp_ieee(t):
-    """exp(t), float64, line for line :func:`zeta_ref.quantize.exp_ieee`."""
+    """exp(t), float64, line for line :func:`zeta_ref.stages.quantize.exp_ieee`."""
     if t > EXP_MAX_ARG:
         return np.inf
     if t < EXP_MIN_ARG:

@@ -36,7 +36,7 @@ once per distinct pool length U: O(U N) time per row, which is O(N^2) in "inclus
 rule (U <= 8). Step 4 gathers every window's keys and sorts the whole window. Before a call
 predicted to take more than a few seconds, :func:`insertion_points` and
 :func:`neighbour_window` issue one :class:`SlowSpecificationWarning` per process; the Numba twin
-(:mod:`zeta_ref.window_numba`) gives the same answers in O(N sqrt N) per row.
+(:mod:`zeta_ref.numba.window`) gives the same answers in O(N sqrt N) per row.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import warnings
 
 import numpy as np
 
-from ._checks import is_integer, visit_order
-from .config import CAUSAL_MODES
+from .._checks import is_integer, visit_order
+from ..config import CAUSAL_MODES
 
 
 def pool_lengths(n: int, causal: str, chunk_size: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import as_float_array, check_positive_int
+from .._checks import as_float_array, check_positive_int
 
 
 def project(x, weight, bias=None) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The ``zeta-ref`` command (also ``python -m zeta_ref``).
 
 Subcommands:
-  demo   step through the six stages on a small seeded sequence and check them (zeta_ref.demo)
-  bench  time the CPU backends against dense attention (zeta_ref.bench)
+  demo   step through the six stages on a small seeded sequence and check them (zeta_ref.tools.demo)
+  bench  time the CPU backends against dense attention (zeta_ref.tools.bench)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Numba twin of stage 3, bit interleaving into Z-order codes (paper section 3.3, Eq. 4; D3).
 
-Same signature, output dtype and bit order as :func:`zeta_ref.morton.morton_encode`: from the
+Same signature, output dtype and bit order as :func:`zeta_ref.stages.morton.morton_encode`: from the
 most significant end, the top bit of every coordinate (dimension 0 first, D3), then the next
 bits, and so on.
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ._checks import check_bits_for_dim
-from ._jit_numba import serial_and_parallel
+from .._checks import check_bits_for_dim
+from ._jit import serial_and_parallel
 from .host_memory import empty_output
 
 
@@ -79,7 +79,7 @@ def _encode_spread2_body(u, z):
 _general_serial, _general_parallel = serial_and_parallel(_encode_general_body)
 _spread3_serial, _spread3_parallel = serial_and_parallel(_encode_spread3_body)
 _spread2_serial, _spread2_parallel = serial_and_parallel(_encode_spread2_body)
-#: From this many codes on the parallel kernels run, below it the serial ones (_jit_numba);
+#: From this many codes on the parallel kernels run, below it the serial ones (numba/_jit.py);
 #: on the 2-core machine of docs/benchmarks.md parallel was as fast or faster from about 2^14 on.
 PARALLEL_MIN_CODES = 1 << 15
 

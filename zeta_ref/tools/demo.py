@@ -22,12 +22,12 @@ import time
 
 import numpy as np
 
-from . import oracles
-from .attention import zeta_attention
-from .backends import backends
-from .config import CAUSAL_MODES, SCORES, SQUASHES, ZetaConfig
-from .projection import project, random_projection
-from .topk_softmax import topk_attention
+from .. import oracles
+from ..attention import zeta_attention
+from ..backends import backends
+from ..config import CAUSAL_MODES, SCORES, SQUASHES, ZetaConfig
+from ..stages.projection import project, random_projection
+from ..stages.topk_softmax import topk_attention
 
 
 def _positive_int(text: str) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_bits_for_dim, check_positive_int
+from .._checks import check_bits_for_dim, check_positive_int
 
 
 
