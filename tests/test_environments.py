@@ -250,8 +250,10 @@ def _parallel_size(heads: int) -> int:
     from zeta_ref.numba import quantize as quantize_numba
     from zeta_ref.numba import topk_softmax as topk_softmax_numba
 
-    return max(-(-morton_numba.PARALLEL_MIN_CODES // heads),
-               -(-quantize_numba.PARALLEL_MIN_VALUES // (3 * heads)),
+    from zeta_ref.numba._jit import parallel_from
+
+    return max(-(-parallel_from(morton_numba.PARALLEL_MIN_CODES) // heads),
+               -(-parallel_from(quantize_numba.PARALLEL_MIN_VALUES) // (3 * heads)),
                -(-topk_softmax_numba.PARALLEL_MIN_QUERIES // heads))
 
 

@@ -160,3 +160,22 @@ def test_docstring_examples():
 
     result = doctest.testmod(zeta_ref.stages.morton)
     assert result.attempted >= 1 and result.failed == 0
+
+
+@pytest.mark.parametrize("u, bits, exc", [
+    (np.array([[4, 0, 0]]), 2, ValueError),       # a coordinate of 3 bits
+    (np.array([[-1, 0, 0]]), 2, ValueError),      # negative
+    (np.array([[2**21, 0, 0]]), 21, ValueError),  # one past the top at the widest 3-D code
+    (np.array([[0.5, 0, 0]]), 2, TypeError),      # not integers
+    (np.zeros((2, 22), dtype=np.int64), 3, ValueError),  # 66 bits
+])
+def test_every_backend_refuses_what_the_specification_refuses(u, bits, exc):
+    """A twin that encoded out-of-range coordinates would return wrong codes, not an error."""
+    from zeta_ref import backends, get_backend
+
+    with pytest.raises(exc) as want:
+        morton_encode(u, bits)
+    for name in backends():
+        with pytest.raises(exc) as got:
+            get_backend(name).stages().morton_encode(u, bits)
+        assert str(got.value) == str(want.value), name

@@ -256,7 +256,10 @@ def test_both_compilations_match_spec(parallel):
 def test_default_choice_takes_the_parallel_kernels_for_large_work():
     # sizes at the thresholds: the default path is the parallel compilation and agrees
     rng = np.random.default_rng(SEED)
-    n = max(morton_numba.PARALLEL_MIN_CODES, quantize_numba.PARALLEL_MIN_VALUES // 3 + 1)
+    from zeta_ref.numba._jit import parallel_from  # the thresholds of this threading layer
+
+    n = max(parallel_from(morton_numba.PARALLEL_MIN_CODES),
+            parallel_from(quantize_numba.PARALLEL_MIN_VALUES) // 3 + 1)
     x = rng.standard_normal((n, 3))
     u = quantize_numba.quantize(x, 10, "clip")
     assert_exact(u, quantize.quantize(x, 10, "clip"))

@@ -158,9 +158,9 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     # stage 2: quantise queries and keys the same way (D1, D2, D12, D13)
     q_coords = s.quantize(q, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
     k_coords = s.quantize(k, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
-    # stage 3: interleave the bits (D3)
-    q_codes = s.morton_encode(q_coords, cfg.bits)  # (..., N)
-    k_codes = s.morton_encode(k_coords, cfg.bits)  # (..., N)
+    # stage 3: interleave the bits (D3); quantize's coordinates need no range check
+    q_codes = s.morton_encode(q_coords, cfg.bits, check=False)  # (..., N)
+    k_codes = s.morton_encode(k_coords, cfg.bits, check=False)  # (..., N)
     # stage 4: keys in Z order, ties by position (D10)
     key_perm, sorted_key_codes = s.sort_keys(k_codes)  # (..., N) each
     # ... and the queries: a visiting order for stages 5 and 6 that cannot change any result,

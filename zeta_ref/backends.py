@@ -21,7 +21,7 @@ class Stages:
     """The stage functions one backend provides (signatures of the NumPy specification)."""
 
     quantize: Callable  # (x, bits, squash_method, clip_range) -> uint64 (..., N, d)
-    morton_encode: Callable  # (u, bits) -> uint64 (...)
+    morton_encode: Callable  # (u, bits, *, check) -> uint64 (...)
     sort_keys: Callable  # (key_codes) -> (int64 perm, uint64 sorted codes)
     insertion_points: Callable  # (q_codes, perm, sorted_codes, pool_len) -> int64 (..., N)
     # (q_codes, perm, sorted_codes, pool_len, width, *, order) -> int64 (..., N, W)

@@ -100,11 +100,6 @@ template __global__ void zeta_window<long long>(const unsigned long long*, const
                                                 const unsigned long long*, const long long*,
                                                 const long long*, int, long long, long long,
                                                 long long, long long*);
-template __global__ void zeta_window<int>(const unsigned long long*, const long long*,
-                                          const long long*, const long long*,
-                                          const unsigned long long*, const long long*,
-                                          const long long*, int, long long, long long,
-                                          long long, int*);
 template __global__ void zeta_rerank<float>(const float*, const float*, const long long*,
                                             long long, long long, int, long long, long long, int,
                                             float*, long long*, long long*, long long*);

@@ -26,7 +26,7 @@ MIN_LEVEL = 256
 #: Positions are packed in 32 bits inside the re-rank: N must stay below 2^31.
 MAX_N = (1 << 31) - 1
 
-_NAMES = ("zeta_window<long long>", "zeta_window<int>", "zeta_rerank<float>",
+_NAMES = ("zeta_window<long long>", "zeta_rerank<float>",
           "zeta_rerank<double>", "zeta_insertion_level", "zeta_pool_level")
 
 

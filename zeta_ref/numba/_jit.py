@@ -192,6 +192,19 @@ def parallel_njit(fn):
 # one body, two compilations
 # ---------------------------------------------------------------------------------------------
 
+#: How much more work a parallel call must carry under "workqueue" than under OpenMP or TBB
+#: before it pays. Measured on the 2-core development VM (2026-12-02), a parallel call of a
+#: trivial kernel costs about 100-150 us under "workqueue" against 2-4 us under OpenMP; the
+#: size thresholds of the kernel modules were tuned under OpenMP.
+WORKQUEUE_THRESHOLD_FACTOR = 16
+
+
+def parallel_from(threshold: int) -> int:
+    """The size from which a kernel module runs its parallel compilation: ``threshold`` (tuned
+    under OpenMP), times :data:`WORKQUEUE_THRESHOLD_FACTOR` under "workqueue"."""
+    return threshold * (WORKQUEUE_THRESHOLD_FACTOR if _one_region_at_a_time() else 1)
+
+
 
 def _renamed(fn, name: str):
     """A copy of ``fn`` under another name (Numba's disk cache is keyed by the name, and the two

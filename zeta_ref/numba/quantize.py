@@ -19,7 +19,7 @@ import math
 import numba as nb
 import numpy as np
 
-from ._jit import serial_and_parallel
+from ._jit import parallel_from, serial_and_parallel
 from ..config import SQUASHES
 from .host_memory import empty_output
 from ..stages.quantize import EXP_MAX_ARG, EXP_MIN_ARG, EXP_TAYLOR, INV_LN2, LN2_HI, LN2_LO
@@ -83,7 +83,7 @@ def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0
     clip_range : (lo, hi)
     parallel : bool, optional
         Parallel (True) or serial (False) kernel; by default parallel from PARALLEL_MIN_VALUES
-        coordinates on. Both give the same codes (for tests).
+        coordinates on (16 times that under "workqueue": ``_jit.parallel_from``). Both give the same codes (for tests).
 
     Returns
     -------
@@ -95,7 +95,7 @@ def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0
     flat = np.ascontiguousarray(x).reshape(-1)  # (... * N * d,)
     lo, hi = float(clip_range[0]), float(clip_range[1])
     if parallel is None:
-        parallel = flat.shape[0] >= PARALLEL_MIN_VALUES
+        parallel = flat.shape[0] >= parallel_from(PARALLEL_MIN_VALUES)
     kernel = _quantize_parallel if parallel else _quantize_serial
     codes = empty_output(flat.shape, np.uint64)  # (... * N * d,)
     kernel(flat, math.ldexp(1.0, int(bits)), np.uint64((1 << int(bits)) - 1),
