@@ -37,6 +37,22 @@ class Stages:
     # the array module of the stages' inputs and outputs: numpy, or cupy for the GPU
     xp: Any = np
 
+    @classmethod
+    def from_modules(cls, quantize, morton, sort, window, topk_softmax, **extra) -> "Stages":
+        """The bundle of a backend whose stage modules carry the specification's names
+        (``quantize.quantize``, ``window.rerank``, ...); ``extra``: forward, xp."""
+        return cls(
+            quantize=quantize.quantize,
+            morton_encode=morton.morton_encode,
+            sort_keys=sort.sort_keys,
+            insertion_points=window.insertion_points,
+            neighbour_window=window.neighbour_window,
+            rerank=window.rerank,
+            history_means=topk_softmax.history_means,
+            topk_attention=topk_softmax.topk_attention,
+            **extra,
+        )
+
 
 @dataclass(frozen=True)
 class Backend:

@@ -29,18 +29,8 @@ if not UNAVAILABLE:
     from . import fused, morton, quantize, sort, topk_softmax, window
 
     # through the modules, so that zeta_ref.cupy.quantize & co. stay the modules
-    STAGES = Stages(
-        quantize=quantize.quantize,
-        morton_encode=morton.morton_encode,
-        sort_keys=sort.sort_keys,
-        insertion_points=window.insertion_points,
-        neighbour_window=window.neighbour_window,
-        rerank=window.rerank,
-        history_means=topk_softmax.history_means,
-        topk_attention=topk_softmax.topk_attention,
-        forward=fused.forward,
-        xp=cupy,
-    )
+    STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax,
+                                 forward=fused.forward, xp=cupy)
 
 
 def available() -> bool:

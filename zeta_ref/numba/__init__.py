@@ -18,16 +18,7 @@ else:
     from . import morton, quantize, sort, topk_softmax, window
 
     # through the modules, so that zeta_ref.numba.quantize & co. stay the modules
-    STAGES = Stages(
-        quantize=quantize.quantize,
-        morton_encode=morton.morton_encode,
-        sort_keys=sort.sort_keys,
-        insertion_points=window.insertion_points,
-        neighbour_window=window.neighbour_window,
-        rerank=window.rerank,
-        history_means=topk_softmax.history_means,
-        topk_attention=topk_softmax.topk_attention,
-    )
+    STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax)
 
 
 def available() -> bool:

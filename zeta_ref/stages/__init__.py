@@ -14,18 +14,8 @@ stage, with the same signatures, checked against these.
 from ..backends import Stages
 from . import morton, projection, quantize, sort, topk_softmax, window  # noqa: F401
 
-# the bundle refers to the functions through their modules, so that the package's names
-# (zeta_ref.stages.quantize, ...) stay the modules
-STAGES = Stages(
-    quantize=quantize.quantize,
-    morton_encode=morton.morton_encode,
-    sort_keys=sort.sort_keys,
-    insertion_points=window.insertion_points,
-    neighbour_window=window.neighbour_window,
-    rerank=window.rerank,
-    history_means=topk_softmax.history_means,
-    topk_attention=topk_softmax.topk_attention,
-)
+# through the modules, so that zeta_ref.stages.quantize & co. stay the modules
+STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax)
 
 
 def available() -> bool:
