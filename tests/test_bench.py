@@ -38,14 +38,19 @@ def test_stage_calls_do_the_work_of_the_forward_pass(backend):
 
 
 def test_bench_runs_and_writes_table_json_and_plot(tmp_path):
-    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
-    res = subprocess.run([sys.executable, "-m", "zeta_ref", "bench", "--sizes", "64", "256",
-                          "--repeats", "2", "--morton-n", "4096", "--morton-stream-n", "8192",
-                          "--json", str(out_json), "--plot", str(out_png)],
+    # the JSON goes into folders that do not exist yet: they are created
+    out_json, out_png = tmp_path / "new" / "deeper" / "b.json", tmp_path / "b.png"
+    res = subprocess.run([sys.executable, "-W", "error", "-m", "zeta_ref", "bench", "--sizes",
+                          "64", "256", "--repeats", "2", "--morton-n", "4096",
+                          "--morton-stream-n", "8192", "--json", str(out_json),
+                          "--plot", str(out_png)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "targets (issue 3):" in res.stdout
+    assert res.stderr == ""  # not a terminal: no progress bar, and no warning either
+    assert "targets:" in res.stdout
     assert "at N=65536 >= 1,000,000: not measured" in res.stdout  # no silent pass
+    assert "dense baseline's BLAS (threadpoolctl): " in res.stdout
+    assert "threading layer " in res.stdout
     data = json.loads(out_json.read_text())
     runs = {(r["n"], r["method"]): r for r in data["runs"]}
     from zeta_ref.tools.bench import load_torch
@@ -88,6 +93,17 @@ def _bench_exit(argv, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--morton-n", "0"], "--morton-n must be >= 1; got 0"),
+    (["--morton-n", "-1"], "--morton-n must be >= 1; got -1"),
+    (["--morton-stream-n", "0"], "--morton-stream-n must be >= 1"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967295]; got -1"),
+    (["--seed", str(2**32)], "--seed must be in [0, 4294967295]"),
+    (["--threads", "0"], "--threads must be in [1, "),
+    (["--threads", "100000"], "--threads must be in [1, "),
+    (["--sizes", "64", "-5"], "--sizes must be >= 1 (each N); got -5"),
+    (["--repeats", "-2"], "--repeats must be >= 1"),
+    (["--numpy-max-n", "-1"], "--numpy-max-n must be >= 0"),
+    (["--dense-max-n", "-1"], "--dense-max-n must be >= 0"),
     (["--gpu-shapes", "1x8"], "--gpu-shapes"),
     (["--gpu-shapes", "0x8x4096"], "--gpu-shapes"),
     (["--gpu-shapes", "1x8x4k"], "--gpu-shapes"),
@@ -100,6 +116,216 @@ def _bench_exit(argv, capsys):
 def test_bench_bad_options_in_process(capsys, args, message):
     code, out, err = _bench_exit(args, capsys)
     assert code == 2 and message in err and out == "", (code, out, err)
+    assert len(err.splitlines()) == 1, err
+
+
+@pytest.fixture
+def no_measuring(monkeypatch):
+    """Fail the test if a CPU row is measured: the refusals must come before any work."""
+    from zeta_ref.tools import bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a measurement started")
+
+    monkeypatch.setattr(bench, "measure_cpu", measured)
+    monkeypatch.setattr(bench, "measure_morton", measured)
+
+
+@pytest.mark.parametrize("make, option, message", [
+    (lambda t: ["--json", str(t)], "--json", "is a folder; expected a file name"),
+    (lambda t: ["--json", str(t / "file.txt" / "b.json")], "--json", "is a file, not a folder"),
+    (lambda t: ["--plot", str(t / "file.txt" / "p.png")], "--plot", "is a file, not a folder"),
+    (lambda t: ["--plot", str(t)], "--plot", "is a folder"),
+    (lambda t: ["--plot", str(t / "p.xyz")], "--plot", "matplotlib cannot write .xyz files"),
+])
+def test_bench_output_paths_are_checked_before_any_work(tmp_path, capsys, no_measuring, make,
+                                                        option, message):
+    (tmp_path / "file.txt").write_text("x")
+    code, out, err = _bench_exit(make(tmp_path) + ["--sizes", "64"], capsys)
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"zeta-ref bench: error: {option} "), err
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sizes", "100000000"], "--sizes 100000000: the numba row at N=100,000,000 needs about "),
+    (["--morton-stream-n", str(2**40)], f"--morton-stream-n {2**40}: Morton encoding of "),
+    (["--sizes", "131072", "--dense-max-n", "131072"],
+     "--dense-max-n 131072: dense attention at N=131,072 (N x N float32 scores) needs about "
+     "64.2 GiB"),
+])
+def test_bench_refuses_what_cannot_fit_in_memory(monkeypatch, capsys, no_measuring, args,
+                                                 message):
+    from zeta_ref.tools import cli
+
+    monkeypatch.setattr(cli, "available_memory", lambda: 16 * 2**30)  # as on a small machine
+    code, out, err = _bench_exit(args + ["--backends", "numba"], capsys)
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert "(an estimate), more than the 16 GiB available here" in lines[0]
+
+
+def test_bench_memory_estimates_agree_with_the_skip_rules():
+    from zeta_ref.tools import bench
+
+    # the default run fits in a few GiB: dense at N = 16384 is the largest row
+    assert bench.cpu_memory_estimate("dense", 16384) < 2 * 2**30
+    assert bench.cpu_memory_estimate("numba", 65536) < 2**28
+    assert bench.cpu_memory_estimate("dense", 2**17) > 64 * 2**30
+
+
+class _RecordingBar:
+    """Stands in for the tqdm bar: records every step and label."""
+
+    def __init__(self, total, mode="auto"):
+        self.total, self.n, self.labels, self.closed = total, 0, [], False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+    def set_description_str(self, text):
+        self.labels.append(text)
+
+    def update(self, n=1):
+        self.n += n
+
+
+def test_progress_bar_counts_every_step(monkeypatch, capsys):
+    from zeta_ref.tools import bench
+
+    bars = []
+    monkeypatch.setattr(bench, "progress_bar",
+                        lambda total, mode="auto": bars.append(_RecordingBar(total)) or bars[-1])
+    monkeypatch.setattr(bench, "measure_memory", lambda *a: {"peak_extra_kib": 1, "how": "-"})
+    monkeypatch.setattr(bench, "median_time", lambda fn, repeats: 1e-3)  # no timing: only steps
+    code = _bench_exit_code(["--sizes", "16", "32", "--numpy-max-n", "16", "--morton-n", "64",
+                             "--morton-stream-n", "64"], capsys)
+    assert code == 0
+    (bar,) = bars
+    # morton 2; numpy N=16: 1 + 6 stages + memory; numba: 8 each, + pool off at N=32;
+    # dense: 2 each; numpy N=32 skipped: 1
+    assert bar.closed and bar.n == bar.total == 2 + 8 + 8 + 2 + 1 + 9 + 2, (bar.n, bar.total)
+
+
+def _bench_exit_code(argv, capsys):
+    from zeta_ref.tools.cli import main
+
+    code = main(["bench", *argv])
+    capsys.readouterr()
+    return code
+
+
+def test_an_error_during_the_run_starts_its_own_line(monkeypatch, capsys):
+    # the bar is drawn (--progress always), then a measurement fails: the message must not
+    # share the bar's line
+    from zeta_ref.tools import bench
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1 TiB")
+
+    monkeypatch.setattr(bench, "measure_cpu", no_memory)
+    code, out, err = _bench_exit(["--sizes", "16", "--progress", "always", "--morton-n", "64",
+                                  "--morton-stream-n", "64"], capsys)
+    assert code == 1
+    assert "%|" in err  # the bar was drawn
+    last = err.rstrip("\n").split("\n")[-1]  # what follows the last newline: one whole line
+    assert last == "zeta-ref bench: error: out of memory: Unable to allocate 1 TiB", repr(err)
+
+
+def test_progress_bar_shows_only_where_someone_watches(capsys):
+    from zeta_ref.tools import bench
+
+    with bench.progress_bar(3) as bar:  # pytest's captured stderr is not a terminal
+        bar.update(3)
+    with bench.progress_bar(3, "never") as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""
+    with bench.progress_bar(3, "always") as bar:
+        bar.update(3)
+    assert capsys.readouterr().err.rstrip().endswith("3/3 [00:00]")
+
+
+def test_help_speaks_of_the_tool_not_of_issues():
+    import re
+
+    for command in ("bench", "demo"):
+        res = subprocess.run([sys.executable, "-m", "zeta_ref", command, "--help"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0
+        assert not re.search(r"issue\s*#?\d", res.stdout, re.IGNORECASE), res.stdout
+
+
+def _fabricated_machine(**changes):
+    m = {"cpu": "TEST FIXTURE", "cores": 2, "numpy": "0", "numba": "0", "numba_threads": 2,
+         "numba_threading_layer": "workqueue", "date": "TEST FIXTURE",
+         "blas": [{"library": "openblas", "version": "0.3", "kernel": "SkylakeX", "threads": 2,
+                   "file": "libopenblas.so"}], "openblas_coretype": None,
+         "torch": None, "torch_threads": None}
+    return dict(m, **changes)
+
+
+def test_header_names_blas_kernel_threads_and_threading_layer():
+    from zeta_ref.tools import bench
+
+    text = bench.format_table({"machine": _fabricated_machine(), "runs": []})
+    assert ("dense baseline's BLAS (threadpoolctl): openblas 0.3, kernel SkylakeX, 2 threads "
+            "(libopenblas.so)") in text
+    assert "numba 0 (2 threads, threading layer workqueue)" in text
+    assert "OPENBLAS_CORETYPE" not in text
+    text = bench.format_table({"machine": _fabricated_machine(openblas_coretype="Haswell"),
+                               "runs": []})
+    assert "OPENBLAS_CORETYPE=Haswell is set" in text
+    assert "slower than with the native kernel and so flatter ZETA's ratio" in text
+    mkl = [{"library": "mkl", "version": "2024", "kernel": None, "threads": 2, "file": "x.so"}]
+    text = bench.format_table({"machine": _fabricated_machine(openblas_coretype="Haswell",
+                                                              blas=mkl), "runs": []})
+    assert "mkl 2024, 2 threads (x.so)" in text and "affects OpenBLAS only" in text
+
+
+def test_machine_reads_blas_and_openblas_coretype(monkeypatch):
+    from zeta_ref.tools import bench
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    m = bench.machine()
+    assert m["openblas_coretype"] == "Haswell"
+    assert m["numba_threading_layer"] in ("tbb", "omp", "workqueue")
+    assert m["blas"], "threadpoolctl finds the BLAS NumPy loaded"
+    assert all(lib["threads"] >= 1 and lib["library"] for lib in m["blas"])
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert bench.machine()["openblas_coretype"] is None
+
+
+def test_plot_with_n_1_warns_of_nothing(tmp_path):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zeta_ref.tools import bench
+
+    runs = [{"n": n, "method": m, "skipped": None, "total_s": t * n}
+            for n in (1, 2, 4, 8) for m, t in (("numba", 1e-4), ("dense", 1e-5))]
+    results = {"machine": _fabricated_machine(), "runs": runs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, ax = plt.subplots()
+        bench.plot_times(results, ax)
+        fig.savefig(tmp_path / "p.png")
+        bench.plot(results, str(tmp_path / "q.png"))
+    guides = [line for line in ax.get_lines() if "guide" in line.get_label()]
+    assert len(guides) == 2
+    for line in guides:  # every point drawable on a log axis; N log N through (2, 2e-4)
+        assert min(line.get_xdata()) == 2 and min(line.get_ydata()) > 0
+    n_log_n = guides[0]
+    np.testing.assert_allclose(n_log_n.get_ydata()[0], 2e-4)
+    plt.close(fig)
 
 
 def test_new_options_parse():
@@ -219,7 +445,7 @@ def test_gpu_table_json_and_plot_of_a_fabricated_results_dict(tmp_path):
 
     gpu = _fabricated_gpu_results()
     text = bench_gpu.format_gpu_table(gpu)
-    assert "targets (issue 10):" in text and "TEST FIXTURE" in text
+    assert "GPU targets:" in text and "TEST FIXTURE" in text
     assert "sdpa-fp32 at B=1, H=8, N=1048576 skipped: " in text
     results = {"machine": {"cpu": "TEST FIXTURE", "cores": 0}, "runs": [], "gpu": gpu}
     path = tmp_path / "gpu.json"
@@ -300,7 +526,8 @@ def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
     args = build_parser().parse_args(["bench", "--gpu-shapes", "1x8x256", "2x2x512",
                                       "--repeats", "2", "--copy-mib", "1", "--no-sdpa"])
     results = {"runs": []}
-    bench_gpu.run_gpu(args, results, bench_gpu.validate(args), bench.Progress)
+    bench_gpu.run_gpu(args, results, bench_gpu.validate(args),
+                      progress=lambda total: bench.progress_bar(total, "always"))
     gpu = results["gpu"]
     assert gpu["device"]["name"] == "NumPy stand-in" and gpu["device"]["cuda_runtime"] == "12.8"
     rows = {(r["batch"], r["heads"], r["n"], r["method"]): r for r in gpu["runs"]}
@@ -315,6 +542,7 @@ def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
     assert pool.held > 0
     text = bench_gpu.format_gpu_table(gpu)
     assert "NumPy stand-in" in text and "not measured" in text
+    assert capsys.readouterr().err.rstrip().endswith("7/7 [00:00]")  # the bar's every step
     bench.write_json(results, str(tmp_path / "r.json"))
     assert json.loads((tmp_path / "r.json").read_text())["gpu"]["runs"][0]["n"] == 256
 
@@ -333,3 +561,41 @@ def test_torch_cpu_baseline_is_causal_softmax_attention():
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
     row = bench.measure_cpu("sdpa", 64, repeats=1)
     assert row["method"] == "sdpa" and row["total_s"] > 0 and "stages_s" not in row
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--copy-mib", "1024"], "--copy-mib 1024: the copy's source and destination need 2 GiB of "
+                             "device memory, more than the 1 GiB of NumPy stand-in"),
+    (["--gpu-shapes", "1x8x4096", "1x8x1048576"],
+     "--gpu-shapes 1x8x1048576: the float32 inputs and output alone need 4.19 GiB"),
+])
+def test_gpu_options_beyond_the_device_memory_are_refused(monkeypatch, argv, message):
+    # the stand-in device has 1 GiB
+    from zeta_ref.tools import bench_gpu
+    from zeta_ref.tools.cli import OptionError, build_parser
+
+    _numpy_stand_in_for_cupy(monkeypatch)
+    args = build_parser().parse_args(["bench", "--copy-mib", "64", *argv])
+    with pytest.raises(OptionError) as info:
+        bench_gpu.check_device(args, bench_gpu.validate(args))
+    assert str(info.value) == message or str(info.value).startswith(message), str(info.value)
+    fits = build_parser().parse_args(["bench", "--copy-mib", "64", "--gpu-shapes", "2x8x4096"])
+    bench_gpu.check_device(fits, bench_gpu.validate(fits))  # nothing raised
+
+
+def test_a_plot_without_extension_is_a_png_and_says_so(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from zeta_ref.tools import bench
+
+    from zeta_ref.tools.cli import main
+
+    monkeypatch.setattr(bench, "run_cpu", lambda *a: None)  # no measurements: an empty plot
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["bench", "--backends", "numba", "--plot", str(tmp_path / "p")]) == 0
+    assert f"wrote {tmp_path / 'p.png'}" in capsys.readouterr().out
+    assert (tmp_path / "p.png").is_file() and not (tmp_path / "p").exists()
+    (tmp_path / "d").mkdir()
+    code, out, err = _bench_exit(["--plot", str(tmp_path / "d")], capsys)
+    assert code == 2 and "is a folder" in err

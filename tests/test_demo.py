@@ -18,16 +18,114 @@ def run_cli(*args):
 
 
 def test_demo_default_runs_and_reports_every_stage(tmp_path):
-    res = run_cli("demo", "--out", str(tmp_path))
+    out_dir = tmp_path / "new" / "figures"  # created by the demo
+    res = run_cli("demo", "--out", str(out_dir))
     assert res.returncode == 0, res.stderr
     out = res.stdout
     for stage in range(1, 7):
         assert f"stage {stage}" in out
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert (out_dir / "demo.png").stat().st_size > 10_000
     # the selection must beat a random choice of k visible keys, by the demo's own numbers
-    m = re.search(r"recall@32 .*: ([0-9.]+) .*would expect ([0-9.]+)", out)
+    m = re.search(r"recall@32: ZETA's candidates hold ([0-9.]+) .* would hold ([0-9.]+)", out)
     assert m, out
     assert float(m.group(1)) > float(m.group(2)) + 0.1
+    # each check says PASS or FAIL, and the summary counts them
+    verdicts = re.findall(r"^ +(PASS|FAIL): ", out, re.MULTILINE)
+    assert verdicts == ["PASS", "PASS"], out
+    assert "all 2 checks passed" in out
+
+
+def _context_errors(out):
+    """The two relative errors against dense attention that the demo prints for context."""
+    return [float(x) for x in re.findall(r"^ +(?:ZETA selection|the exact top-\d+) +([0-9.]+)",
+                                         out, re.MULTILINE)]
+
+
+@pytest.mark.parametrize("args", [[], ["--score", "softmax"], ["--score", "inv_euclidean"]])
+def test_an_error_above_one_is_explained(args):
+    # at N = 512 the defaults and softmax give errors above 1 against dense attention (its
+    # output is small), inv_euclidean does not
+    res = run_cli("demo", *args)
+    assert res.returncode == 0, res.stderr
+    errors = _context_errors(res.stdout)
+    assert len(errors) == 2, res.stdout
+    assert ("why above 1:" in res.stdout) == (max(errors) > 1), res.stdout
+
+
+def test_the_explanation_of_an_error_above_one_uses_the_run_s_numbers():
+    from zeta_ref.tools.demo import explain_error_above_one
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((100, 4))  # (N, d_v)
+    seen = np.ones(100, dtype=bool)
+    pool = np.arange(1, 101)
+    small = np.full((100, 4), 0.01)  # dense attention's output near zero: the values cancel
+    lines = explain_error_above_one(v[:, :] * 0.5, small, v, pool, seen)
+    assert "dense attention's output is small, RMS norm 0.02 per row" in lines[0]
+    assert "(50 per query on average)" in lines[1] and "cancel" in lines[1]
+    lines = explain_error_above_one(-v, v, v, pool, seen)  # not small: the other reason
+    assert "weighs a few keys where dense attention weighs them all" in lines[1]
+
+
+def test_demo_with_no_visible_key_prints_no_nan_and_no_warning():
+    res = subprocess.run([sys.executable, "-W", "error", "-m", "zeta_ref", "demo", "--n", "2",
+                          "--causal", "strict"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
+    out = res.stdout
+    assert "nan" not in out.lower() and "0..-1" not in out
+    assert "may see no key" in out and "its window is empty" in out
+    assert "no candidates (every slot -1, D9): the output is the mean term alone" in out
+    assert "nothing to check" in out
+
+
+def test_an_empty_strict_pool_is_said_in_words(capsys):
+    # query 3 sits in chunk 0 of a strict run with chunks of 8: its pool is empty
+    assert cli.main(["demo", "--n", "32", "--causal", "strict", "--chunk-size", "8", "--k", "4",
+                     "--query", "3", "--no-history-mean"]) == 0
+    out = capsys.readouterr().out
+    assert "query 3 is in chunk 0 and may see no key" in out and "0..-1" not in out
+    assert "the output is zero" in out
+    assert re.findall(r"(PASS|FAIL): ", out) == ["PASS", "PASS"]
+
+
+def test_failed_checks_say_fail_and_set_the_exit_status(monkeypatch, capsys):
+    # a selection that selects nothing finds none of the exact top-k, and an output of zeros
+    # is no closer to the exact top-k's than chance
+    import dataclasses
+
+    from zeta_ref.tools import demo
+
+    real = demo.zeta_attention
+
+    def selects_nothing(q, k, v, cfg, **kwargs):
+        out, im = real(q, k, v, cfg, **kwargs)
+        return np.zeros_like(out), dataclasses.replace(
+            im, candidates=np.full_like(im.candidates, -1))
+
+    monkeypatch.setattr(demo, "zeta_attention", selects_nothing)
+    assert cli.main(["demo", "--n", "128"]) == 1
+    out = capsys.readouterr().out
+    assert re.findall(r"^ +(PASS|FAIL): ", out, re.MULTILINE) == ["FAIL", "FAIL"], out
+    assert "2 of 2 checks FAILED" in out
+
+
+def test_random_selection_draws_distinct_visible_keys_uniformly():
+    from zeta_ref.tools.demo import random_selection
+
+    pool = np.array([0, 1, 3, 8, 9, 50, 1000])
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        sel = random_selection(pool, 8, rng)  # (N, 8)
+        for row, L in zip(sel, pool):
+            taken = row[row >= 0]
+            assert len(taken) == min(8, L) and (row[len(taken):] == -1).all()
+            assert len(set(taken.tolist())) == len(taken) and (taken < L).all()
+    # every key of a pool of 10 is taken 3 times in 10, on average over many draws
+    counts = np.zeros(10)
+    for _ in range(2000):
+        counts[random_selection(np.array([10]), 3, rng)[0]] += 1
+    np.testing.assert_allclose(counts / 2000, 0.3, atol=0.04)
 
 
 def test_demo_options_mirror_zeta_config(capsys):
@@ -42,17 +140,55 @@ def test_demo_options_mirror_zeta_config(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--k", "0"], "--k"),
-    (["--window", "4"], "window must be"),
-    (["--backend", "nope"], "backend must be one of"),
-    (["--query", "600"], "--query"),
-    (["--gamma", "0"], "gamma"),
-    (["--d-k", "7", "--bits", "10"], "config.bits"),
+    (["--window", "4"], "--window: window"),
+    (["--backend", "nope"], "--backend: backend must be one of"),
+    (["--query", "600"], "--query must be in [0, 511] (a position); got 600"),
+    (["--gamma", "0"], "--gamma: gamma"),
+    (["--gamma", "1e-200"], "--gamma: gamma"),
+    (["--d-k", "7", "--bits", "10"], "--bits 10 with --d-k 7: "),  # then _checks.py's words
+    (["--seed", "-1"], "--seed must be >= 0; got -1"),
+    (["--clip-range", "2", "1"], "--clip-range: clip_range"),
+    (["--n", "1000000000"], "--n 1000000000: the demo at N=1,000,000,000 needs about "),
+    (["--vocab", str(10**12)], f"--vocab {10**12}: a vocabulary of 1,000,000,000,000 "
+                               "embeddings of width 32 needs about 233 TiB"),
 ])
 def test_demo_bad_options_fail_with_a_clear_message(args, message):
     res = run_cli("demo", *args)
     assert res.returncode == 2
     assert message in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t / "file.txt", "is a file; expected a folder"),
+    (lambda t: t / "file.txt" / "sub", "is a file, not a folder"),
+    (lambda t: t / "full", "demo.png is a folder, so demo.png cannot be written there"),
+])
+def test_demo_out_is_checked_before_any_work(tmp_path, capsys, monkeypatch, make, message):
+    from zeta_ref.tools import demo
+
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "full" / "demo.png").mkdir(parents=True)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(demo, "make_sequence", no_work)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--out", str(make(tmp_path))])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zeta-ref demo: error: --out "), err
+    assert message in lines[0]
+
+
+def test_demo_memory_estimate_matches_what_it_holds():
+    from zeta_ref import ZetaConfig
+    from zeta_ref.tools.demo import memory_estimate
+
+    per_token = memory_estimate(1000, 32, 3, 16, 0, ZetaConfig()) / 1000
+    assert 8 * 1024 < per_token < 16 * 1024  # measured: 11.7 KiB per token at the defaults
 
 
 def test_demo_help_explains_options():

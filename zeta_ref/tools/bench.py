@@ -1,5 +1,5 @@
-"""Time ZETA's backends against dense causal attention: the CPU backends (issue 3) and the
-GPU backend (issue 10, --backends cupy; see zeta_ref/tools/bench_gpu.py for what is measured there).
+"""Time ZETA's backends against dense causal attention: the CPU backends (numpy and numba) and the
+GPU backend (--backends cupy; zeta_ref/tools/bench_gpu.py says what is measured there).
 
 CPU: for each sequence length N: one head, d_k = 3, d_v = 64, k = 32, float32, the default
 ZetaConfig (causal "inclusive", Cauchy score, mean term on). Reported per backend ("numpy",
@@ -27,9 +27,15 @@ of outputs afresh (the C library hands blocks this large back to the kernel), an
 machine a fault costs microseconds. A diagnostic line repeats the largest Numba run with the
 pool off, in the same process, after the timed run: it shows what the reuse buys.
 
-Configurations that would take too long or too much memory are skipped with the reason
-(--numpy-max-n, --dense-max-n, --sdpa-cpu-max-n). A progress bar goes to stderr; the table to
-stdout.
+The header names the machine, the command and the date; the BLAS library, kernel and thread
+count of the dense baseline's matrix products (from threadpoolctl), with a warning where
+OPENBLAS_CORETYPE overrides OpenBLAS's choice of kernel; and Numba's threading layer and threads.
+
+Configurations that would take too long are skipped with the reason (--numpy-max-n,
+--dense-max-n, --sdpa-cpu-max-n). Every option is checked before any work starts: values out
+of range, output paths that cannot be written (missing folders are created), and runs whose
+estimated memory exceeds what this machine has available are refused in one line. A progress
+bar goes to stderr (see --progress); the table to stdout.
 
 GPU (--backends cupy, alone or with numpy and numba): for each --gpu-shapes B x H x N (float32,
 d_k = 3, d_v = 64, k = 32, default ZetaConfig, inputs already on the device): the end-to-end
@@ -41,7 +47,7 @@ the inputs); the achieved bandwidth (the least bytes a pass moves: q, k, v read 
 written once) beside a device-to-device copy measured in the same run; one cupy.sort of as many
 packed uint64 keys as the fused sort stage sorts per call; and, where torch sees CUDA,
 scaled_dot_product_attention (causal, bf16 and fp32, (B, H, N, 64)) on the same shapes, with the
-ratio ZETA / SDPA. The targets of issue 10 are printed as met or missed from the same run.
+ratio ZETA / SDPA. The performance targets are printed as met or missed from the same run.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ STAGE_NAMES = ("quantize", "morton", "sort", "window", "means", "topk")
 TARGET_TOKENS_PER_S = 1_000_000  # numba, N = 65536
 TARGET_DENSE_RATIO = 50.0  # numba vs dense, N = 16384
 TARGET_MORTON_PER_S = 200e6  # 3-D, 10-bit codes
+
+
+SEED_MAX = 2**32 - 1  # NumPy, torch and CuPy all take seeds this large
 
 
 def add_arguments(parser):
@@ -91,12 +100,20 @@ def add_arguments(parser):
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses")
     parser.add_argument("--threads", type=int, default=None,
-                        help="Numba threads (default: all cores, numba.get_num_threads())")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    parser.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON")
+                        help="Numba threads, from 1 to numba.config.NUMBA_NUM_THREADS "
+                             "(default: all cores, numba.get_num_threads())")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"seed of the random inputs, 0 to {SEED_MAX} (default 0)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="write the raw numbers as JSON (missing folders are created)")
     parser.add_argument("--plot", metavar="PATH",
                         help="write a log-log plot of time vs N: every method, CPU and GPU, one "
-                             "line per (method, batch)")
+                             "line per (method, batch); the format follows the extension "
+                             "(.png, .pdf, .svg, ...; none: .png is added); missing folders "
+                             "are created")
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="the progress bar on stderr: auto shows it on a terminal and in a "
+                             "Jupyter kernel, not in a pipe or a log file (default auto)")
     from . import bench_gpu
 
     bench_gpu.add_arguments(parser)
@@ -285,34 +302,64 @@ def measure_without_pool(forward, repeats: int) -> dict:
 # ------------------------------------------------------------------ progress and output
 
 
-class Progress:
-    """A one-line progress bar on stderr: [#####.....] done/total label."""
+def _watched(stream) -> bool:
+    """Whether a person watches ``stream``: a terminal, or a Jupyter kernel's output (which
+    renders the bar's carriage returns in the cell)."""
+    if "ipykernel" in sys.modules and type(stream).__module__.startswith("ipykernel"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
-    def __init__(self, total: int, width: int = 30):
-        self.total, self.done, self.width = max(total, 1), 0, width
-        self.t0 = time.perf_counter()
 
-    def step(self, label: str):
-        self.done += 1
-        self.show(label)
+def progress_bar(total: int, mode: str = "auto"):
+    """A tqdm progress bar of ``total`` steps on stderr; use as a context manager (it ends its
+    line when the block ends, error or not, so that no message lands on the bar's line).
 
-    def show(self, label: str):
-        filled = int(self.width * self.done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        elapsed = time.perf_counter() - self.t0
-        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} {elapsed:6.1f}s  {label:<40.40}")
-        sys.stderr.flush()
+    ``mode`` "auto" shows it only where a person watches (:func:`_watched`): in a pipe, a file
+    or a CI log a bar redrawn with carriage returns is noise, and the table says all it says.
+    "always" and "never" decide regardless.
+    """
+    from tqdm import tqdm
 
-    def close(self):
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+    show = mode == "always" or (mode == "auto" and _watched(sys.stderr))
+    return tqdm(total=total, file=sys.stderr, disable=not show, unit="step", leave=True,
+                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
+
+
+def _label(bar, text: str) -> None:
+    if bar is not None:
+        bar.set_description_str(f"{text:<36.36}")  # one width: the bar does not jump
+
+
+def _step(bar) -> None:
+    if bar is not None:
+        bar.update(1)
 
 
 def _fmt_ms(t):
     return "-" if t is None else f"{t * 1e3:.2f}"
 
 
+def blas_libraries() -> list[dict]:
+    """The BLAS behind NumPy's matrix products (the dense baseline's GEMM), as threadpoolctl
+    finds it loaded: library, version, kernel (OpenBLAS's "architecture"; None for others),
+    threads and file. Where several BLAS libraries are loaded (torch may bring its own), the
+    ones shipped inside NumPy's folder, if any, are NumPy's."""
+    from threadpoolctl import threadpool_info
+
+    found = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    numpys = [i for i in found if "numpy" in (i.get("filepath") or "")]
+    return [{"library": i.get("internal_api"), "version": i.get("version"),
+             "kernel": i.get("architecture"), "threads": i.get("num_threads"),
+             "file": os.path.basename(i.get("filepath") or "?")} for i in numpys or found]
+
+
 def machine(torch=None) -> dict:
+    """What ran the benchmark: CPU, cores, versions, Numba's threading layer and threads, the
+    BLAS of the dense baseline, OPENBLAS_CORETYPE if set, the date, torch and its threads."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -324,31 +371,78 @@ def machine(torch=None) -> dict:
         pass
     import numba
 
+    from zeta_ref.numba._jit import threading_layer
+
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
             "numba_threads": numba.get_num_threads(),
+            "numba_threading_layer": threading_layer(),
+            "blas": blas_libraries(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "torch": None, "torch_threads": None}
     if torch is not None:
         info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
     return info
 
 
+def blas_lines(m: dict) -> list[str]:
+    """The header's lines on the dense baseline's BLAS, and the OPENBLAS_CORETYPE warning."""
+    libs = m.get("blas")
+    if libs is None:  # results recorded before the header said it
+        return []
+    if not libs:
+        lines = ["dense baseline's BLAS: none found loaded by threadpoolctl"]
+    else:
+        lines = ["dense baseline's BLAS (threadpoolctl): " + "; ".join(
+            f"{lib['library']} {lib['version']}"
+            + (f", kernel {lib['kernel']}" if lib.get("kernel") else "")
+            + f", {lib['threads']} threads ({lib['file']})" for lib in libs)]
+    coretype = m.get("openblas_coretype")
+    if coretype:
+        openblas = any(lib["library"] == "openblas" for lib in libs)
+        lines.append(
+            f"note: OPENBLAS_CORETYPE={coretype} is set in the environment: "
+            + ("OpenBLAS runs that kernel instead of the one it would pick for this CPU, which "
+               "can make the dense baseline's GEMM slower than with the native kernel and so "
+               "flatter ZETA's ratio against it; unset it to time the native kernel"
+               if openblas else "it affects OpenBLAS only, and the BLAS here is not OpenBLAS"))
+    return lines
+
+
 # ------------------------------------------------------------------ the run
 
 DENSE_METHODS = ("dense", "sdpa")  # the baselines: no stages, no "numba" in them
 
+# Memory estimates, to refuse before starting what cannot fit (see cpu_memory_estimate).
+ZETA_BYTES_PER_TOKEN = 2048  # measured: 1.7 KiB per token for a numba row at N = 2**17..2**19
+MORTON_BYTES_PER_CODE = 40  # the (n, 3) uint64 input, its uint64 codes, and a spare output
+SDPA_BYTES_PER_TOKEN = 4 * 64 * 4  # torch's q, k, v and output, (1, 1, N, 64) float32
+
+
+def cpu_memory_estimate(method: str, n: int) -> int:
+    """Bytes one CPU row at N = ``n`` holds at its peak, roughly: a ZETA backend keeps its
+    inputs twice, one pass's outputs and every stage's intermediates (the measured figure,
+    rounded up); dense attention its N x N float32 scores; SDPA its inputs and output (torch's
+    CPU kernel keeps no N x N array)."""
+    if method == "dense":
+        return 4 * n * n + ZETA_BYTES_PER_TOKEN * n
+    if method == "sdpa":
+        return SDPA_BYTES_PER_TOKEN * n
+    return ZETA_BYTES_PER_TOKEN * n
+
 
 def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
-                stages: bool = True, bar: Progress | None = None) -> dict:
+                stages: bool = True, bar=None) -> dict:
     """One CPU row: the median end-to-end time over ``repeats`` calls after a warm-up call,
     tokens per second, minor page faults and system time per call, and, for a ZETA backend
-    (``stages``), the median of every stage, timed in pipeline order."""
+    (``stages``), the median of every stage, timed in pipeline order.
+
+    ``bar`` (a tqdm bar, optional) advances one step for the end-to-end time and one per stage.
+    """
     from zeta_ref import ZetaConfig
 
     cfg = ZetaConfig(k=32) if cfg is None else cfg
     row = {"n": n, "method": method, "skipped": None}
-    if bar:
-        bar.show(f"{method} N={n} end to end")
+    _label(bar, f"{method} N={n} end to end")
     forward = forward_call(method, n, seed, cfg)
     forward()  # warm-up (and the JIT's compile or cache load)
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -357,55 +451,122 @@ def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
     row["tokens_per_s"] = n / row["total_s"]
     row["faults_per_call"] = (after.ru_minflt - before.ru_minflt) / repeats
     row["sys_s_per_call"] = (after.ru_stime - before.ru_stime) / repeats
-    if bar:
-        bar.step(f"{method} N={n} end to end")
+    _step(bar)
     if stages and method not in DENSE_METHODS:
         q, k, v = make_inputs(n, seed)
         row["stages_s"] = {}
         for name, fn in stage_calls(method, q, k, v, cfg).items():  # each feeds the next
+            _label(bar, f"{method} N={n} {name}")
             fn()
             row["stages_s"][name] = median_time(fn, repeats)
-            if bar:
-                bar.step(f"{method} N={n} {name}")
+            _step(bar)
     return row
 
 
-def validate(args):
-    """Check every option before any work (a ValueError names the option); return the parsed
-    GPU shapes and the backends, CPU and GPU, each usable here."""
-    from zeta_ref.tools import bench_gpu
-    from zeta_ref.backends import get_backend
+def _check_numbers(args) -> None:
+    """Every numeric CPU option in its range (the GPU's: bench_gpu.validate)."""
+    from .cli import check_range
 
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
-    if any(n < 1 for n in args.sizes):
-        raise ValueError(f"--sizes must be >= 1; got {args.sizes}")
+    for n in args.sizes:
+        check_range(n, "--sizes", 1, what=" (each N)")
+    check_range(args.repeats, "--repeats", 1)
     for name in ("numpy_max_n", "dense_max_n", "sdpa_cpu_max_n"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
+        check_range(getattr(args, name), "--" + name.replace("_", "-"), 0)
     for name in ("morton_n", "morton_stream_n"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+        check_range(getattr(args, name), "--" + name.replace("_", "-"), 1)
+    check_range(args.seed, "--seed", 0, SEED_MAX)
+    if args.threads is not None:
+        import numba
+
+        check_range(args.threads, "--threads", 1, numba.config.NUMBA_NUM_THREADS,
+                    what=" (numba.config.NUMBA_NUM_THREADS)")
+
+
+def _check_memory(args, cpu_backends, torch_wanted: bool) -> None:
+    """Refuse what cannot fit in this machine's memory (rows run one after another, so the
+    largest one counts)."""
+    from .cli import check_fits
+
+    methods = list(cpu_backends) + ["dense"] + (["sdpa"] if torch_wanted else [])
+    for n in sorted(set(args.sizes)):
+        for method in methods:
+            if skip_reason(args, method, n):
+                continue
+            need = cpu_memory_estimate(method, n)
+            if method == "dense":
+                check_fits(need, f"--dense-max-n {args.dense_max_n}",
+                           f"dense attention at N={n:,} (N x N float32 scores)",
+                           hint=f"lower --dense-max-n below {n}")
+            else:
+                check_fits(need, f"--sizes {n}", f"the {method} row at N={n:,}")
+    if "numba" in cpu_backends:
+        for name in ("morton_n", "morton_stream_n"):
+            m = getattr(args, name)
+            check_fits(MORTON_BYTES_PER_CODE * m, f"--{name.replace('_', '-')} {m}",
+                       f"Morton encoding of {m:,} codes")
+
+
+def validate(args):
+    """Check every option before any work; return the parsed GPU shapes and the backends, CPU
+    and GPU, each usable here.
+
+    In this order: the numbers' ranges, the backends, memory (estimated), the GPU's device
+    memory, then the output paths (whose missing folders are created last, once everything
+    else passed). Each refusal is a :class:`zeta_ref.tools.cli.OptionError` naming the option.
+    """
+    from zeta_ref.backends import get_backend
+    from zeta_ref.tools import bench_gpu
+
+    from .cli import OptionError, output_file
+
+    _check_numbers(args)
     shapes = bench_gpu.validate(args)
     cpu, gpu = [], []
     for name in dict.fromkeys(args.backends):  # in order, once each
         try:
             entry = get_backend(name)  # says why a backend cannot run here
         except ValueError as err:
-            raise ValueError(f"--backends: {err}") from None
+            raise OptionError(f"--backends: {err}") from None
         (gpu if entry.needs_gpu else cpu).append(name)
+    if cpu:
+        _check_memory(args, cpu, torch_wanted=not args.no_sdpa and load_torch() is not None)
+    if gpu:
+        bench_gpu.check_device(args, shapes)
+    if args.json:
+        output_file(args.json, "--json")
+    if args.plot:
+        args.plot = output_file(_plot_path(args.plot), "--plot")
     if args.threads is not None:
         import numba
 
-        numba.set_num_threads(args.threads)  # validates the value itself
+        numba.set_num_threads(args.threads)
     return shapes, cpu, gpu
+
+
+def _plot_path(path: str) -> str:
+    """The file --plot writes: its format follows the extension, which must be one matplotlib
+    writes; without one, matplotlib writes PNG and adds ".png" (said here, so that the check
+    and the "wrote" line name the file that is written)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from .cli import OptionError
+
+    ext = os.path.splitext(path)[1][1:].lower()
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if not ext:  # (a folder's name is left as it is, for output_file to refuse)
+        folder = not path or path.endswith(("/", os.sep)) or os.path.isdir(path)
+        return path if folder else path + ".png"
+    if ext not in formats:
+        raise OptionError(f"--plot {path}: matplotlib cannot write .{ext} files; use one of "
+                          + ", ".join("." + f for f in sorted(formats)))
+    return path
 
 
 def run(args):
     from zeta_ref import ZetaConfig
     from zeta_ref.tools import bench_gpu
 
-    shapes, cpu_backends, gpu_backends = validate(args)
+    shapes, cpu_backends, gpu_backends = validate(args)  # nothing is measured before this
     torch = None if (args.no_sdpa or not cpu_backends) else load_torch()
     cfg = ZetaConfig(k=32)
     results = {"machine": machine(torch),
@@ -421,7 +582,8 @@ def run(args):
         add_ratios(results)
         print(format_table(results))
     if gpu_backends:  # "cupy", the one GPU backend
-        bench_gpu.run_gpu(args, results, shapes, Progress)
+        bench_gpu.run_gpu(args, results, shapes,
+                          progress=lambda total: progress_bar(total, args.progress))
         if cpu_backends:
             print()
         print(bench_gpu.format_gpu_table(results["gpu"]))
@@ -434,60 +596,79 @@ def run(args):
     return 0
 
 
+def skip_reason(args, method: str, n: int) -> str | None:
+    """Why the CPU row (``method``, N = ``n``) is not run, or None."""
+    if method == "numpy" and n > args.numpy_max_n:
+        return f"N > --numpy-max-n={args.numpy_max_n} (O(N^2) window filtering)"
+    if method == "dense" and n > args.dense_max_n:
+        return (f"N > --dense-max-n={args.dense_max_n} "
+                f"(N x N float32 scores = {n * n * 4 / 2**30:.0f} GiB)")
+    if method == "sdpa" and n > args.sdpa_cpu_max_n:
+        return f"N > --sdpa-cpu-max-n={args.sdpa_cpu_max_n} (O(N^2) work)"
+    return None
+
+
+def cpu_plan(args, backends, torch) -> list[tuple[int, str, str | None, int]]:
+    """The CPU rows in the order they run: (N, method, why skipped or None, progress steps).
+
+    A row's steps: one for a skipped row; else the end-to-end time, one per stage (ZETA
+    backends), one for the output-pool-off diagnostic (numba at the largest N) and one for
+    the peak-memory subprocess (unless --no-memory).
+    """
+    methods = list(backends) + ["dense"] + (["sdpa"] if torch is not None else [])
+    plan = []
+    for n in args.sizes:
+        for method in methods:
+            reason = skip_reason(args, method, n)
+            steps = 1 if reason else (
+                1 + (0 if method in DENSE_METHODS else len(STAGE_NAMES))
+                + (method == "numba" and n == max(args.sizes)) + (not args.no_memory))
+            plan.append((n, method, reason, int(steps)))
+    return plan
+
+
 def run_cpu(args, backends, torch, cfg, results):
     """The CPU rows: every backend of ``backends``, then "dense" and (with torch) "sdpa"."""
-    methods = list(backends) + ["dense"] + (["sdpa"] if torch is not None else [])
+    plan = cpu_plan(args, backends, torch)
+    morton = [("morton", args.morton_n), ("morton_stream", args.morton_stream_n)]
+    if "numba" not in backends:
+        morton = []
+    with progress_bar(len(morton) + sum(steps for *_, steps in plan), args.progress) as bar:
+        for key, m in morton:  # Morton encoding alone: 3-D, 10-bit coordinates
+            _label(bar, f"morton encoding alone, {m} codes")
+            results[key] = measure_morton(m, args.repeats, args.seed)
+            _step(bar)
+        for n, method, reason, _ in plan:
+            if reason:
+                results["runs"].append({"n": n, "method": method, "skipped": reason})
+                _step(bar)
+                continue
+            row = measure_cpu(method, n, args.repeats, args.seed, cfg, bar=bar)
+            results["runs"].append(row)
+            if method == "numba" and n == max(args.sizes):
+                _label(bar, f"{method} N={n} end to end, output pool off")
+                forward = forward_call(method, n, args.seed, cfg)
+                results["pool_off"] = dict(measure_without_pool(forward, args.repeats), n=n,
+                                           pool_on_s=row["total_s"])
+                _step(bar)
+            if not args.no_memory:
+                _label(bar, f"{method} N={n} peak memory (subprocess)")
+                row["memory"] = measure_memory(method, n, args.seed)
+                _step(bar)
+        _label(bar, "CPU rows done")
 
-    def skip_reason(method, n):
-        if method == "numpy" and n > args.numpy_max_n:
-            return f"N > --numpy-max-n={args.numpy_max_n} (O(N^2) window filtering)"
-        if method == "dense" and n > args.dense_max_n:
-            return (f"N > --dense-max-n={args.dense_max_n} "
-                    f"(N x N float32 scores = {n * n * 4 / 2**30:.0f} GiB)")
-        if method == "sdpa" and n > args.sdpa_cpu_max_n:
-            return f"N > --sdpa-cpu-max-n={args.sdpa_cpu_max_n} (O(N^2) work)"
-        return None
 
-    plan = [(n, m) for n in args.sizes for m in methods]
+def measure_morton(m: int, repeats: int, seed: int) -> dict:
+    """Codes per second of the Numba Morton encoder on ``m`` random 3-D 10-bit coordinates."""
+    from zeta_ref.numba.morton import morton_encode
 
-    def steps(m):
-        return 1 + (0 if m in DENSE_METHODS else len(STAGE_NAMES)) + (0 if args.no_memory else 1)
-
-    bar = Progress(1 + sum(steps(m) if skip_reason(m, n) is None else 1 for n, m in plan))
-
-    # Morton encoding alone: 3-D, 10-bit coordinates
-    if "numba" in backends:
-        from zeta_ref.numba.morton import morton_encode
-
-        bar.show("morton encoding alone")
-        for key, m in (("morton", args.morton_n), ("morton_stream", args.morton_stream_n)):
-            u = np.random.default_rng(args.seed).integers(0, 1024, size=(m, 3), dtype=np.uint64)
-            # the encoding itself: u comes from quantize, in range (as in the composer)
-            morton_encode(u, 10, check=False)  # compile or load (the serial or parallel kernel)
-            # a call takes well under a millisecond at the default size: many repeats
-            t = median_time(lambda: morton_encode(u, 10, check=False),
-                            max(args.repeats, 5 if m > 1 << 20 else 101))
-            results[key] = {"codes": m, "median_s": t, "codes_per_s": m / t}
-    bar.step("morton")
-
-    for n, method in plan:
-        reason = skip_reason(method, n)
-        if reason:
-            results["runs"].append({"n": n, "method": method, "skipped": reason})
-            bar.step(f"{method} N={n} skipped")
-            continue
-        row = measure_cpu(method, n, args.repeats, args.seed, cfg, bar=bar)
-        results["runs"].append(row)
-        if method == "numba" and n == max(args.sizes):
-            bar.show(f"{method} N={n} end to end, output pool off")
-            forward = forward_call(method, n, args.seed, cfg)
-            results["pool_off"] = dict(measure_without_pool(forward, args.repeats), n=n,
-                                       pool_on_s=row["total_s"])
-        if not args.no_memory:
-            bar.show(f"{method} N={n} peak memory (subprocess)")
-            row["memory"] = measure_memory(method, n, args.seed)
-            bar.step(f"{method} N={n} memory")
-    bar.close()
+    u = np.random.default_rng(seed).integers(0, 1024, size=(m, 3), dtype=np.uint64)  # (m, 3)
+    # the encoding itself: u comes from quantize, in range (as in the composer)
+    morton_encode(u, 10, check=False)  # compile or load (the serial or parallel kernel)
+    # a call takes well under a millisecond at the default size: many repeats
+    t = median_time(lambda: morton_encode(u, 10, check=False),
+                    max(repeats, 5 if m > 1 << 20 else 101))
+    return {"codes": m, "median_s": t, "codes_per_s": m / t}
 
 
 def write_json(results: dict, path: str) -> None:
@@ -518,9 +699,12 @@ def format_table(results) -> str:
             f"(1, 1, N, 64), {m['torch_threads']} torch threads"
             if results.get("sdpa_cpu") == "timed"
             else f"not timed ({results.get('sdpa_cpu', 'torch is not installed')})")
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores, numba threads {m['numba_threads']}; "
-             f"numpy {m['numpy']}, numba {m['numba']}; {m['date']}",
+    layer = m.get("numba_threading_layer")
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores; numpy {m['numpy']}, numba {m['numba']} "
+             f"({m['numba_threads']} threads"
+             + (f", threading layer {layer}" if layer else "") + f"); {m['date']}",
              f"command: {results.get('command', '?')}",
+             *blas_lines(m),
              "one head, d_k=3, d_v=64, k=32, float32, causal inclusive, cauchy, mean term on",
              "dense: NumPy float32 on the same inputs (q @ k.T, causal mask, softmax, @ v)",
              f"sdpa: {sdpa}",
@@ -546,7 +730,7 @@ def format_table(results) -> str:
                  "clear_refs (includes outputs and temporaries)")
     lines.append("faults: minor page faults per end-to-end call (fresh pages for temporaries "
                  "and outputs)")
-    lines += ["", "targets (issue 3):"] + [f"  {t}" for t in targets(results)]
+    lines += ["", "targets:"] + [f"  {t}" for t in targets(results)]
     return "\n".join(lines)
 
 
@@ -617,21 +801,30 @@ def plot_times(results, ax) -> None:
     ts_all = [t for _, _, ts, _ in lines for t in ts]
     zeta = [s for s in lines if "numba" in s[0] or "ZETA" in s[0]]
     dense = [s for s in lines if "dense" in s[0] or "SDPA" in s[0]]
-    if zeta and len(ns_all) > 1:
-        xs = np.array(ns_all, dtype=float)
-        n0, t0 = zeta[0][1][0], zeta[0][2][0]
-        ax.plot(xs, t0 * xs * np.log2(xs) / (n0 * math.log2(max(n0, 2))), "k:", lw=0.8,
+    # N log N is 0 at N = 1, where a log axis has no place for it: the guides start at N = 2,
+    # each through the first point at N >= 2 of the first ZETA (or dense) line
+    xs = np.array([n for n in ns_all if n >= 2], dtype=float)
+
+    def anchor(line):
+        return next(((n, t) for n, t in zip(line[1], line[2]) if n >= 2), None)
+
+    zeta_at, dense_at = (anchor(group[0]) if group else None for group in (zeta, dense))
+    if zeta_at and len(xs) > 1:
+        n0, t0 = zeta_at
+        ax.plot(xs, t0 * xs * np.log2(xs) / (n0 * math.log2(n0)), "k:", lw=0.8,
                 label="N log N (guide)")
-        if dense:
-            n1, t1 = dense[0][1][0], dense[0][2][0]
+        if dense_at:
+            n1, t1 = dense_at
             ax.plot(xs, t1 * (xs / n1) ** 2, "k--", lw=0.8, label="N^2 (guide)")
+    if ts_all:
         ax.set_ylim(min(ts_all) / 2, max(ts_all) * 2)  # the data's range, not the guides'
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length N")
     ax.set_ylabel("forward time (s, median)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if lines:  # a run whose every row was skipped has nothing to label
+        ax.legend(fontsize=7)
 
 
 def plot(results, path: str):

@@ -1,4 +1,4 @@
-"""The GPU half of ``zeta-ref bench`` (issue 10): the CuPy backend against torch's
+"""The GPU half of ``zeta-ref bench``: the CuPy backend against torch's
 scaled_dot_product_attention (SDPA) on one NVIDIA GPU, in one run.
 
 ``zeta-ref bench --backends cupy`` calls :func:`run_gpu`. For every shape (B, H, N) of
@@ -33,7 +33,9 @@ k = 32 and the default ZetaConfig:
     --sdpa-fp32-max-pairs (fp32) are skipped with the reason: their time grows as N², and
     float32 has no tensor-core kernel.
 
-The targets of issue 10 are evaluated from the same run (:func:`evaluate_targets`).
+The GPU performance targets are evaluated from the same run (:func:`evaluate_targets`).
+Before any work, :func:`validate` checks the GPU options' values and :func:`check_device` what
+the device can hold (the copy's arrays, each shape's inputs and output).
 Nothing here imports CuPy or torch at module level: the shape parsing, the target evaluation,
 the table and the plot series work (and are tested) without a GPU.
 """
@@ -51,7 +53,7 @@ SDPA_HEAD_DIM = 64
 DEFAULT_GPU_SHAPES = ("1x8x4096", "1x8x8192", "1x8x16384", "1x8x65536", "1x8x131072",
                       "1x8x1048576", "16x8x4096", "16x8x16384", "16x8x65536")
 
-# the targets of issue 10 (ZETA float32 against SDPA bfloat16, end to end)
+# the GPU performance targets (ZETA float32 against SDPA bfloat16, end to end)
 TARGET_RATIO_B1_64K = 0.10  # B=1, H=8, N=65536: ZETA / SDPA bf16
 STRETCH_RATIO_B1_64K = 0.05
 TARGET_RATIO_B16_64K = 0.08  # B=16, H=8, N=65536
@@ -87,27 +89,54 @@ def add_arguments(parser):
 
 def parse_shape(text: str) -> tuple[int, int, int]:
     """'16x8x4096' -> (16, 8, 4096): batch, heads, sequence length (each >= 1)."""
+    from .cli import OptionError
+
     parts = str(text).lower().split("x")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"--gpu-shapes: each shape must be BxHxN with three integers >= 1 "
-                         f"(batch x heads x sequence length, e.g. 1x8x4096); got {text!r}")
+        raise OptionError(f"--gpu-shapes: each shape must be BxHxN with three integers >= 1 "
+                          f"(batch x heads x sequence length, e.g. 1x8x4096); got {text!r}")
     return shape
 
 
 def validate(args) -> list[tuple[int, int, int]]:
-    """Check the GPU options (without touching a GPU); return the parsed shapes."""
+    """Check the GPU options' values (without touching a GPU); return the parsed shapes."""
+    from .cli import check_range
+
     shapes = [parse_shape(s) for s in args.gpu_shapes]
     for name in ("sdpa_max_pairs", "sdpa_fp32_max_pairs"):
-        value = getattr(args, name)
-        if not value >= 0:  # also catches nan
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0; got {value}")
-    if args.copy_mib < 1:
-        raise ValueError(f"--copy-mib must be >= 1; got {args.copy_mib}")
+        check_range(getattr(args, name), "--" + name.replace("_", "-"), 0)  # also refuses nan
+    check_range(args.copy_mib, "--copy-mib", 1)
     return shapes
+
+
+def check_device(args, shapes) -> None:
+    """Before any work: refuse a --copy-mib whose two arrays, or a shape whose inputs and
+    output alone, exceed the device's memory (a shape that fits those but not the pass's
+    intermediates is measured as "skipped: out of device memory")."""
+    import cupy as cp
+
+    from .cli import OptionError, format_bytes
+
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    total = props.get("totalGlobalMem", 0)
+    name = _decode(props.get("name", b"the GPU"))
+    if not total:
+        return
+    copy = 2 * args.copy_mib * 2**20
+    if copy > total:
+        raise OptionError(f"--copy-mib {args.copy_mib}: the copy's source and destination "
+                          f"need {format_bytes(copy)} of device memory, more than the "
+                          f"{format_bytes(total)} of {name}")
+    for (b, h, n), text in zip(shapes, args.gpu_shapes):
+        need = min_bytes(b, h, n)  # also what a call holds at the least
+        if need > total:
+            raise OptionError(f"--gpu-shapes {text}: the float32 inputs and output alone need "
+                              f"{format_bytes(need)} of device memory, more than the "
+                              f"{format_bytes(total)} of {name}")
 
 
 def causal_pairs(b: int, h: int, n: int) -> int:
@@ -316,8 +345,11 @@ def measure_sdpa(torch, b: int, h: int, n: int, dtype: str, repeats: int, seed: 
     return row
 
 
-def run_gpu(args, results: dict, shapes, progress_cls) -> None:
-    """Time every shape on the GPU; the results land in ``results["gpu"]``."""
+def run_gpu(args, results: dict, shapes, progress=None) -> None:
+    """Time every shape on the GPU; the results land in ``results["gpu"]``.
+
+    ``progress(total)``, optional, makes a progress bar (bench.progress_bar: a tqdm bar).
+    """
     from .. import ZetaConfig
 
     torch, why_no_torch = (None, "--no-sdpa") if args.no_sdpa else load_torch()
@@ -331,23 +363,26 @@ def run_gpu(args, results: dict, shapes, progress_cls) -> None:
                    "sdpa_layout": f"(B, H, N, {SDPA_HEAD_DIM})"},
         "copy": None, "runs": []}
     plan = [(b, h, n, m) for b, h, n in shapes for m in ("zeta", "sdpa-bf16", "sdpa-fp32")]
-    bar = progress_cls(1 + len(plan))
-    bar.show("GPU copy bandwidth")
-    gpu["copy"] = copy_bandwidth(args.copy_mib, args.repeats)
-    bar.step("GPU copy bandwidth")
-    for b, h, n, method in plan:
-        label = f"{method} B={b} H={h} N={n}"
-        bar.show(label)
-        if method == "zeta":
-            row = _zeta_or_out_of_memory(b, h, n, args, cfg)
-        else:
-            dtype = method.split("-")[1]
-            reason = why_no_torch or sdpa_skip_reason(b, h, n, dtype, args)
-            row = ({"batch": b, "heads": h, "n": n, "method": method, "skipped": reason}
-                   if reason else measure_sdpa(torch, b, h, n, dtype, args.repeats, args.seed))
-        gpu["runs"].append(row)
-        bar.step(label)
-    bar.close()
+    if progress is None:
+        from .bench import progress_bar
+
+        progress = lambda total: progress_bar(total, "never")  # noqa: E731
+    with progress(1 + len(plan)) as bar:
+        bar.set_description_str("GPU copy bandwidth")
+        gpu["copy"] = copy_bandwidth(args.copy_mib, args.repeats)
+        bar.update(1)
+        for b, h, n, method in plan:
+            bar.set_description_str(f"{method} B={b} H={h} N={n}")
+            if method == "zeta":
+                row = _zeta_or_out_of_memory(b, h, n, args, cfg)
+            else:
+                dtype = method.split("-")[1]
+                reason = why_no_torch or sdpa_skip_reason(b, h, n, dtype, args)
+                row = ({"batch": b, "heads": h, "n": n, "method": method, "skipped": reason}
+                       if reason else measure_sdpa(torch, b, h, n, dtype, args.repeats, args.seed))
+            gpu["runs"].append(row)
+            bar.update(1)
+        bar.set_description_str("GPU rows done")
     add_ratios(gpu)
     gpu["targets"] = evaluate_targets(gpu)
 
@@ -390,7 +425,7 @@ def _verdict(ok) -> str:
 
 
 def evaluate_targets(gpu: dict) -> list[dict]:
-    """The targets of issue 10, from one run's GPU results (``results["gpu"]``).
+    """The GPU performance targets, from one run's GPU results (``results["gpu"]``).
 
     Each entry: ``target`` (what is asked), ``measured`` (the numbers, as text), ``met`` (True,
     False, or None where the run did not measure it) and, where the target has one,
@@ -582,7 +617,7 @@ def format_gpu_table(gpu: dict) -> str:
         "sort/call: the fused sort stage (one sort of the keys and the queries together); "
         "cupy.sort: one cupy.sort of 2*B*H*N uint64 keys; ratio: sort/call / cupy.sort",
     ]
-    lines += ["", "targets (issue 10):"] + [f"  {t}" for t in target_lines(
+    lines += ["", "GPU targets:"] + [f"  {t}" for t in target_lines(
         gpu.get("targets") or evaluate_targets(gpu))]
     return "\n".join(lines)
 
