@@ -91,6 +91,8 @@ autodoc_member_order = "bysource"
 autodoc_mock_imports = ["cupy"]  # the GPU backend's modules are documented without a GPU
 autodoc_default_options = {"members": True, "show-inheritance": False}
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"  # no second list of fields
+autodoc_preserve_defaults = True  # show xp=np, not the module's repr
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False

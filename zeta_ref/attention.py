@@ -3,15 +3,18 @@
 Stage 1 (projection) happens before: :func:`zeta_attention` takes queries and keys already
 projected to d_k. The pass, for every leading (batch, head) slice independently::
 
-    q, k (..., N, d_k) --quantize--> q_coords, k_coords (..., N, d_k) uint64      stage 2
-                       --morton-->   q_codes, k_codes (..., N) uint64              stage 3
-    k_codes            --sort-->     key_perm (..., N) int64, sorted_key_codes      stage 4
-    q_codes            --sort-->     query_order (..., N) int64: the order in which
-                                     stages 5 and 6 visit the queries (a schedule for
-                                     speed; it changes no result)
-    q_codes, sorted keys, pools --window--> window_idx (..., N, W) int64            stage 5
-                       --rerank (W > k)--> candidates (..., N, k) int64
-    q, k, v, candidates --top-k softmax--> output (..., N, d_v), weights (..., N, k) stage 6
+    q, k (..., N, d_k)
+        --quantize--> q_coords, k_coords (..., N, d_k) uint64       stage 2
+        --morton-->   q_codes, k_codes (..., N) uint64               stage 3
+    k_codes --sort--> key_perm (..., N) int64, sorted_key_codes      stage 4
+    q_codes --sort--> query_order (..., N) int64: the order in which
+                      stages 5 and 6 visit the queries (a schedule
+                      for speed; it changes no result)
+    q_codes, sorted keys, pools
+        --window-->   window_idx (..., N, W) int64                   stage 5
+        --rerank (W > k)--> candidates (..., N, k) int64
+    q, k, v, candidates
+        --top-k softmax--> output (..., N, d_v), weights (..., N, k) stage 6
 
 Every arrow is one function of the chosen backend's :class:`~zeta_ref.backends.Stages`, so a
 twin backend is checked stage by stage against the specification with the same inputs.
