@@ -81,6 +81,39 @@ def test_non_float_arrays(which, dtype):
         zeta_attention(args["q"], args["k"], args["v"])
 
 
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [">f8", ">f4", "<f8", "<f4"])
+def test_either_byte_order_is_accepted(backend, dtype):
+    # a big-endian '>f8' is a float64 too: the same numbers, in the other byte order; the
+    # result is native and the same as for native inputs, bit for bit
+    q, k, v = qkv(n=9, lead=(2,))
+    native = tuple(x.astype(np.dtype(dtype).newbyteorder("=")) for x in (q, k, v))
+    stored = tuple(x.astype(dtype) for x in (q, k, v))
+    cfg = ZetaConfig(k=3, window=5)
+    want = zeta_attention(*native, cfg, backend=backend)
+    got = zeta_attention(*stored, cfg, backend=backend)
+    assert got.dtype == want.dtype and got.dtype.isnative
+    np.testing.assert_array_equal(got, want)
+    # non-contiguous too
+    got = zeta_attention(*(x[:, ::2] for x in stored), cfg, backend=backend)
+    np.testing.assert_array_equal(got, zeta_attention(*(x[:, ::2] for x in native), cfg,
+                                                      backend=backend))
+    if backend == "numpy":  # the oracles take the same inputs
+        np.testing.assert_array_equal(oracles.dense_attention(*stored),
+                                      oracles.dense_attention(*native))
+        np.testing.assert_array_equal(oracles.exact_topk(*stored[:2], 3),
+                                      oracles.exact_topk(*native[:2], 3))
+
+
+def test_other_byte_order_of_other_dtypes_is_refused_by_dtype():
+    q, k, v = qkv()
+    # the message names the dtype, not its byte order
+    with pytest.raises(TypeError, match=r"^q must be a float32 or float64 .*; got dtype float16$"):
+        zeta_attention(q.astype(">f2"), k, v)
+    with pytest.raises(TypeError, match=r"^k must be a float32 or float64 .*; got dtype int64$"):
+        zeta_attention(q, k.astype(">i8"), v)
+
+
 def test_python_lists_of_ints_are_not_floats():
     with pytest.raises(TypeError, match=r"^q must be"):
         zeta_attention([[1, 2, 3]], [[1.0, 2.0, 3.0]], [[1.0]])
@@ -136,6 +169,7 @@ def test_lists_of_floats_work():
     (dict(squash="minmax"), ValueError, r"^squash must be one of 'sigmoid'"),
     (dict(history_mean=1), TypeError, r"^history_mean must"),
     (dict(history_mean="yes"), TypeError, r"^history_mean must"),
+    (dict(history_mean=np.int64(1)), TypeError, r"^history_mean must"),  # np.True_ is fine
     (dict(clip_range=(1.0, 1.0)), ValueError, r"^clip_range"),
     (dict(clip_range=(2.0, -2.0)), ValueError, r"^clip_range"),
     (dict(clip_range=3.0), ValueError, r"^clip_range"),
@@ -190,6 +224,18 @@ def test_unknown_backend_lists_the_available_ones(name):
     for available in backends():
         assert repr(available) in str(info.value)
     assert "'numpy'" in str(info.value)
+
+
+def test_every_backend_is_described():
+    from zeta_ref.backends import REGISTRY, describe_backends
+
+    lines = describe_backends().splitlines()
+    assert len(lines) == len(REGISTRY)
+    for line, (name, entry) in zip(lines, REGISTRY.items()):
+        assert line.startswith(name + " ") and entry.description in line
+        assert ("(runs here)" in line) == (name in backends()), line
+        if name not in backends():  # and why not
+            assert f"(not here: {entry.problem()})" in line
 
 
 def test_unknown_option_strings_in_the_stage_functions_and_oracles():

@@ -97,3 +97,12 @@ def test_numpy_integer_bits_give_the_same_answer(rng, make_qkv, int_type):
     np.testing.assert_array_equal(got.q_coords, want.q_coords)
     np.testing.assert_array_equal(got.candidates, want.candidates)
     np.testing.assert_array_equal(got.output, want.output)
+
+
+@pytest.mark.parametrize("flag", [np.True_, np.False_])
+def test_numpy_bools_are_accepted_for_history_mean(flag):
+    # a NumPy bool (what `array.any()` gives) is a bool; stored as a Python one
+    c = ZetaConfig(history_mean=flag)
+    assert type(c.history_mean) is bool and c.history_mean == bool(flag)
+    assert c == ZetaConfig(history_mean=bool(flag))
+    assert repr(c) == repr(ZetaConfig(history_mean=bool(flag)))

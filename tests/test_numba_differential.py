@@ -145,6 +145,58 @@ def test_exact_end_to_end_on_a_long_row(causal, squash):
     _end_to_end(im_np, im_nb, cfg)
 
 
+def _swap_first_two(result):
+    perm, sorted_codes = result
+    perm = perm.copy()
+    perm[..., [0, 1]] = perm[..., [1, 0]]  # still a permutation, no longer the stable one
+    return perm, sorted_codes
+
+
+def _empty_first_slot(window_idx):
+    window_idx = window_idx.copy()
+    window_idx[..., 0, 0] = -1  # query 0 sees key 0 ("inclusive"): its slot 0 holds it
+    return window_idx
+
+
+#: One wrong value in one stage's result: what the comparisons above must catch.
+SABOTAGE = {
+    "quantize": lambda coords: coords ^ np.uint64(1),  # every coordinate's last bit
+    "sort_keys": _swap_first_two,
+    "neighbour_window": _empty_first_slot,
+    "history_means": lambda means: (means[0], means[1] * 1.5),
+    "topk_attention": lambda res: (res[0] + res[0].dtype.type(1e-3), res[1], res[2]),
+}
+
+
+@pytest.mark.parametrize("stage", SABOTAGE)
+def test_a_wrong_stage_is_caught(monkeypatch, stage):
+    """Both comparisons can fail: a Numba backend with one stage wrong fails each of them."""
+    import dataclasses
+
+    import zeta_ref.numba as numba_backend
+
+    rng = np.random.default_rng(3)
+    q, k = rng.standard_normal((2, 2, 64, 3)), rng.standard_normal((2, 2, 64, 3))
+    v = rng.standard_normal((2, 2, 64, 5))
+    cfg = ZetaConfig(k=4, window=8, causal="inclusive")
+    _, im_np = zeta_attention(q, k, v, cfg, backend="numpy", return_intermediates=True)
+    _, im_nb = zeta_attention(q, k, v, cfg, backend="numba", return_intermediates=True)
+    _end_to_end(im_np, im_nb, cfg)  # as it is, the backend passes both
+    _stage_by_stage(im_np, q, k, v, cfg)
+    right = getattr(numba_backend.STAGES, stage)
+
+    def wrong(*args, **kwargs):
+        return SABOTAGE[stage](right(*args, **kwargs))
+
+    monkeypatch.setattr(numba_backend, "STAGES",
+                        dataclasses.replace(numba_backend.STAGES, **{stage: wrong}))
+    _, im_bad = zeta_attention(q, k, v, cfg, backend="numba", return_intermediates=True)
+    with pytest.raises(AssertionError):
+        _end_to_end(im_np, im_bad, cfg)
+    with pytest.raises(AssertionError):
+        _stage_by_stage(im_np, q, k, v, cfg)
+
+
 def test_backend_is_registered():
     from zeta_ref import backends
     assert "numba" in backends()

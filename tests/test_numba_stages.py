@@ -219,19 +219,45 @@ def test_insertion_points_match_spec(n, causal):
 
 # ---------------------------------------------------------------- serial and parallel kernels
 # Each kernel body is compiled twice (zeta_ref/numba/_jit.py) and the twins pick one by the size
-# of the work; the small inputs above run the serial ones. Both against the specification:
+# of the work; the small inputs above run the serial ones. Which one ran is recorded by
+# wrapping the module-level compilations the twins call.
+
+KERNEL_PAIRS = {  # module: the names of its (serial, parallel) compilations
+    quantize_numba: [("_quantize_serial", "_quantize_parallel")],
+    morton_numba: [("_general_serial", "_general_parallel"),
+                   ("_spread3_serial", "_spread3_parallel"),
+                   ("_spread2_serial", "_spread2_parallel")],
+    sort_numba: [("_sort_rows_serial", "_sort_rows_parallel")],
+    topk_softmax_numba: [("_topk_serial", "_topk_parallel")],
+}
+
+
+def record_kernels(monkeypatch):
+    """Wrap every serial and parallel compilation; returns the list that each call appends
+    "serial" or "parallel" to."""
+    calls = []
+    for module, pairs in KERNEL_PAIRS.items():
+        for pair in pairs:
+            for name, kind in zip(pair, ("serial", "parallel")):
+                kernel = getattr(module, name)
+
+                def spy(*args, _kernel=kernel, _kind=kind):
+                    calls.append(_kind)
+                    return _kernel(*args)
+
+                monkeypatch.setattr(module, name, spy)
+    return calls
 
 
 @pytest.mark.parametrize("parallel", (False, True))
-def test_both_compilations_match_spec(parallel):
+def test_both_compilations_match_spec(monkeypatch, parallel):
+    calls = record_kernels(monkeypatch)
+    kind = "parallel" if parallel else "serial"
     rng = np.random.default_rng(SEED)
     x = rng.standard_normal((2, 257, 3)).astype(np.float32)
-    for method in ("clip", "sigmoid"):
-        got = quantize_numba.quantize(x, 10, method, (-4.0, 4.0), parallel=parallel)
-        assert_exact(got, quantize_numba.quantize(x, 10, method, (-4.0, 4.0),
-                                                  parallel=not parallel))
-    assert_exact(quantize_numba.quantize(x, 10, "clip", (-4.0, 4.0), parallel=parallel),
-                 quantize.quantize(x, 10, "clip", (-4.0, 4.0)))
+    for method in ("clip", "sigmoid", "tanh"):
+        assert_exact(quantize_numba.quantize(x, 10, method, (-4.0, 4.0), parallel=parallel),
+                     quantize.quantize(x, 10, method, (-4.0, 4.0)))
     for d, bits in ((2, 10), (3, 10), (5, 12)):
         u = rng.integers(0, 1 << bits, size=(2, 129, d), dtype=np.uint64)
         for method in ("auto", "general"):
@@ -251,26 +277,83 @@ def test_both_compilations_match_spec(parallel):
             want = topk_softmax.topk_attention(q, k, v, cand, score, 0.5, *means)
             for g, w in zip(got, want):
                 assert_close(g, w)
+    # every call above ran the compilation asked for: 3 quantize, 6 morton, 1 sort, 8 top-k
+    assert calls == [kind] * 18
 
 
-def test_default_choice_takes_the_parallel_kernels_for_large_work():
-    # sizes at the thresholds: the default path is the parallel compilation and agrees
-    rng = np.random.default_rng(SEED)
+@pytest.mark.parametrize("above", (False, True))
+def test_default_choice_takes_the_parallel_kernels_for_large_work(monkeypatch, above):
+    # one below each threshold the default path runs the serial compilation, at the threshold
+    # the parallel one; both agree with the specification
     from zeta_ref.numba._jit import parallel_from  # the thresholds of this threading layer
 
-    n = max(parallel_from(morton_numba.PARALLEL_MIN_CODES),
-            parallel_from(quantize_numba.PARALLEL_MIN_VALUES) // 3 + 1)
-    x = rng.standard_normal((n, 3))
+    calls = record_kernels(monkeypatch)
+    kind = "parallel" if above else "serial"
+    rng = np.random.default_rng(SEED)
+    n_values = parallel_from(quantize_numba.PARALLEL_MIN_VALUES) - (not above)
+    x = rng.standard_normal((n_values, 1))
     u = quantize_numba.quantize(x, 10, "clip")
     assert_exact(u, quantize.quantize(x, 10, "clip"))
+    assert calls == [kind], "quantize"
+    n_codes = parallel_from(morton_numba.PARALLEL_MIN_CODES) - (not above)
+    u = rng.integers(0, 1 << 10, size=(n_codes, 3), dtype=np.uint64)
     assert_exact(morton_numba.morton_encode(u, 10), morton.morton_encode(u, 10))
-    m = topk_softmax_numba.PARALLEL_MIN_QUERIES
+    assert calls == [kind] * 2, "morton"
+    m = topk_softmax_numba.PARALLEL_MIN_QUERIES - (not above)
     q = rng.standard_normal((1, m, 3)).astype(np.float32)
     v = rng.standard_normal((1, m, 8)).astype(np.float32)
     cand = rng.integers(-1, m, size=(1, m, 4))
     for g, w in zip(topk_softmax_numba.topk_attention(q, q, v, cand),
                     topk_softmax.topk_attention(q, q, v, cand)):
         assert_close(g, w)
+    assert calls == [kind] * 3, "topk_attention"
+
+
+# ---------------------------------------------------------------- one definition of the scores
+# The kernel's _raw_score is compiled in the kernel's own file (a cached kernel is not compiled
+# again when a function of another file changes); it must stay the specification's raw_score.
+
+
+def _body_lines(fn):
+    """The lines of ``fn`` after its docstring, stripped of indentation."""
+    import inspect
+
+    after_docstring = inspect.getsource(fn).split('"""', 2)[2]
+    return [line.strip() for line in after_docstring.splitlines() if line.strip()]
+
+
+def test_the_kernel_scores_with_the_specification_lines():
+    twin = topk_softmax_numba._raw_score
+    twin = getattr(twin, "py_func", twin)  # the Python function (itself under NUMBA_DISABLE_JIT)
+    assert _body_lines(twin) == _body_lines(topk_softmax.raw_score)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("score", SCORES)
+def test_the_kernel_score_is_the_specification_score(dtype, score):
+    # the same bits on many nearness values: 0, tiny, subnormal, huge, inf, negative (dot)
+    rng = np.random.default_rng(SEED)
+    info = np.finfo(dtype)
+    near = np.concatenate([
+        [0.0, -0.0, info.tiny, info.smallest_subnormal, info.eps, 1.0, info.max, np.inf],
+        rng.standard_normal(300) * 10.0 ** rng.integers(-30, 30, 300),
+        rng.random(300) * 4,
+    ]).astype(dtype)
+    if score != "softmax":  # distances are >= 0
+        near = np.abs(near)
+    exp_score = score in topk_softmax.EXP_SCORES
+    for gamma in (0.5, 0.1, 2.0, 1e-3):
+        c = dtype(topk_softmax.score_constant(score, gamma, 3))
+        with np.errstate(over="ignore"):
+            want = topk_softmax.raw_score(near, exp_score, c, dtype(1))  # (n,)
+        twin = topk_softmax_numba._raw_score
+        got = np.array([twin(x, exp_score, c, dtype(1)) for x in near], dtype=dtype)
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    # and in the input dtype, as in the kernel (Numba hands a float32 back as a Python float)
+    if hasattr(twin, "overloads"):  # compiled (not under NUMBA_DISABLE_JIT)
+        args = (near[0], exp_score, c, dtype(1))
+        signature = twin.overloads[tuple(numba.typeof(a) for a in args)].signature
+        assert signature.return_type == numba.from_dtype(np.dtype(dtype))
 
 
 # ---------------------------------------------------------------- stage 5: issue 13

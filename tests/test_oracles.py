@@ -171,18 +171,56 @@ def test_recall_against_itself_is_one(rng, make_qkv):
     assert oracles.recall_at_k(ex, ex) == 1.0
 
 
+# --- the oracles' own nearness (issue 14) ------------------------------------------------------
+
+
+def test_the_oracles_do_not_use_the_window_stage_nearness(rng, make_qkv, monkeypatch):
+    # the nearness they check is not the one they compute with: a wrong window.nearness (and
+    # one imported by name into the oracles) changes none of their answers
+    from zeta_ref.stages import window
+
+    q, k, v = make_qkv(rng, 40, 3, 4, lead=(2,))
+    want = {score: (oracles.exact_topk(q, k, 5, score), oracles.dense_attention(q, k, v, score))
+            for score in SCORES}
+
+    def wrong(q, keys, score):
+        raise AssertionError("an oracle called the window stage's nearness")
+
+    monkeypatch.setattr(window, "nearness", wrong)
+    monkeypatch.setattr(oracles, "nearness", wrong, raising=False)
+    for score in SCORES:
+        np.testing.assert_array_equal(oracles.exact_topk(q, k, 5, score), want[score][0])
+        np.testing.assert_array_equal(oracles.dense_attention(q, k, v, score), want[score][1])
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("d_k", [1, 3, 8, 64])
+def test_the_oracles_nearness_is_the_window_stage_nearness(rng, score, d_k):
+    # the same quantity summed in another order: equal within float64 rounding, and equal bit
+    # for bit on a coarse grid, where every sum is exact (so ties stay ties)
+    from zeta_ref.stages import window
+
+    q, k = rng.standard_normal((2, 7, d_k)), rng.standard_normal((2, 50, d_k))
+    got = oracles._pairwise_nearness(q, k, score)  # (2, 7, 50)
+    want = window.nearness(q, k[:, None], score)  # (2, 7, 50), coordinate by coordinate
+    # each sum within d_k roundings of its d_k terms, each term at most `largest`
+    largest = (np.abs(q).max() + np.abs(k).max()) ** 2
+    np.testing.assert_allclose(got, want, rtol=0,
+                               atol=2 * d_k * d_k * np.finfo(np.float64).eps * largest)
+    q, k = np.round(q * 4) / 4, np.round(k * 4) / 4
+    np.testing.assert_array_equal(oracles._pairwise_nearness(q, k, score),
+                                  window.nearness(q, k[:, None], score))
+
+
 # --- blocks of queries (issue 13): O(N * block) memory, the same answers ------------------------
 
 def unblocked_nearness(q, k, score):
-    """(..., N, N) nearness of every key to every query, all at once: the definition."""
-    near = np.zeros(q.shape[:-1] + (k.shape[-2],))  # (..., N, N)
-    for j in range(q.shape[-1]):  # coordinate by coordinate, as zeta_ref.stages.window.nearness
-        if score == "softmax":
-            near -= q[..., :, None, j] * k[..., None, :, j]
-        else:
-            diff = q[..., :, None, j] - k[..., None, :, j]
-            near += diff * diff
-    return near
+    """(..., N, N) nearness of every key to every query, all at once, summed as the oracles sum
+    it (einsum over the coordinates), so that blocks must give the same bits."""
+    if score == "softmax":
+        return -np.einsum("...id,...jd->...ij", q, k)
+    diff = q[..., :, None, :] - k[..., None, :, :]  # (..., N, N, d_k)
+    return np.einsum("...ijd,...ijd->...ij", diff, diff)
 
 
 def unblocked_visible(n, causal, m):
@@ -287,9 +325,10 @@ def test_block_must_be_a_positive_integer(rng, make_qkv, bad):
 
 @pytest.mark.parametrize("n, lead", [(1, ()), (4096, ()), (4096, (2, 8)), (10**6, ()),
                                      (10**6, (4, 16))])
-def test_default_block_keeps_one_temporary_within_the_budget(n, lead):
-    block = oracles._query_block(None, n, lead)
-    row_bytes = 8 * n * math.prod(lead)  # one query's (..., 1, N) float64
+@pytest.mark.parametrize("width", [1, 3, 64])  # numbers per (query, key) pair
+def test_default_block_keeps_one_temporary_within_the_budget(n, lead, width):
+    block = oracles._query_block(None, n, lead, width)
+    row_bytes = 8 * n * width * math.prod(lead)  # one query's (..., 1, N, width) float64
     assert block >= 1
     assert block * row_bytes <= oracles.BLOCK_BYTES or block == 1
     assert (block + 1) * row_bytes > oracles.BLOCK_BYTES  # and no smaller than it need be

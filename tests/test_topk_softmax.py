@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from zeta_ref.stages import topk_softmax
 from zeta_ref.stages.topk_softmax import INV_EUCLIDEAN_EPS, history_means, topk_attention
 
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
@@ -133,3 +134,60 @@ def test_mean_term_is_scored_like_a_candidate():
     np.testing.assert_allclose(w, [[1 / 3]], rtol=1e-15)
     np.testing.assert_allclose(wm, [2 / 3], rtol=1e-15)
     np.testing.assert_allclose(out, [[1.0 + 6.0]], rtol=1e-15)
+
+
+# --- one definition of each score (issue 14) ------------------------------------------------------
+
+
+def test_the_score_table():
+    # the table of the module docstring, entry by entry
+    assert topk_softmax.score_constant("cauchy", 0.5, 3) == 0.25
+    assert topk_softmax.score_constant("inv_euclidean", 0.5, 3) == INV_EUCLIDEAN_EPS
+    assert topk_softmax.score_constant("softmax", 0.5, 4) == 2.0
+    assert topk_softmax.score_constant("neg_euclidean", 0.5, 4) == 1.0
+    with pytest.raises(ValueError, match="score must be one of"):
+        topk_softmax.score_constant("dot", 0.5, 3)
+    near = np.array([0.0, 1.0, 4.0])
+    valid = np.array([True, True, False])
+    np.testing.assert_array_equal(topk_softmax.affinity(near, "cauchy", 0.5, 3, valid),
+                                  [4.0, 0.8, 0.0])  # 1 / (d^2 + gamma^2); invalid: 0
+    np.testing.assert_allclose(topk_softmax.affinity(near, "inv_euclidean", 0.5, 3, valid),
+                               [1e6, 1 / (1 + 1e-6), 0.0], rtol=1e-15)
+    # logits -near / c, minus the largest valid one, then exp
+    np.testing.assert_allclose(topk_softmax.affinity(near, "neg_euclidean", 0.5, 3, valid),
+                               [1.0, np.exp(-1.0), 0.0], rtol=1e-15)
+    np.testing.assert_allclose(topk_softmax.affinity(-near, "softmax", 0.5, 4, valid),
+                               [np.exp(-0.5), 1.0, 0.0], rtol=1e-15)  # <q, k> / sqrt(4)
+    # a row with nothing valid: all 0, no NaN
+    assert (topk_softmax.affinity(near, "softmax", 0.5, 3, np.zeros(3, bool)) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_constant_is_rounded_once_to_the_input_dtype(dtype):
+    # gamma^2 is squared in float64, then rounded: not rounded gamma, then squared
+    gamma = 0.1
+    near = np.array([0.0], dtype=dtype)
+    a = topk_softmax.affinity(near, "cauchy", gamma, 3, np.array([True]))
+    assert a.dtype == dtype and a[0] == dtype(1) / dtype(gamma * gamma)
+
+
+def test_the_specification_and_the_oracles_score_through_one_definition(rng, make_qkv,
+                                                                          monkeypatch):
+    # change the one definition and both change with it: the stage's top-k over every visible
+    # key and the dense oracle both weigh by gamma = 1 when score_constant says 1
+    from zeta_ref import oracles
+
+    n = 9
+    q, k, v = make_qkv(rng, n, 3, 2)
+    positions = np.arange(n)
+    every_visible = np.where(positions[None, :] <= positions[:, None], positions[None, :], -1)
+
+    def both(gamma):
+        return (topk_attention(q, k, v, every_visible, "cauchy", gamma)[0],
+                oracles.dense_attention(q, k, v, "cauchy", "inclusive", gamma=gamma))
+
+    want = both(1.0)
+    assert not np.allclose(both(0.5)[0], want[0])  # gamma matters
+    monkeypatch.setattr(topk_softmax, "score_constant", lambda score, gamma, d_k: 1.0)
+    for got, w in zip(both(0.5), want):
+        np.testing.assert_array_equal(got, w)

@@ -83,18 +83,53 @@ def test_topk_ignores_the_order(parallel, with_mean):
             np.testing.assert_array_equal(g, w, err_msg=name)
 
 
-def test_the_composer_visits_in_z_order_and_gets_position_order_results():
+def test_the_composer_visits_in_z_order_and_gets_position_order_results(monkeypatch):
+    import dataclasses
+
+    import zeta_ref.numba as numba_backend
+    from zeta_ref.stages import morton, quantize, sort
+    from zeta_ref.tolerances import assert_close
+
     rng = np.random.default_rng(SEED)
-    q, k, v = (rng.standard_normal((3, 2000, d)).astype(np.float32) for d in (3, 3, 16))
+    n = 2000
+    q, k, v = (rng.standard_normal((3, n, d)).astype(np.float32) for d in (3, 3, 16))
     cfg = ZetaConfig(squash="clip")
+    # record the order the composer hands the two stages that take one
+    orders = {}
+    stages = numba_backend.STAGES
+
+    def recording(name):
+        stage = getattr(stages, name)
+
+        def call(*args, order=None, **kwargs):
+            orders[name] = order
+            return stage(*args, order=order, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(numba_backend, "STAGES", dataclasses.replace(
+        stages, neighbour_window=recording("neighbour_window"),
+        topk_attention=recording("topk_attention")))
     out, im = zeta_attention(q, k, v, cfg, backend="numba", return_intermediates=True)
-    want = topk_softmax_numba.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma,
-                                             im.mean_k, im.mean_v)[0]
-    np.testing.assert_array_equal(out, want)
-    np.testing.assert_array_equal(
-        im.window_idx,
-        window_numba.neighbour_window(im.q_codes, im.key_perm, im.sorted_key_codes,
-                                      im.pool_len, cfg.window_width))
+    # the order is the queries' Z order: the specification's codes, stably sorted
+    coords = quantize.quantize(q, cfg.bits, cfg.squash, cfg.clip_range)
+    z_order = sort.sort_keys(morton.morton_encode(coords, cfg.bits))[0]  # (3, N)
+    assert (z_order != np.arange(n)).any()  # not position order, so the check below can tell
+    for name in ("neighbour_window", "topk_attention"):
+        np.testing.assert_array_equal(orders[name], z_order, err_msg=name)
+    # ... and the rows of the results are in position order: row i is query i's, as the
+    # specification's stages give them, called one by one here (not through the composer,
+    # which every backend shares)
+    perm, sorted_codes = sort.sort_keys(morton.morton_encode(
+        quantize.quantize(k, cfg.bits, cfg.squash, cfg.clip_range), cfg.bits))
+    pool_len = window.pool_lengths(n, cfg.causal, cfg.chunk_size_for(n))
+    window_idx = window.neighbour_window(morton.morton_encode(coords, cfg.bits), perm,
+                                         sorted_codes, pool_len, cfg.window_width)
+    np.testing.assert_array_equal(im.window_idx, window_idx)
+    np.testing.assert_array_equal(im.candidates, window_idx)  # W = k: no re-rank
+    means = topk_softmax.history_means(k, v, cfg.causal)
+    want = topk_softmax.topk_attention(q, k, v, window_idx, cfg.score, cfg.gamma, *means)[0]
+    assert_close(out, want)
 
 
 def _stage_calls(order, n=6):

@@ -29,15 +29,25 @@ def check_positive_int(x, name: str) -> int:
     return int(x)
 
 
+def native_byte_order(x):
+    """``x``, or a copy in this machine's byte order where ``x`` is a NumPy array stored in the
+    other one (a big-endian ``'>f8'`` on a little-endian machine): the same numbers, in the
+    only order the kernels read (and CuPy stores). Anything else is returned as it is."""
+    if isinstance(x, np.ndarray) and not x.dtype.isnative:
+        return x.astype(x.dtype.newbyteorder("="))
+    return x
+
+
 def as_float_array(x, name: str, *, min_ndim: int = 2, xp=np, check_finite: bool = True):
     """``x`` as a float32/float64 array of ``xp`` (NumPy, or CuPy for the GPU backend) with at
-    least ``min_ndim`` dims and, unless ``check_finite`` is False, all values finite."""
+    least ``min_ndim`` dims and, unless ``check_finite`` is False, all values finite. Either
+    byte order is accepted (:func:`native_byte_order`); the result is in the native one."""
     if xp is np and hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
         raise TypeError(
             f"{name} is a GPU array; the CPU backends take NumPy arrays (move it with .get(), "
             f"or use backend='cupy')"
         )
-    arr = xp.asarray(x)
+    arr = xp.asarray(native_byte_order(x))
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array; got dtype {arr.dtype}")
     if arr.ndim < min_ndim:

@@ -3,8 +3,9 @@
 The composed forward pass (:mod:`zeta_ref.attention`) never asks which backend it runs on; it
 calls the stage functions of the entry it is given. A backend is a :class:`Stages` bundle with
 the same signatures and output dtypes as the NumPy specification. Tests and benchmarks loop over
-:func:`backends`; an entry says whether it needs a GPU and loads lazily, so importing zeta_ref
-never imports Numba or CuPy.
+:func:`backends`; an entry says whether it needs a GPU and what it is, and loads lazily, so
+importing zeta_ref never imports Numba or CuPy. :func:`describe_backends` lists every entry
+with its description and whether it runs here.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Backend:
     name: str
     module: str
     needs_gpu: bool
-    description: str
+    description: str  # what it is, in one line (shown by describe_backends)
 
     def problem(self) -> str | None:
         """None when this backend can run here, else why not, in one line.
@@ -118,6 +119,24 @@ def backends(include_unavailable: bool = False) -> list[str]:
     why).
     """
     return [name for name, b in REGISTRY.items() if include_unavailable or b.available()]
+
+
+def describe_backends() -> str:
+    """Every registered backend in one line each: its name, what it is (its
+    :attr:`Backend.description`) and whether it runs here, or why not, e.g. ::
+
+        numba  Numba CPU kernels, parallel over rows and queries (runs here)
+        cupy   CuPy RawKernels on an NVIDIA GPU, ... (not here: CuPy is not installed; ...)
+
+    For a reader choosing a backend: ``print(describe_backends())``. Never raises.
+    """
+    width = max(len(name) for name in REGISTRY)
+    lines = []
+    for name, entry in REGISTRY.items():
+        problem = entry.problem()
+        state = "runs here" if problem is None else f"not here: {problem}"
+        lines.append(f"{name:<{width}}  {entry.description} ({state})")
+    return "\n".join(lines)
 
 
 def get_backend(name: str) -> Backend:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ._checks import is_integer, is_real
 
 CAUSAL_MODES = ("inclusive", "strict", "none")
 SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
 SQUASHES = ("sigmoid", "tanh", "clip")
 
-#: D5: without an explicit ``chunk_size`` a sequence is cut into this many chunks ...
+#: Without an explicit ``chunk_size``, M = max(k, ceil(N / AUTO_CHUNKS)): about this many
+#: chunks (D5).
 AUTO_CHUNKS = 8
-#: The largest k, window or chunk_size a config holds: sizes are int64 in every backend.
+#: The largest k, window or chunk_size a config holds (sizes are int64 in every backend).
 MAX_SIZE = 2**63 - 1
 
 
@@ -55,7 +58,8 @@ class ZetaConfig:
     gamma : float, default 0.5
         The Cauchy scale gamma of Eq. 6 (D7). Must be > 0 for ``score="cauchy"``.
     history_mean : bool, default True
-        Append the cumulative mean of keys and values as an extra candidate (D8).
+        Append the cumulative mean of keys and values as an extra candidate (D8). A NumPy
+        bool is accepted and stored as a Python bool; 0 and 1 are not bools.
     squash : {"sigmoid", "tanh", "clip"}, default "sigmoid"
         How real coordinates are mapped to [0, 1] before quantising (D1).
     clip_range : (float, float), default (-4.0, 4.0)
@@ -95,7 +99,7 @@ class ZetaConfig:
             raise ValueError(f"gamma must be a finite real number; got {self.gamma!r}")
         if self.score == "cauchy" and self.gamma <= 0:
             raise ValueError(f"gamma must be > 0 for score='cauchy'; got {self.gamma!r}")
-        if not isinstance(self.history_mean, bool):
+        if not isinstance(self.history_mean, (bool, np.bool_)):
             raise TypeError(f"history_mean must be True or False; got {self.history_mean!r}")
         _choice("squash", self.squash, SQUASHES)
         try:
@@ -111,6 +115,7 @@ class ZetaConfig:
                 object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "clip_range", (float(lo), float(hi)))
         object.__setattr__(self, "gamma", float(self.gamma))
+        object.__setattr__(self, "history_mean", bool(self.history_mean))  # np.True_ -> True
 
     @property
     def window_width(self) -> int:

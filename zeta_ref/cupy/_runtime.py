@@ -19,7 +19,7 @@ import cupy as cp
 HERE = Path(__file__).resolve().parent
 #: Threads per block of the one-thread-per-item kernels.
 THREADS = 256
-#: Options for every source: C++17, and the folder holding zeta_common.cuh.
+#: Options for every source (C++17, and the folder holding zeta_common.cuh).
 OPTIONS = ("-std=c++17", f"-I{HERE}")
 
 

@@ -19,10 +19,11 @@ import numpy as np
 import cupy as cp
 
 from ..config import SCORES
-from ..stages.topk_softmax import INV_EUCLIDEAN_EPS
+from ..stages.topk_softmax import EXP_SCORES, score_constant
 from . import _runtime as rt
 from .window import visit_order
 
+#: The score ids that topk_softmax.cu's ``raw_score`` branches on.
 _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
 _NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks",
           "zeta_means_write<float>", "zeta_means_write<double>",
@@ -134,11 +135,15 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
                          "k + 1 <= 128 slots")
     use_fast = fast_ok if kernel == "auto" else kernel == "fast"
     ctype = np.float32 if dtype == np.float32 else np.float64
-    add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
+    # the constants of topk_softmax.cu's raw_score, from the one definition of the scores
+    # (zeta_ref.stages.topk_softmax): `add` of "cauchy" and "inv_euclidean", `root_d` of
+    # "softmax"; each score reads only its own
+    c = score_constant(score, gamma, d_k)
+    add, root_d = (ctype(0), ctype(c)) if score in EXP_SCORES else (ctype(c), ctype(1))
     index = "int" if cand.dtype == np.int32 else "long long"
     common = (q, k, v, cand, mk, mv, np.int32(with_mean), visit, np.uint64(visit_mask),
               rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v))
-    tail = (np.int32(_SCORE_IDS[score]), ctype(add), ctype(np.sqrt(d_k)), out, weights,
+    tail = (np.int32(_SCORE_IDS[score]), add, root_d, out, weights,
             np.int32(with_weights), mean_weight)
     if use_fast:
         per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + 1)

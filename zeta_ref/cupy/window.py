@@ -23,7 +23,7 @@ from . import _runtime as rt
 
 #: S_0, the size of the smallest prefix pool; each level doubles it, the last is N.
 MIN_LEVEL = 256
-#: Positions are packed in 32 bits inside the re-rank: N must stay below 2^31.
+#: The most positions a row may have (the re-rank packs a position into 32 bits).
 MAX_N = (1 << 31) - 1
 
 _NAMES = ("zeta_window<long long>", "zeta_rerank<float>",

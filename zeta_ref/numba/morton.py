@@ -79,8 +79,15 @@ def _encode_spread2_body(u, z):
 _general_serial, _general_parallel = serial_and_parallel(_encode_general_body)
 _spread3_serial, _spread3_parallel = serial_and_parallel(_encode_spread3_body)
 _spread2_serial, _spread2_parallel = serial_and_parallel(_encode_spread2_body)
-#: From this many codes on the parallel kernels run, below it the serial ones (numba/_jit.py);
-#: on the 2-core machine of docs/benchmarks.md parallel was as fast or faster from about 2^14 on.
+#: From this many codes on the parallel kernels run, below it the serial ones: 2^15 under OpenMP
+#: and TBB, 16 times that (2^19) under "workqueue" (``_jit.parallel_from``, whose parallel call
+#: costs far more). Measured on the 2-core VM of docs/benchmarks.md (2026-12-02, d = 3, medians
+#: of 61 interleaved calls, ranges over runs): under OpenMP the parallel kernel is as fast
+#: from 2^10 codes on and 1.6-1.9x faster from 2^13, so 2^15 leaves a margin for a wake-up that
+#: waits while the other core is busy (numba/_jit.py); under "workqueue" it was slower up to
+#: 2^20 in three runs of four (0.6-0.9x; 1.3-1.4x at 2^18-2^19 in the fourth) and faster from
+#: about 2^21 (1.1x): one pass over memory gains less from a second core than quantize's
+#: polynomial, so 2^19 lies below this kernel's break-even on that layer.
 PARALLEL_MIN_CODES = 1 << 15
 
 
@@ -102,7 +109,8 @@ def morton_encode(u, bits: int, *, check: bool = True, method: str = "auto",
         "general" always runs the loop (for tests).
     parallel : bool, optional
         Parallel (True) or serial (False) kernel; by default parallel from PARALLEL_MIN_CODES
-        codes on (16 times that under the "workqueue" threading layer: ``_jit.parallel_from``). Both give the same codes (for tests).
+        codes on (16 times that under the "workqueue" threading layer: ``_jit.parallel_from``).
+        Both give the same codes (for tests).
 
     Returns
     -------

@@ -28,8 +28,13 @@ _SQUASH_IDS = {"sigmoid": 0, "tanh": 1, "clip": 2}
 _TAYLOR = np.array(EXP_TAYLOR, dtype=np.float64)  # 1 / j!, j = 0 .. 13
 
 
-#: From this many coordinates on the parallel kernel runs, below it the serial one (numba/_jit.py);
-#: on the 2-core machine of docs/benchmarks.md parallel was faster from about 2^12 on.
+#: From this many coordinates on the parallel kernel runs, below it the serial one: 2^15 under
+#: OpenMP and TBB, 16 times that (2^19) under "workqueue" (``_jit.parallel_from``, whose
+#: parallel call costs far more). Measured on the 2-core VM of docs/benchmarks.md (2026-12-02,
+#: sigmoid, medians of 61 interleaved calls, ranges over runs): under OpenMP the parallel
+#: kernel is faster from 2^10 coordinates on (1.4x; 2x from 2^13), so 2^15 leaves a wide margin
+#: for a wake-up that waits while the other core is busy (numba/_jit.py); under "workqueue" it
+#: breaks even about 2^17-2^18 and gains 1.1-2x at 2^19 (four runs), 2x at 2^21.
 PARALLEL_MIN_VALUES = 1 << 15
 
 
@@ -83,7 +88,8 @@ def quantize(x, bits: int, squash_method: str = "sigmoid", clip_range=(-4.0, 4.0
     clip_range : (lo, hi)
     parallel : bool, optional
         Parallel (True) or serial (False) kernel; by default parallel from PARALLEL_MIN_VALUES
-        coordinates on (16 times that under "workqueue": ``_jit.parallel_from``). Both give the same codes (for tests).
+        coordinates on (16 times that under "workqueue": ``_jit.parallel_from``). Both give
+        the same codes (for tests).
 
     Returns
     -------

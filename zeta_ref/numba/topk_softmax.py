@@ -1,12 +1,17 @@
 """Numba twin of stage 6, the top-k softmax and the mean term (section 3.4, Eq. 6; D7, D8, D9).
 
 Same signatures and output dtypes as :func:`zeta_ref.stages.topk_softmax.history_means` and
-:func:`zeta_ref.stages.topk_softmax.topk_attention`. Per query, in the input dtype:
+:func:`zeta_ref.stages.topk_softmax.topk_attention`. Per query, in the input dtype::
 
-    near_s  = ||q - k_s||^2 (or -<q, k_s> for "softmax"), coordinate by coordinate
-    a_s     = the score's affinity of near_s (0 for an empty slot, D9)
-    w_s     = a_s / sum_t a_t                       over the k slots and the mean term (D8)
-    out     = sum_s w_s v_s + w_mean vbar
+    step 1   near_s  = ||q - k_s||^2 (or -<q, k_s> for "softmax"), coordinate by coordinate
+    step 2   a_s     = the score's affinity of near_s (0 for an empty slot, D9):
+                       1 / (near_s + c), or exp(-near_s / c - the query's largest such logit)
+    step 3   w_s     = a_s / sum_t a_t             over the k slots and the mean term (D8)
+    step 4   out     = sum_s w_s v_s + w_mean vbar
+
+The score's form and its constant c come from the specification's one definition of the
+scores (:func:`zeta_ref.stages.topk_softmax.score_constant`); the kernel's ``_raw_score``
+repeats the lines of :func:`zeta_ref.stages.topk_softmax.raw_score`.
 
 The running sums of the mean term are float64, as in the specification. Float results agree
 with the specification within :mod:`zeta_ref.tolerances` (the sums run in a different order).
@@ -21,11 +26,7 @@ from .._checks import visit_order
 from ._jit import parallel_njit, serial_and_parallel
 from ..config import SCORES
 from .host_memory import empty_output
-from ..stages.topk_softmax import INV_EUCLIDEAN_EPS
-
-_SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
-
-
+from ..stages.topk_softmax import EXP_SCORES, score_constant
 
 
 @parallel_njit
@@ -83,16 +84,116 @@ def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-#: Queries per task of the top-k kernel: scratch buffers are allocated once per block.
+#: Queries per task of the top-k kernel (scratch buffers are allocated once per block).
 QUERY_BLOCK = 128
 #: Below this many queries (all rows together) the serial kernel runs (see numba/_jit.py).
 PARALLEL_MIN_QUERIES = 8192
 
 
-def _topk_body(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean, order, block,
+# ---------------------------------------------------------------- the steps of one query
+# Small functions inlined into the kernel (no call remains in the compiled loop). They live in
+# this file: a kernel cached on disk is compiled again only when its own file changes, not when
+# a function it calls from another file does (Numba's caching limits), so the kernel calls no
+# compiled code of another file.
+
+
+@nb.njit(cache=True, inline="always")
+def _raw_score(near, exp_score, c, one):
+    """A slot's score from its nearness: line for line
+    :func:`zeta_ref.stages.topk_softmax.raw_score`, the one definition of every score
+    (tests/test_numba_stages.py holds the two to the same bits and the same lines)."""
+    if exp_score:
+        return -near / c  # a logit: the weight is exp(logit - the row's largest logit)
+    return one / (near + c)  # an affinity: the weight as it is
+
+
+@nb.njit(cache=True, inline="always")
+def _nearness(qi, key, dot):
+    """Step 1 for one slot: ``||qi - key||^2``, or ``-<qi, key>`` when ``dot`` ("softmax"),
+    coordinate by coordinate in the input dtype, as :func:`zeta_ref.stages.window.nearness`."""
+    near = qi.dtype.type(0)
+    for e in range(qi.shape[0]):
+        if dot:
+            near -= qi[e] * key[e]
+        else:
+            diff = qi[e] - key[e]
+            near += diff * diff
+    return near
+
+
+@nb.njit(cache=True, inline="always")
+def _score_slots(qi, k_r, cand_i, mean_ki, with_mean, dot, exp_score, c, a, ok):
+    """Steps 1 and 2a for one query: ``ok[s]``, whether slot s holds a key (slot k: the mean
+    term, D8), and ``a[s]``, its raw score (0 for an empty slot, D9)."""
+    n_slots = cand_i.shape[0]
+    zero = qi.dtype.type(0)
+    one = qi.dtype.type(1)
+    for s in range(n_slots):
+        j = cand_i[s]
+        ok[s] = j >= 0
+        a[s] = _raw_score(_nearness(qi, k_r[j], dot), exp_score, c, one) if j >= 0 else zero
+    ok[n_slots] = with_mean
+    a[n_slots] = _raw_score(_nearness(qi, mean_ki, dot), exp_score, c, one) if with_mean else zero
+
+
+@nb.njit(cache=True, inline="always")
+def _affinities(a, ok, exp_score):
+    """Step 2b: the logits of the exp scores become ``exp(logit - the largest logit)`` (a row
+    with no key: minus 0); returns the sum of the affinities, in slot order (empty slots add
+    0)."""
+    total = a.dtype.type(0)
+    if exp_score:
+        top = -np.inf
+        for s in range(a.shape[0]):
+            if ok[s] and a[s] > top:
+                top = a[s]
+        if not np.isfinite(top):
+            top = 0.0
+        top_x = a.dtype.type(top)
+        for s in range(a.shape[0]):
+            if ok[s]:
+                a[s] = np.exp(a[s] - top_x)
+    for s in range(a.shape[0]):
+        total += a[s]
+    return total
+
+
+@nb.njit(cache=True, inline="always")
+def _normalise(a, total, w):
+    """Step 3: ``w = a / total`` over the k slots and the mean term together; a total of 0
+    (nothing valid) leaves every weight 0."""
+    if total <= a.dtype.type(0):
+        total = a.dtype.type(1)
+    for s in range(a.shape[0]):
+        w[s] = a[s] / total
+
+
+@nb.njit(cache=True, inline="always")
+def _weighted_values(v_r, cand_i, w, mean_vi, with_mean, acc):
+    """Step 4: ``acc = sum_s w_s v_s + w_mean vbar``, one tight loop over d_v per candidate."""
+    n_slots = cand_i.shape[0]
+    for e in range(acc.shape[0]):
+        acc[e] = 0
+    for s in range(n_slots):
+        j = cand_i[s]
+        if j < 0:
+            continue
+        ws = w[s]
+        vj = v_r[j]  # (d_v,)
+        for e in range(acc.shape[0]):
+            acc[e] += ws * vj[e]
+    if with_mean:
+        ws = w[n_slots]
+        for e in range(acc.shape[0]):
+            acc[e] += ws * mean_vi[e]
+
+
+def _topk_body(q, k, v, cand, dot, exp_score, c, mean_k, mean_v, with_mean, order, block,
                out, weights, with_weights, mean_weight):
-    """q, k (R, N, d_k); v (R, N, d_v); cand (R, N, k); means (R, N, *) or dummies;
-    order (R, N): the queries in the order they are visited.
+    """q, k (R, N, d_k); v (R, N, d_v); cand (R, N, k); means (R, N, *) or (1, 1, *) dummies;
+    order (R, N): the queries in the order they are visited; ``dot``: "softmax" nearness;
+    ``exp_score``, ``c``: the score's form and constant in q's dtype
+    (:func:`zeta_ref.stages.topk_softmax.score_constant`).
 
     One task per block of ``block`` queries in ``order``, so that the scratch rows are
     allocated once per block; each query's arithmetic is its own and depends neither on the
@@ -100,87 +201,33 @@ def _topk_body(q, k, v, cand, score, gamma, mean_k, mean_v, with_mean, order, bl
     Writes out (R, N, d_v), weights (R, N, k) if ``with_weights``, mean_weight (R, N), all in
     q's dtype.
     """
-    r_count, n, d_k = q.shape
+    r_count, n, _ = q.shape
     d_v = v.shape[2]
     n_slots = cand.shape[2]
-    one = q.dtype.type(1)
-    zero = q.dtype.type(0)
-    if score == 0:
-        add = q.dtype.type(gamma * gamma)
-    else:
-        add = q.dtype.type(INV_EUCLIDEAN_EPS)
-    root_d = q.dtype.type(np.sqrt(d_k))
     n_blocks = (n + block - 1) // block
     for task in nb.prange(r_count * n_blocks):
         r = task // n_blocks
         t0 = (task % n_blocks) * block
-        a = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) affinities, slot k = mean term
+        a = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) scores, slot k = mean term
         ok = np.empty(n_slots + 1, dtype=np.bool_)  # (k + 1,) the slot holds a key
         w = np.empty(n_slots + 1, dtype=q.dtype)  # (k + 1,) normalised weights
         acc = np.empty(d_v, dtype=q.dtype)  # (d_v,) the output row being summed
         for t in range(t0, min(t0 + block, n)):
             i = order[r, t]
-            # steps 1 and 2: each slot's nearness, coordinate by coordinate (window.nearness),
-            # and its affinity; an empty slot gets 0 (D9)
-            top = -np.inf
-            total = zero  # the sum of the affinities, in slot order (empty slots add 0)
-            for s in range(n_slots + 1):
-                if s < n_slots:
-                    j = cand[r, i, s]
-                    ok[s] = j >= 0
-                else:
-                    ok[s] = with_mean
-                if not ok[s]:
-                    a[s] = zero
-                    continue
-                near = zero
-                for e in range(d_k):
-                    ke = k[r, j, e] if s < n_slots else mean_k[r, i, e]
-                    if score == 1:
-                        near -= q[r, i, e] * ke
-                    else:
-                        diff = q[r, i, e] - ke
-                        near += diff * diff
-                if score == 0 or score == 3:
-                    a[s] = one / (near + add)
-                    total += a[s]
-                else:
-                    logit = -near / root_d if score == 1 else -near
-                    a[s] = logit
-                    if logit > top:
-                        top = logit
-            if score == 1 or score == 2:  # exp scores: minus the largest logit, then exp
-                if not np.isfinite(top):
-                    top = 0.0
-                top_x = q.dtype.type(top)
-                for s in range(n_slots + 1):
-                    if ok[s]:
-                        a[s] = np.exp(a[s] - top_x)
-                    total += a[s]
+            cand_i = cand[r, i]  # (k,)
+            mean_ki = mean_k[r, i] if with_mean else mean_k[0, 0]  # (d_k,)
+            mean_vi = mean_v[r, i] if with_mean else mean_v[0, 0]  # (d_v,)
+            # steps 1 and 2: nearness, raw score, affinity of every slot
+            _score_slots(q[r, i], k[r], cand_i, mean_ki, with_mean, dot, exp_score, c, a, ok)
+            total = _affinities(a, ok, exp_score)
             # step 3: normalise over the k slots and the mean term together
-            if total <= zero:
-                total = one  # nothing valid: weights and output stay 0
-            for s in range(n_slots + 1):
-                w[s] = a[s] / total
-                if with_weights and s < n_slots:
+            _normalise(a, total, w)
+            if with_weights:
+                for s in range(n_slots):
                     weights[r, i, s] = w[s]
-            mean_weight[r, i] = w[n_slots] if with_mean else zero
-            # step 4: weighted sum of the values, one tight loop over d_v per candidate
-            for e in range(d_v):
-                acc[e] = zero
-            for s in range(n_slots):
-                j = cand[r, i, s]
-                if j < 0:
-                    continue
-                ws = w[s]
-                vj = v[r, j]  # (d_v,)
-                for e in range(d_v):
-                    acc[e] += ws * vj[e]
-            if with_mean:
-                ws = w[n_slots]
-                vm = mean_v[r, i]  # (d_v,)
-                for e in range(d_v):
-                    acc[e] += ws * vm[e]
+            mean_weight[r, i] = w[n_slots]  # 0 when the mean term is off (a[k] = 0)
+            # step 4: the weighted sum of the values
+            _weighted_values(v[r], cand_i, w, mean_vi, with_mean, acc)
             row = out[r, i]  # (d_v,)
             for e in range(d_v):
                 row[e] = acc[e]
@@ -223,7 +270,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     -------
     out : (..., N, d_v), weights : (..., N, k), mean_weight : (..., N), in the input dtype.
     """
-    if score not in _SCORE_IDS:
+    if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
     q = np.asarray(q)
     lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
@@ -244,7 +291,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
         mk = np.zeros((1, 1, d_k), dtype=qr.dtype)
         mv = np.zeros((1, 1, d_v), dtype=qr.dtype)
     visit = visit_order(order, lead, n)  # (R, N)
-    score_id = np.int64(_SCORE_IDS[score])
+    c = qr.dtype.type(score_constant(score, gamma, d_k))  # the score's constant, rounded once
     if parallel is None:
         parallel = n_rows * n >= PARALLEL_MIN_QUERIES
     kernel = _topk_parallel if parallel else _topk_serial
@@ -252,7 +299,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     w = empty_output((n_rows, n, n_slots) if with_weights else (1, 1, n_slots),
                      qr.dtype)  # (R, N, k), or a placeholder
     w_mean = empty_output((n_rows, n), qr.dtype)  # (R, N)
-    kernel(qr, kr, vr, cr, score_id, float(gamma), mk, mv, with_mean, visit,
+    kernel(qr, kr, vr, cr, score == "softmax", score in EXP_SCORES, c, mk, mv, with_mean, visit,
            np.int64(QUERY_BLOCK), out, w, bool(with_weights), w_mean)
     return (out.reshape(lead + (n, d_v)),
             w.reshape(lead + (n, n_slots)) if with_weights else None,

@@ -95,14 +95,12 @@ def _search_left_from(codes, m, x, guess):
     return lo
 
 
-@parallel_njit
-def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, order, width, block, out):
-    """q_codes, key_perm, sorted_codes, order: (R, N); pool_len (N,) in [0, N]; writes every
-    row of ``out``, int64 (R, N, W). The queries of a block are visited in ``order``."""
-    r_count, n = q_codes.shape
-    half = width // 2
-    n_blocks = (n + block - 1) // block
-    # the queries of each block pool, grouped by a counting sort on the block id
+@nb.njit(cache=True, inline="always")
+def _group_by_block(pool_len, order, block, n_blocks, out):
+    """The queries of each block pool, grouped by a counting sort on the block id: the queries
+    of block c in row r are ``queries[r, first[c]:first[c + 1]]``, in visiting order. A query
+    whose pool is empty gets its empty window (all -1) here. Returns (first, queries)."""
+    r_count, n = order.shape
     block_of = np.empty(n, dtype=np.int64)  # (N,), -1 for an empty pool
     first = np.zeros(n_blocks + 1, dtype=np.int64)
     for i in range(n):
@@ -123,64 +121,97 @@ def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, order, width, bloc
             if c >= 0:
                 queries[r, fill[c]] = i
                 fill[c] += 1
+    return first, queries
+
+
+@nb.njit(cache=True, inline="always")
+def _block_pool(perm_r, codes_r, limit, pool_pos, pool_codes):
+    """Step 1: the block pool of one row, in Z order: the sorted keys with position < limit,
+    into ``pool_pos`` and ``pool_codes`` (each of length limit + 1: the branch-free filter
+    writes one slot past the last key it keeps). Returns m, the number of keys kept."""
+    m = 0
+    for s in range(perm_r.shape[0]):  # branch-free: every key is written, the visible kept
+        j = perm_r[s]
+        pool_pos[m] = j
+        pool_codes[m] = codes_r[s]
+        m += j < limit
+    return m
+
+
+@nb.njit(cache=True, inline="always")
+def _walk_left(pool_pos, a, L, stop, left, n_left):
+    """Step 3, the left walk: from block-pool index ``a`` down, collect the visible keys
+    (position < L) into ``left[n_left:]``, nearest first, until ``stop`` are held or the pool
+    ends. Returns (n_left, a): how many are held, and where the walk would go on."""
+    while n_left < stop and a >= 0:
+        if pool_pos[a] < L:
+            left[n_left] = pool_pos[a]
+            n_left += 1
+        a -= 1
+    return n_left, a
+
+
+@nb.njit(cache=True, inline="always")
+def _walk_right(pool_pos, m, b, L, want, row, offset):
+    """Step 3, the right walk: from block-pool index ``b`` up, write up to ``want`` visible keys
+    into ``row[offset:]``, in Z order. Returns how many it wrote."""
+    n_right = 0
+    while n_right < want and b < m:
+        if pool_pos[b] < L:
+            row[offset + n_right] = pool_pos[b]
+            n_right += 1
+        b += 1
+    return n_right
+
+
+@nb.njit(cache=True, inline="always")
+def _window_at(pool_pos, m, ip, L, width, left, row):
+    """Step 3 for one query: W//2 visible keys below its insertion point ``ip``, the rest at or
+    above, slid inside the pool (D6, D11); -1 in the slots left over (D9). Writes ``row``
+    (W,) in Z order; ``left`` (W,) is scratch."""
+    n_left, a = _walk_left(pool_pos, ip - 1, L, width // 2, left, 0)
+    want_right = width - n_left  # more on the right when the left ran out (D11)
+    n_right = _walk_right(pool_pos, m, ip, L, want_right, row, n_left)  # after the left part
+    if n_right < want_right:  # the right ran out: the left walk goes on (D11)
+        n_left, a = _walk_left(pool_pos, a, L, width - n_right, left, n_left)
+        # the right part moves up behind the longer left part
+        shift = n_left - (width - want_right)
+        if shift > 0:
+            for s in range(n_right - 1, -1, -1):
+                row[width - want_right + s + shift] = row[width - want_right + s]
+    # the left part, nearest first in `left`, goes in Z order into the first slots
+    for s in range(n_left):
+        row[s] = left[n_left - 1 - s]
+    for s in range(n_left + n_right, width):
+        row[s] = -1
+
+
+@parallel_njit
+def _window_kernel(q_codes, key_perm, sorted_codes, pool_len, order, width, block, out):
+    """q_codes, key_perm, sorted_codes, order: (R, N); pool_len (N,) in [0, N]; writes every
+    row of ``out``, int64 (R, N, W). The queries of a block are visited in ``order``."""
+    r_count, n = q_codes.shape
+    n_blocks = (n + block - 1) // block
+    first, queries = _group_by_block(pool_len, order, block, n_blocks, out)
     for task in nb.prange(r_count * n_blocks):
         r = task // n_blocks
         c = n_blocks - 1 - task % n_blocks  # the larger pools first: better load balance
         if first[c + 1] == first[c]:
             continue
-        limit = min((c + 1) * block, n)
         # step 1: the block pool, in Z order: sorted keys with position < limit
-        # (limit + 1,): the branch-free filter writes one slot past the last key it keeps
-        pool_pos = np.empty(limit + 1, dtype=np.int64)
-        pool_codes = np.empty(limit + 1, dtype=np.uint64)
-        m = 0
-        for s in range(n):  # branch-free: every key is written, only the visible ones kept
-            j = key_perm[r, s]
-            pool_pos[m] = j
-            pool_codes[m] = sorted_codes[r, s]
-            m += j < limit
+        limit = min((c + 1) * block, n)
+        pool_pos = np.empty(limit + 1, dtype=np.int64)  # (limit + 1,)
+        pool_codes = np.empty(limit + 1, dtype=np.uint64)  # (limit + 1,)
+        m = _block_pool(key_perm[r], sorted_codes[r], limit, pool_pos, pool_codes)
         left = np.empty(width, dtype=np.int64)  # visible keys below the insertion point
         ip = m // 2
         for t in range(first[c], first[c + 1]):
             i = queries[r, t]
-            L = pool_len[i]
-            qz = q_codes[r, i]
-            # step 2: binary search, side "left": first block-pool key with code >= qz,
-            # started from the previous query's answer (in Z order the next one is near)
-            ip = _search_left_from(pool_codes, m, qz, ip)  # ip <= m: same block pool
-            # step 3: W//2 visible keys below, the rest at or above, slid inside the pool
-            n_left = 0
-            a = ip - 1
-            while n_left < half and a >= 0:
-                if pool_pos[a] < L:
-                    left[n_left] = pool_pos[a]
-                    n_left += 1
-                a -= 1
-            want_right = width - n_left  # more on the right when the left ran out (D11)
-            n_right = 0
-            b = ip
-            row = out[r, i]
-            while n_right < want_right and b < m:
-                if pool_pos[b] < L:
-                    row[n_left + n_right] = pool_pos[b]  # placed after the left part, below
-                    n_right += 1
-                b += 1
-            if n_right < want_right:  # the right ran out: the left walk goes on (D11)
-                while n_left + n_right < width and a >= 0:
-                    if pool_pos[a] < L:
-                        left[n_left] = pool_pos[a]
-                        n_left += 1
-                    a -= 1
-                # the right part moves up behind the longer left part
-                shift = n_left - (width - want_right)
-                if shift > 0:
-                    for s in range(n_right - 1, -1, -1):
-                        row[width - want_right + s + shift] = row[width - want_right + s]
-            # the left part, nearest first in `left`, goes in Z order into the first slots
-            for s in range(n_left):
-                row[s] = left[n_left - 1 - s]
-            for s in range(n_left + n_right, width):
-                row[s] = -1
+            # step 2: binary search, side "left": first block-pool key with code >= the
+            # query's, started from the previous query's answer (in Z order the next is near)
+            ip = _search_left_from(pool_codes, m, q_codes[r, i], ip)  # ip <= m
+            # step 3: the window around ip
+            _window_at(pool_pos, m, ip, pool_len[i], width, left, out[r, i])
 
 
 def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, *,

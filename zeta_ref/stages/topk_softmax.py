@@ -26,6 +26,12 @@ Empty slots (index -1, D9) get weight 0. A query with no candidate at all gets t
 alone, or, with the mean term off, weights 0 and output 0.
 
 Everything is computed in the input dtype; the running sums of the means in float64.
+
+The table above is defined once, here: :func:`score_constant` and :func:`raw_score` turn a
+slot's nearness into its score, :func:`affinity` into its weight before normalising. The
+oracles call :func:`affinity`; the Numba kernel calls ``_raw_score``, a line-for-line copy of
+:func:`raw_score` compiled by Numba (tests/test_numba_stages.py holds the two to the same lines
+and bits), and the CuPy launcher passes its kernels :func:`score_constant`'s constant.
 """
 
 from __future__ import annotations
@@ -72,20 +78,92 @@ def history_means(k, v, causal: str) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def _affinity(near, score: str, gamma: float, d_k: int, valid):
-    """Unnormalised weights from nearness (``nearness`` of the window module), per score."""
-    dtype = near.dtype.type
-    if score in ("cauchy", "inv_euclidean"):
-        add = gamma * gamma if score == "cauchy" else INV_EUCLIDEAN_EPS
-        return np.where(valid, dtype(1) / (near + dtype(add)), dtype(0))
+#: The scores weighted by a softmax of their logit (an exp, after subtracting the largest logit
+#: of the row); the other scores weigh a slot by its affinity as it is.
+EXP_SCORES = ("softmax", "neg_euclidean")
+
+
+def score_constant(score: str, gamma: float, d_k: int) -> float:
+    """The constant c of ``score`` in :func:`raw_score`, as a Python float (float64).
+
+    =================  ===================================  ===================
+    score              c                                    form
+    =================  ===================================  ===================
+    "cauchy"           gamma^2 (Eq. 6)                      affinity
+    "inv_euclidean"    :data:`INV_EUCLIDEAN_EPS`            affinity
+    "softmax"          sqrt(d_k)                            logit
+    "neg_euclidean"    1                                    logit
+    =================  ===================================  ===================
+
+    gamma^2 and sqrt(d_k) are computed in float64; every backend then rounds c to the input
+    dtype once (so gamma^2 is squared before it is rounded, not after).
+    """
+    if score == "cauchy":
+        g = float(gamma)
+        return g * g
+    if score == "inv_euclidean":
+        return INV_EUCLIDEAN_EPS
     if score == "softmax":
-        logits = -near / dtype(np.sqrt(d_k))  # nearness of "softmax" is -<q, k>
-    elif score == "neg_euclidean":
-        logits = -near
-    else:
-        raise ValueError(f"score must be one of {SCORES}; got {score!r}")
-    logits = np.where(valid, logits, -np.inf)
-    top = logits.max(axis=-1, keepdims=True)  # (..., N, 1)
+        return float(np.sqrt(d_k))
+    if score == "neg_euclidean":
+        return 1.0
+    raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+
+
+def raw_score(near, exp_score: bool, c, one):
+    """A slot's score from its nearness, before normalising: the definition of every score.
+
+    Parameters
+    ----------
+    near : float array or scalar
+        ``||q - k||^2``, or ``-<q, k>`` for "softmax" (:func:`zeta_ref.stages.window.nearness`).
+    exp_score : bool
+        ``score in EXP_SCORES``.
+    c, one : scalars of ``near``'s dtype
+        :func:`score_constant` rounded to that dtype, and 1 in that dtype.
+
+    Returns
+    -------
+    The affinity ``one / (near + c)`` ("cauchy", "inv_euclidean"), or the logit ``-near / c``
+    ("softmax": ``<q, k> / sqrt(d_k)``; "neg_euclidean": ``-||q - k||^2``), in ``near``'s dtype.
+
+    Notes
+    -----
+    Elementwise and free of NumPy calls, so that the same lines serve NumPy arrays here and
+    scalars in the Numba kernel (``zeta_ref.numba.topk_softmax._raw_score`` repeats them).
+    """
+    if exp_score:
+        return -near / c  # a logit: the weight is exp(logit - the row's largest logit)
+    return one / (near + c)  # an affinity: the weight as it is
+
+
+def affinity(near, score: str, gamma: float, d_k: int, valid) -> np.ndarray:
+    """Each slot's weight before normalising over the last axis (the table of the module).
+
+    Parameters
+    ----------
+    near : float array (..., S)
+        Nearness of each slot (:func:`zeta_ref.stages.window.nearness`).
+    score : str
+    gamma : float
+        gamma of Eq. 6 (used by "cauchy").
+    d_k : int
+        Width of q and k (used by "softmax").
+    valid : bool array broadcastable to ``near``
+        Which slots hold a key; the others get 0.
+
+    Returns
+    -------
+    array of ``near``'s shape and dtype, >= 0. For the exp scores the largest logit of the
+    valid slots of each row is subtracted before the exp (a row with no valid slot: nothing).
+    """
+    dtype = near.dtype.type
+    exp_score = score in EXP_SCORES
+    raw = raw_score(near, exp_score, dtype(score_constant(score, gamma, d_k)), dtype(1))
+    if not exp_score:
+        return np.where(valid, raw, dtype(0))
+    logits = np.where(valid, raw, -np.inf)
+    top = logits.max(axis=-1, keepdims=True)  # (..., 1)
     top = np.where(np.isfinite(top), top, dtype(0))  # a row with nothing valid
     return np.where(valid, np.exp(logits - top), dtype(0))
 
@@ -140,7 +218,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
         near = np.concatenate([near, nearness(q, mean_k[..., None, :], score)], axis=-1)
         valid = np.concatenate([valid, np.ones(valid.shape[:-1] + (1,), bool)], axis=-1)
         values = np.concatenate([values, mean_v[..., None, :]], axis=-2)  # (..., N, k+1, d_v)
-    a = _affinity(near, score, gamma, d_k, valid)  # (..., N, k[+1])
+    a = affinity(near, score, gamma, d_k, valid)  # (..., N, k[+1])
     total = a.sum(axis=-1, keepdims=True)  # (..., N, 1)
     w = a / np.where(total > 0, total, 1)  # rows with nothing valid stay all 0
     out = (w[..., None] * values).sum(axis=-2)  # (..., N, d_v)
