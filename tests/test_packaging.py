@@ -111,3 +111,11 @@ def test_console_script_and_module_entry_point_agree():
     out = subprocess.run([sys.executable, "-m", "zeta_ref", "--help"], capture_output=True,
                          text=True, cwd=ROOT, check=True).stdout
     assert "demo" in out and "bench" in out
+
+
+def test_the_package_version_is_pyprojects():
+    """zeta_ref.__version__ (written into every dump and golden manifest) is pyproject's."""
+    import zeta_ref
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert zeta_ref.__version__ == tomllib.load(f)["project"]["version"]

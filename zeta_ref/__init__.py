@@ -11,27 +11,34 @@ Cauchy-Softmax. One module per stage:
 5. :mod:`zeta_ref.stages.window`       causal pools, binary search, neighbour window, re-rank
 6. :mod:`zeta_ref.stages.topk_softmax` weights over the candidates and the output
 
-:func:`zeta_attention` composes stages 2-6; :mod:`zeta_ref.oracles` holds brute-force answers.
+:func:`zeta_attention` composes stages 2-6; :mod:`zeta_ref.oracles` holds brute-force answers;
+:func:`compare` holds another implementation's dump (:func:`save_dump`) against every stage
+(:mod:`zeta_ref.crosscheck`).
 """
 
 from . import oracles
+from ._version import __version__
 from .attention import Intermediates, zeta_attention
 from .backends import backends, get_backend
 from .config import ZetaConfig
+from .crosscheck import DumpError, compare, load_dump, save_dump
 from .stages.morton import morton_decode, morton_encode
 from .stages.window import SlowSpecificationWarning
 
-__version__ = "0.1.0"
 
 __all__ = [
+    "DumpError",
     "Intermediates",
     "SlowSpecificationWarning",
     "ZetaConfig",
     "backends",
+    "compare",
     "get_backend",
+    "load_dump",
     "morton_decode",
     "morton_encode",
     "oracles",
+    "save_dump",
     "zeta_attention",
     "__version__",
 ]

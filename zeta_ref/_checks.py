@@ -38,16 +38,81 @@ def native_byte_order(x):
     return x
 
 
+#: DLPack's device type of host memory (kDLCPU); every other type is a device's memory.
+DLPACK_CPU = 1
+
+
+def on_device(x) -> bool:
+    """True for an array in a GPU's memory: CuPy, a torch CUDA tensor, a JAX GPU array, ...
+    (``__cuda_array_interface__``, or a DLPack device other than the host)."""
+    if isinstance(x, np.ndarray):
+        return False
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    device = getattr(x, "__dlpack_device__", None)
+    if device is None:
+        return False
+    try:
+        return int(device()[0]) != DLPACK_CPU
+    except Exception:  # a producer that cannot say: treat it as host memory, asarray decides
+        return False
+
+
+def as_array(x, name: str, xp=np):
+    """``x``, from any framework, as an array of ``xp`` (NumPy, or CuPy for the GPU backend).
+
+    NumPy arrays, and anything with ``__array__`` or DLPack (torch tensors, JAX arrays, ...):
+    host memory is shared, not copied, where DLPack allows (``np.from_dlpack``). For ``xp =
+    numpy`` an array in a GPU's memory is refused (the CPU backends do not move data behind
+    the caller's back); for CuPy, device arrays are taken as they are (zero-copy) and host
+    arrays are copied to the device. Either byte order is accepted (:func:`native_byte_order`).
+    """
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        return xp.asarray(native_byte_order(x))
+    if on_device(x):
+        if xp is np:
+            raise TypeError(
+                f"{name} is a GPU array; the CPU backends take host arrays (move it to the "
+                f"host first, e.g. .get() or .cpu(), or use backend='cupy')"
+            )
+        if hasattr(x, "__cuda_array_interface__"):
+            return xp.asarray(x)
+        return xp.from_dlpack(x)
+    try:
+        host = np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+    except (BufferError, RuntimeError, TypeError, ValueError) as err:
+        try:  # a dtype DLPack cannot carry may still convert through __array__
+            host = np.asarray(x)
+        except Exception:
+            raise TypeError(f"{name} cannot be read as an array: {err}") from None
+    return xp.asarray(native_byte_order(host))
+
+
+def as_host_array(x, name: str) -> np.ndarray:
+    """``x``, from any framework and any device, as a NumPy array (a GPU array is copied to
+    the host: through CuPy where it is installed, else through DLPack's copy to the host)."""
+    if not on_device(x):
+        return as_array(x, name)
+    try:
+        import cupy
+
+        return cupy.asarray(x).get() if hasattr(x, "__cuda_array_interface__") else \
+            cupy.from_dlpack(x).get()
+    except ImportError:
+        pass
+    try:
+        return np.from_dlpack(x, device="cpu", copy=True)
+    except Exception as err:
+        raise TypeError(f"{name} is a GPU array that cannot be copied to the host here "
+                        f"({err}); move it to the host first") from None
+
+
 def as_float_array(x, name: str, *, min_ndim: int = 2, xp=np, check_finite: bool = True):
-    """``x`` as a float32/float64 array of ``xp`` (NumPy, or CuPy for the GPU backend) with at
-    least ``min_ndim`` dims and, unless ``check_finite`` is False, all values finite. Either
-    byte order is accepted (:func:`native_byte_order`); the result is in the native one."""
-    if xp is np and hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"{name} is a GPU array; the CPU backends take NumPy arrays (move it with .get(), "
-            f"or use backend='cupy')"
-        )
-    arr = xp.asarray(native_byte_order(x))
+    """``x`` (from any framework: :func:`as_array`) as a float32/float64 array of ``xp``
+    (NumPy, or CuPy for the GPU backend) with at least ``min_ndim`` dims and, unless
+    ``check_finite`` is False, all values finite. Either byte order is accepted; the result
+    is in the native one."""
+    arr = as_array(x, name, xp)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array; got dtype {arr.dtype}")
     if arr.ndim < min_ndim:

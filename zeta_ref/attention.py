@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from ._checks import check_bits_for_dim, check_gamma, check_qkv
+from ._checks import check_bits_for_dim, check_gamma, check_qkv, on_device
 from .backends import get_backend
 from .config import ZetaConfig
 from .stages.window import pool_lengths
@@ -110,15 +110,18 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     Parameters
     ----------
     q, k : float32 or float64 array (..., N, d_k)
-        Queries and keys, already projected to d_k dimensions (d_k = 3 in the paper).
+        Queries and keys, already projected to d_k dimensions (d_k = 3 in the paper). Any
+        array a framework can hand over (DLPack or ``__array__``: NumPy, torch, JAX, ...) is
+        taken; the CPU backends read host memory in place and return NumPy arrays.
     v : array (..., N, d_v) of the same dtype
         Values. Every leading slice (batch, head) is independent.
     config : ZetaConfig, optional
         All settings; ``ZetaConfig()`` when omitted.
     backend : str, default "numpy"
-        One of :func:`zeta_ref.backends`. With "cupy" (the GPU), NumPy inputs are copied to the
-        device and every result comes back as NumPy; CuPy inputs give CuPy results, on the
-        same device, with no copy to the host inside the pass.
+        One of :func:`zeta_ref.backends`. With "cupy" (the GPU), host inputs are copied to the
+        device and every result comes back as NumPy; device inputs (CuPy, torch CUDA tensors,
+        ...) are read in place and give CuPy results, on the same device, with no copy to the
+        host inside the pass.
     return_intermediates : bool, default False
         Also return an :class:`Intermediates` with every stage's result.
 
@@ -143,7 +146,7 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     s = entry.stages()
     xp = s.xp  # numpy, or cupy for the GPU backend
     # a GPU backend gives NumPy results for NumPy inputs, device arrays for device arrays
-    to_host = xp is not np and not hasattr(q, "__cuda_array_interface__")
+    to_host = xp is not np and not on_device(q)
     q, k, v = check_qkv(q, k, v, xp=xp)
     n, d_k = q.shape[-2], q.shape[-1]
     check_bits_for_dim(cfg.bits, d_k, name="config.bits")

@@ -1,8 +1,10 @@
 """The ``zeta-ref`` command (also ``python -m zeta_ref``).
 
 Subcommands:
-  demo   step through the six stages on a small seeded sequence and check them (zeta_ref.tools.demo)
-  bench  time the backends against dense attention (zeta_ref.tools.bench)
+  demo     step through the six stages on a small seeded sequence and check them (zeta_ref.tools.demo)
+  bench    time the backends against dense attention (zeta_ref.tools.bench)
+  compare  hold another implementation's dump against zeta_ref, stage by stage (zeta_ref.tools.compare)
+  golden   write the golden files: dumps of every intermediate for a set of cases (zeta_ref.tools.golden)
 
 What the subcommands share lives here: how a failure reaches the user, and the checks every
 subcommand runs on its options before it starts any work.
@@ -37,22 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="zeta_ref: the reference implementation of ZETA (Z-order top-k attention).",
     )
     parser.add_argument("--version", action="version", version=f"zeta_ref {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,compare,golden}")
     sub.required = True
 
-    from . import bench, demo
+    from . import bench, compare, demo, golden
 
-    p = sub.add_parser("demo", help="walk through the six stages on a seeded example",
-                       description=demo.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_arguments(p)
-    p.set_defaults(func=demo.run)
-
-    p = sub.add_parser("bench", help="time the backends against dense attention",
-                       description=bench.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_arguments(p)
-    p.set_defaults(func=bench.run)
+    commands = (
+        ("demo", demo, "walk through the six stages on a seeded example"),
+        ("bench", bench, "time the backends against dense attention"),
+        ("compare", compare, "hold another implementation's dump against zeta_ref"),
+        ("golden", golden, "write the golden files (every intermediate, versioned)"),
+    )
+    for name, module, summary in commands:  # each module: add_arguments, run, its docstring
+        p = sub.add_parser(name, help=summary, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 
