@@ -88,7 +88,8 @@ nb_merge_streams = True
 
 # --- autodoc ------------------------------------------------------------------------------------
 autodoc_member_order = "bysource"
-autodoc_mock_imports = ["cupy"]  # the GPU backend's modules are documented without a GPU
+# the GPU backend's modules, and the PyTorch adapter, are documented without a GPU or torch
+autodoc_mock_imports = ["cupy", "torch"]
 autodoc_default_options = {"members": True, "show-inheritance": False}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"  # no second list of fields

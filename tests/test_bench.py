@@ -37,6 +37,23 @@ def test_stage_calls_do_the_work_of_the_forward_pass(backend):
         np.testing.assert_array_equal(res[name], getattr(im, field), err_msg=name)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_backward_call_does_the_work_of_the_backward_pass(backend):
+    # what the backward column times is zeta_attention_backward on the row's inputs
+    from zeta_ref import ZetaConfig
+    from zeta_ref.backward import zeta_attention_backward
+    from zeta_ref.tools.bench import backward_call, has_backward
+
+    assert has_backward(backend) and not has_backward("dense") and not has_backward("sdpa")
+    cfg = ZetaConfig(k=32)
+    got = backward_call(backend, 300, seed=2, cfg=cfg)()
+    q, k, v = make_inputs(300, seed=2)
+    grad = np.random.default_rng([2, 1]).standard_normal(v.shape).astype(np.float32)
+    want = zeta_attention_backward(q, k, v, grad, cfg, backend=backend)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_bench_runs_and_writes_table_json_and_plot(tmp_path):
     # the JSON goes into folders that do not exist yet: they are created
     out_json, out_png = tmp_path / "new" / "deeper" / "b.json", tmp_path / "b.png"
@@ -62,6 +79,13 @@ def test_bench_runs_and_writes_table_json_and_plot(tmp_path):
         assert r["memory"]["peak_extra_kib"] >= 0
     assert set(runs[256, "numba"]["stages_s"]) == {"quantize", "morton", "sort", "window",
                                                    "means", "topk"}
+    for n in (64, 256):  # the backward pass, next to the forward, for both ZETA backends
+        for method in ("numpy", "numba"):
+            r = runs[n, method]
+            assert r["backward_s"] > 0
+            assert r["backward_ratio"] == pytest.approx(r["backward_s"] / r["total_s"])
+        assert "backward_s" not in runs[n, "dense"]
+    assert "numba backward <= 3x forward at N=65536: not measured" in res.stdout
     assert data["morton"]["codes"] == 4096 and data["morton"]["codes_per_s"] > 0
     assert data["pool_off"]["n"] == 256 and data["pool_off"]["total_s"] > 0
     assert "with the output pool off" in res.stdout
@@ -207,9 +231,11 @@ def test_progress_bar_counts_every_step(monkeypatch, capsys):
                              "--morton-stream-n", "64"], capsys)
     assert code == 0
     (bar,) = bars
-    # morton 2; numpy N=16: 1 + 6 stages + memory; numba: 8 each, + pool off at N=32;
-    # dense: 2 each; numpy N=32 skipped: 1
-    assert bar.closed and bar.n == bar.total == 2 + 8 + 8 + 2 + 1 + 9 + 2, (bar.n, bar.total)
+    # morton 2; numpy N=16: 1 + 6 stages + backward + memory; numba: 9 each, + pool off at
+    # N=32; dense: 2 each; numpy N=32 skipped: 1; sdpa (where torch is installed): 2 each
+    sdpa = 2 + 2 if bench.load_torch() is not None else 0
+    assert bar.closed and bar.n == bar.total == 2 + 9 + 9 + 2 + 1 + 10 + 2 + sdpa, (
+        bar.n, bar.total)
 
 
 def _bench_exit_code(argv, capsys):
@@ -402,6 +428,9 @@ def _fabricated_gpu_results():
                                     (1, 1 << 20, 31.0, 1.00, 0.40, 2500.0, None),  # > 30 ms
                                     (16, 65536, 13.0, 1.75, 0.50, 153.0, 2030.0)]:  # 0.085
         runs += [zeta(b, n, z, so, cs), sdpa(b, n, "bf16", bf), sdpa(b, n, "fp32", fp)]
+    # the backward pass at B=1, N=65536: 2.5 ms against the fused 0.80 (3.1x: missed) and
+    # the forward with intermediates 2.0 ms
+    runs[6].update(backward_s=2.5e-3, forward_staged_s=2.0e-3)
     gpu = {"device": {"name": "TEST FIXTURE (invented numbers)", "memory_gib": 1.0,
                       "cupy": "0", "cuda_runtime": "0.0", "cuda_driver": "0.0",
                       "torch": "0", "torch_cuda": "0.0"},
@@ -421,7 +450,8 @@ def test_targets_from_a_fabricated_results_dict():
     from zeta_ref.tools import bench_gpu
 
     gpu = _fabricated_gpu_results()
-    ratio_b1, ratio_b16, faster, doubling, one_m, sort = bench_gpu.evaluate_targets(gpu)
+    ratio_b1, ratio_b16, faster, doubling, one_m, backward, sort = \
+        bench_gpu.evaluate_targets(gpu)
     assert ratio_b1["met"] is True and ratio_b1["stretch_met"] is False
     assert ratio_b1["measured"].startswith("0.083")
     assert ratio_b16["met"] is False  # 13 / 153 = 0.085 > 0.08
@@ -430,6 +460,8 @@ def test_targets_from_a_fabricated_results_dict():
     assert doubling["met"] is True and doubling["measured"].startswith("2.15")
     assert one_m["met"] is False and "31.00 ms" in one_m["measured"]
     assert sort["met"] is False and "3.50x at B=16" in sort["measured"]  # 1.75 / 0.5
+    assert backward["met"] is False and backward["measured"].startswith("3.12x (2.500 vs")
+    assert "intermediates (2.000 ms) 1.25x" in backward["measured"]
     lines = bench_gpu.target_lines(bench_gpu.evaluate_targets(gpu))
     assert lines[0].endswith("-> met; stretch (<= 0.05): MISSED"), lines[0]
     assert lines[1].endswith("-> MISSED")
@@ -506,15 +538,24 @@ def _numpy_stand_in_for_cupy(monkeypatch):
         pool.held += out.nbytes
         return out
 
-    def zeta_attention(q, k, v, cfg, backend):
+    def zeta_attention(q, k, v, cfg, backend, return_intermediates=False):
         assert backend == "cupy"
-        return forward(q, k, v, cfg)
+        out = forward(q, k, v, cfg)
+        return (out, None) if return_intermediates else out
+
+    def zeta_attention_backward(q, k, v, grad, cfg, *, intermediates, backend):
+        assert backend == "cupy" and grad.shape == v.shape
+        time.sleep(1e-4)
+        return None
 
     monkeypatch.setitem(sys.modules, "cupy", cp)
     fused = types.SimpleNamespace(STAGE_NAMES=stage_names, forward=forward)
     monkeypatch.setitem(sys.modules, "zeta_ref.cupy", types.SimpleNamespace(fused=fused))
     monkeypatch.setitem(sys.modules, "zeta_ref.cupy.fused", fused)
     monkeypatch.setattr(zeta_ref, "zeta_attention", zeta_attention)
+    import zeta_ref.backward
+
+    monkeypatch.setattr(zeta_ref.backward, "zeta_attention_backward", zeta_attention_backward)
     return pool
 
 
@@ -536,6 +577,7 @@ def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
     assert set(z["stages_s"]) == {"codes", "sort", "pools", "window", "means", "attention"}
     assert z["total_s"] > 0 and z["fused_s"] > 0 and z["sort_ratio"] > 0
     assert z["peak_bytes"] == 2 * 2 * 512 * 64 * 4  # the stand-in allocates its output only
+    assert z["backward_s"] > 0 and z["forward_staged_s"] > 0
     assert z["min_bytes"] == 2 * 2 * 512 * (3 + 3 + 64 + 64) * 4
     assert rows[1, 8, 256, "sdpa-bf16"]["skipped"] == "--no-sdpa"
     assert gpu["copy"]["bytes_moved"] == 2 << 20

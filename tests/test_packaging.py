@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_IN_CONDA_ENV = {
     "cuda12": "CuPy wheels are per CUDA version; conda users install cupy themselves",
     "cuda13": "same as cuda12",
+    "torch": "torch builds are per CUDA version too; conda users install pytorch themselves",
     "dev": "only names the other extras",
 }
 

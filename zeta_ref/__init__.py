@@ -11,7 +11,8 @@ Cauchy-Softmax. One module per stage:
 5. :mod:`zeta_ref.stages.window`       causal pools, binary search, neighbour window, re-rank
 6. :mod:`zeta_ref.stages.topk_softmax` weights over the candidates and the output
 
-:func:`zeta_attention` composes stages 2-6; :mod:`zeta_ref.oracles` holds brute-force answers;
+:func:`zeta_attention` composes stages 2-6 and :func:`zeta_attention_backward` gives their
+gradients (the selection held fixed); :mod:`zeta_ref.oracles` holds brute-force answers;
 :func:`compare` holds another implementation's dump (:func:`save_dump`) against every stage
 (:mod:`zeta_ref.crosscheck`).
 """
@@ -19,6 +20,7 @@ Cauchy-Softmax. One module per stage:
 from . import oracles
 from ._version import __version__
 from .attention import Intermediates, zeta_attention
+from .backward import Gradients, zeta_attention_backward
 from .backends import backends, get_backend
 from .config import ZetaConfig
 from .crosscheck import DumpError, compare, load_dump, save_dump
@@ -28,6 +30,7 @@ from .stages.window import SlowSpecificationWarning
 
 __all__ = [
     "DumpError",
+    "Gradients",
     "Intermediates",
     "SlowSpecificationWarning",
     "ZetaConfig",
@@ -40,5 +43,6 @@ __all__ = [
     "oracles",
     "save_dump",
     "zeta_attention",
+    "zeta_attention_backward",
     "__version__",
 ]

@@ -37,11 +37,23 @@ class Stages:
     forward: Callable | None = None
     # the array module of the stages' inputs and outputs: numpy, or cupy for the GPU
     xp: Any = np
+    # optional, the backward pass (zeta_ref.backward); None: this backend has none
+    # (q, k, v, candidates, score, gamma, mean_k, mean_v, grad_output, *, order, key_order)
+    #   -> (dq, dk, dv, dmean_k or None, dmean_v or None, dgamma)
+    topk_attention_backward: Callable | None = None
+    # (dmean_k, dmean_v, causal) -> (dk, dv)
+    history_means_backward: Callable | None = None
 
     @classmethod
-    def from_modules(cls, quantize, morton, sort, window, topk_softmax, **extra) -> "Stages":
+    def from_modules(cls, quantize, morton, sort, window, topk_softmax, backward=None,
+                     **extra) -> "Stages":
         """The bundle of a backend whose stage modules carry the specification's names
-        (``quantize.quantize``, ``window.rerank``, ...); ``extra``: forward, xp."""
+        (``quantize.quantize``, ``window.rerank``, ...); ``backward``, optional, the module of
+        its backward pass (``backward.topk_attention_backward``,
+        ``backward.history_means_backward``); ``extra``: forward, xp."""
+        if backward is not None:
+            extra = dict(extra, topk_attention_backward=backward.topk_attention_backward,
+                         history_means_backward=backward.history_means_backward)
         return cls(
             quantize=quantize.quantize,
             morton_encode=morton.morton_encode,

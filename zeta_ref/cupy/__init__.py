@@ -1,8 +1,8 @@
 """Registry entry "cupy": the CuPy RawKernel twins of every stage, and a fused fast pass.
 
 One module per stage, named as the specification's (``quantize``, ``morton``, ``sort``,
-``window``, ``topk_softmax``), each launcher beside its CUDA source (``quantize.cu``, ...);
-``fused`` is the fast forward pass. Importing this package imports CuPy; the registry only does
+``window``, ``topk_softmax``, and ``backward`` for the gradients), each launcher beside its CUDA
+source (``quantize.cu``, ...); ``fused`` is the fast forward pass. Importing this package imports CuPy; the registry only does
 so when the backend is asked for, and the backend is available only where CuPy imports and sees
 a GPU.
 """
@@ -26,10 +26,10 @@ except Exception as error:  # noqa: BLE001 - no driver or no device: the backend
 
 STAGES = None
 if not UNAVAILABLE:
-    from . import fused, morton, quantize, sort, topk_softmax, window
+    from . import backward, fused, morton, quantize, sort, topk_softmax, window
 
     # through the modules, so that zeta_ref.cupy.quantize & co. stay the modules
-    STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax,
+    STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax, backward,
                                  forward=fused.forward, xp=cupy)
 
 

@@ -103,19 +103,6 @@ __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__
 }
 
 // ---------------------------------------------------------------- scores
-// score ids: 0 cauchy, 1 softmax, 2 neg_euclidean, 3 inv_euclidean (topk_softmax_numba)
-template <typename T>
-__device__ __forceinline__ T near_of(const T* q, const T* key, int d_k, int score) {
-    T acc = (T)0;
-    for (int e = 0; e < d_k; ++e) {
-        if (score == 1) acc = sub_rn(acc, mul_rn(q[e], key[e]));
-        else { T diff = sub_rn(q[e], key[e]); acc = add_rn(acc, mul_rn(diff, diff)); }
-    }
-    return acc;
-}
-
-__device__ __forceinline__ float exp_t(float x) { return expf(x); }
-__device__ __forceinline__ double exp_t(double x) { return exp(x); }
 
 // logit for the exp scores, affinity for the inverse ones
 template <typename T>

@@ -8,6 +8,8 @@
 //    specification's bits, not merely close ones.
 // 2. Stage 2 (quantisation, D1, D2, D13) and stage 3 (bit interleaving, D3) for one value,
 //    line for line zeta_ref/stages/quantize.py and zeta_ref/stages/morton.py.
+// 3. Stage 6's nearness of one slot and exp in T, shared by the forward (topk_softmax.cu) and
+//    the backward pass (backward.cu).
 #pragma once
 
 // ---------------------------------------------------------------- rounding as NumPy rounds
@@ -77,3 +79,20 @@ __device__ __forceinline__ unsigned long long spread_bits(unsigned long long u, 
         code |= ((u >> t) & 1ULL) << (t * d + (d - 1 - j));
     return code;
 }
+
+// ---------------------------------------------------------------- stage 6: one slot's nearness
+// score ids: 0 cauchy, 1 softmax, 2 neg_euclidean, 3 inv_euclidean (as zeta_ref/numba)
+// ||q - key||^2, or -<q, key> for "softmax", coordinate by coordinate without FMA, as
+// zeta_ref.stages.window.nearness
+template <typename T>
+__device__ __forceinline__ T near_of(const T* q, const T* key, int d_k, int score) {
+    T acc = (T)0;
+    for (int e = 0; e < d_k; ++e) {
+        if (score == 1) acc = sub_rn(acc, mul_rn(q[e], key[e]));
+        else { T diff = sub_rn(q[e], key[e]); acc = add_rn(acc, mul_rn(diff, diff)); }
+    }
+    return acc;
+}
+
+__device__ __forceinline__ float exp_t(float x) { return expf(x); }
+__device__ __forceinline__ double exp_t(double x) { return exp(x); }

@@ -7,15 +7,17 @@
 5. :mod:`.window`       causal pools, binary search, neighbour window, re-rank (D4-D6, D9, D11)
 6. :mod:`.topk_softmax` weights over the candidates and the output (Eq. 6; D7-D9)
 
+and :mod:`.backward`, the gradients of stage 6 with the selection held fixed (issue 12).
+
 Every other backend (``zeta_ref.numba``, ``zeta_ref.cupy``) has a module of the same name per
 stage, with the same signatures, checked against these.
 """
 
 from ..backends import Stages
-from . import morton, projection, quantize, sort, topk_softmax, window  # noqa: F401
+from . import backward, morton, projection, quantize, sort, topk_softmax, window  # noqa: F401
 
 # through the modules, so that zeta_ref.stages.quantize & co. stay the modules
-STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax)
+STAGES = Stages.from_modules(quantize, morton, sort, window, topk_softmax, backward)
 
 
 def available() -> bool:

@@ -10,6 +10,10 @@ transformer head; torch's own CPU threads):
 
   - the median over --repeats runs of the end-to-end forward pass and of every stage
     (after one warm-up call, which also compiles or loads the Numba kernels),
+  - for the backends that have a backward pass, the median of the backward pass
+    next to the forward's: zeta_attention_backward with the forward pass's intermediates (the
+    selection reused, as a training step does), for a random grad_output, and its ratio to the
+    forward pass's time in the same run,
   - tokens per second, and ratios between backends measured in the same run,
   - peak memory: the peak resident set size (VmHWM) that one forward call adds, measured in a
     fresh subprocess per configuration after resetting the kernel's high-water mark
@@ -68,6 +72,7 @@ STAGE_NAMES = ("quantize", "morton", "sort", "window", "means", "topk")
 TARGET_TOKENS_PER_S = 1_000_000  # numba, N = 65536
 TARGET_DENSE_RATIO = 50.0  # numba vs dense, N = 16384
 TARGET_MORTON_PER_S = 200e6  # 3-D, 10-bit codes
+TARGET_BACKWARD_RATIO = 3.0  # numba backward / forward, N = 65536
 
 
 SEED_MAX = 2**32 - 1  # NumPy, torch and CuPy all take seeds this large
@@ -180,6 +185,30 @@ def forward_call(method: str, n: int, seed: int, cfg=None):
 
     cfg = ZetaConfig(k=32) if cfg is None else cfg
     return lambda: zeta_attention(q, k, v, cfg, backend=method)
+
+
+def has_backward(method: str) -> bool:
+    """Whether the CPU row ``method`` is a ZETA backend with a backward pass."""
+    if method in DENSE_METHODS:
+        return False
+    from zeta_ref.backends import get_backend
+
+    return get_backend(method).stages().topk_attention_backward is not None
+
+
+def backward_call(method: str, n: int, seed: int, cfg=None):
+    """The backward pass that a CPU row times: :func:`zeta_ref.backward.zeta_attention_backward`
+    on the inputs of :func:`forward_call`, with the intermediates of one forward pass (made
+    here, untimed) and a standard normal grad_output."""
+    from zeta_ref import ZetaConfig, zeta_attention
+    from zeta_ref.backward import zeta_attention_backward
+
+    cfg = ZetaConfig(k=32) if cfg is None else cfg
+    q, k, v = make_inputs(n, seed)
+    grad = np.random.default_rng([seed, 1]).standard_normal(v.shape).astype(np.float32)
+    _, inter = zeta_attention(q, k, v, cfg, backend=method, return_intermediates=True)
+    return lambda: zeta_attention_backward(q, k, v, grad, cfg, intermediates=inter,
+                                           backend=method)
 
 
 def stage_calls(backend: str, q, k, v, cfg, res: dict | None = None):
@@ -434,9 +463,12 @@ def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
                 stages: bool = True, bar=None) -> dict:
     """One CPU row: the median end-to-end time over ``repeats`` calls after a warm-up call,
     tokens per second, minor page faults and system time per call, and, for a ZETA backend
-    (``stages``), the median of every stage, timed in pipeline order.
+    (``stages``), the median of every stage, timed in pipeline order, and for one with a
+    backward pass the median backward time (:func:`backward_call`) and its ratio to the
+    forward's.
 
-    ``bar`` (a tqdm bar, optional) advances one step for the end-to-end time and one per stage.
+    ``bar`` (a tqdm bar, optional) advances one step for the end-to-end time, one per stage
+    and one for the backward pass.
     """
     from zeta_ref import ZetaConfig
 
@@ -460,6 +492,13 @@ def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
             fn()
             row["stages_s"][name] = median_time(fn, repeats)
             _step(bar)
+    if stages and has_backward(method):
+        _label(bar, f"{method} N={n} backward")
+        backward = backward_call(method, n, seed, cfg)
+        backward()  # warm-up (and the JIT's compile or cache load)
+        row["backward_s"] = median_time(backward, repeats)
+        row["backward_ratio"] = row["backward_s"] / row["total_s"]
+        _step(bar)
     return row
 
 
@@ -612,8 +651,9 @@ def cpu_plan(args, backends, torch) -> list[tuple[int, str, str | None, int]]:
     """The CPU rows in the order they run: (N, method, why skipped or None, progress steps).
 
     A row's steps: one for a skipped row; else the end-to-end time, one per stage (ZETA
-    backends), one for the output-pool-off diagnostic (numba at the largest N) and one for
-    the peak-memory subprocess (unless --no-memory).
+    backends), one for the backward pass (backends that have one), one for the
+    output-pool-off diagnostic (numba at the largest N) and one for the peak-memory
+    subprocess (unless --no-memory).
     """
     methods = list(backends) + ["dense"] + (["sdpa"] if torch is not None else [])
     plan = []
@@ -622,6 +662,7 @@ def cpu_plan(args, backends, torch) -> list[tuple[int, str, str | None, int]]:
             reason = skip_reason(args, method, n)
             steps = 1 if reason else (
                 1 + (0 if method in DENSE_METHODS else len(STAGE_NAMES))
+                + has_backward(method)
                 + (method == "numba" and n == max(args.sizes)) + (not args.no_memory))
             plan.append((n, method, reason, int(steps)))
     return plan
@@ -708,9 +749,12 @@ def format_table(results) -> str:
              "one head, d_k=3, d_v=64, k=32, float32, causal inclusive, cauchy, mean term on",
              "dense: NumPy float32 on the same inputs (q @ k.T, causal mask, softmax, @ v)",
              f"sdpa: {sdpa}",
-             "times are medians in ms; x numba = this row's time / numba's time in this run", ""]
+             "times are medians in ms; x numba = this row's time / numba's time in this run",
+             "backward: zeta_attention_backward with the forward's intermediates (selection "
+             "reused); x fwd = backward / total, same run", ""]
     head = (f"{'N':>6} {'method':<6} {'total':>9} {'tokens/s':>11} {'x numba':>8} "
-            + " ".join(f"{s:>8}" for s in STAGE_NAMES) + f" {'peak MiB':>9} {'faults':>7}")
+            + " ".join(f"{s:>8}" for s in STAGE_NAMES)
+            + f" {'backward':>9} {'x fwd':>6} {'peak MiB':>9} {'faults':>7}")
     lines += [head, "-" * len(head)]
     for r in results["runs"]:
         if r["skipped"]:
@@ -723,6 +767,8 @@ def format_table(results) -> str:
             f"{r['n']:>6} {r['method']:<6} {_fmt_ms(r['total_s']):>9} {r['tokens_per_s']:>11,.0f} "
             + (f"{ratio:>8.1f} " if ratio is not None else f"{'-':>8} ")
             + " ".join(f"{_fmt_ms(stages.get(s)):>8}" for s in STAGE_NAMES)
+            + f" {_fmt_ms(r.get('backward_s')):>9}"
+            + (f" {r['backward_ratio']:>6.2f}" if r.get("backward_ratio") else f" {'-':>6}")
             + (f" {mem['peak_extra_kib'] / 1024:>9.1f}" if mem else f" {'-':>9}")
             + f" {r['faults_per_call']:>7.0f}")
     lines.append("")
@@ -741,6 +787,11 @@ def targets(results) -> list[str]:
     out.append("numba tokens/s at N=65536 >= 1,000,000: " + (
         f"{r['tokens_per_s']:,.0f} -> {'met' if r['tokens_per_s'] >= TARGET_TOKENS_PER_S else 'MISSED'}"
         if r else "not measured"))
+    r = by.get((65536, "numba"))
+    ratio = r.get("backward_ratio") if r else None
+    out.append(f"numba backward <= {TARGET_BACKWARD_RATIO:g}x forward at N=65536: " + (
+        f"{ratio:.2f}x ({r['backward_s'] * 1e3:.1f} vs {r['total_s'] * 1e3:.1f} ms) -> "
+        f"{'met' if ratio <= TARGET_BACKWARD_RATIO else 'MISSED'}" if ratio else "not measured"))
     r = by.get((16384, "dense"))
     ratio = r.get("slower_than_numba") if r else None
     out.append("numba >= 50x faster than dense at N=16384: " + (

@@ -33,6 +33,10 @@ k = 32 and the default ZetaConfig:
     --sdpa-fp32-max-pairs (fp32) are skipped with the reason: their time grows as N², and
     float32 has no tensor-core kernel.
 
+  - the backward pass (:func:`measure_backward`, up to B·H·N = 2^20 positions):
+    ``zeta_attention_backward`` with the intermediates of one forward pass, beside that
+    forward pass with intermediates (the stage path) and the fused pass.
+
 The GPU performance targets are evaluated from the same run (:func:`evaluate_targets`).
 Before any work, :func:`validate` checks the GPU options' values and :func:`check_device` what
 the device can hold (the copy's arrays, each shape's inputs and output).
@@ -62,6 +66,10 @@ STRETCH_CROSSOVER_N = 4096
 TARGET_DOUBLING = 2.3  # B=1, H=8: time(131072) / time(65536)
 TARGET_1M_S = 30e-3  # B=1, H=8, N=1048576
 TARGET_SORT_RATIO = 1.5  # the sort stage per sort call / one cupy.sort of as many keys
+TARGET_BACKWARD_RATIO = 3.0  # B=1, H=8, N=65536: backward / forward (the fused pass)
+#: The backward pass is timed up to this many positions B*H*N (its forward with
+#: intermediates, the stage path, is several times slower than the fused pass).
+BACKWARD_MAX_POSITIONS = 1 << 20
 
 
 def add_arguments(parser):
@@ -295,6 +303,11 @@ def measure_zeta(b: int, h: int, n: int, repeats: int, seed: int = 0, cfg=None) 
     row["output_bytes"] = b * h * n * D_V * 4
     row["min_bytes"] = min_bytes(b, h, n)
     row["bytes_per_s"] = row["min_bytes"] / row["total_s"]
+    if b * h * n <= BACKWARD_MAX_POSITIONS:
+        row.update(measure_backward(q, k, v, cfg, repeats, seed))
+    else:
+        row["backward_skipped"] = (f"B*H*N = {b * h * n} > {BACKWARD_MAX_POSITIONS} (the "
+                                   f"forward with intermediates it needs is slow to time)")
     del q, k, v
     cp.get_default_memory_pool().free_all_blocks()
     # the sort stage is ONE cupy.sort of the packed keys of every key and every query
@@ -305,6 +318,31 @@ def measure_zeta(b: int, h: int, n: int, repeats: int, seed: int = 0, cfg=None) 
         row["sort_per_call_s"] = row["stages_s"]["sort"]
         row["sort_ratio"] = row["sort_per_call_s"] / row["cupy_sort_s"]
     return row
+
+
+def measure_backward(q, k, v, cfg, repeats: int, seed: int = 0) -> dict:
+    """The backward pass beside the forward: ``zeta_attention_backward(backend="cupy")`` with
+    the intermediates of one forward pass (the selection reused, as a training step does; the
+    checks of the intermediates included) for a standard normal grad_output, and the forward
+    pass that produces those intermediates (``return_intermediates=True``: the stage path, not
+    the fused one). Medians of ``repeats`` calls after a warm-up."""
+    import cupy as cp
+
+    from .. import zeta_attention
+    from ..backward import zeta_attention_backward
+
+    grad = cp.random.RandomState(seed + 1).standard_normal(v.shape, dtype=cp.float32)
+    staged = lambda: zeta_attention(q, k, v, cfg, backend="cupy",  # noqa: E731
+                                    return_intermediates=True)
+    _, inter = staged()
+    backward = lambda: zeta_attention_backward(q, k, v, grad, cfg,  # noqa: E731
+                                               intermediates=inter, backend="cupy")
+    backward()  # warm-up: compiles or loads the kernels
+    out = {"backward_s": cuda_median(backward, repeats),
+           "forward_staged_s": cuda_median(staged, repeats)}
+    del inter, grad
+    cp.get_default_memory_pool().free_all_blocks()
+    return out
 
 
 def measure_sdpa(torch, b: int, h: int, n: int, dtype: str, repeats: int, seed: int = 0) -> dict:
@@ -487,6 +525,16 @@ def evaluate_targets(gpu: dict) -> list[dict]:
                 "measured": f"{r1m['total_s'] * 1e3:.2f} ms" if r1m else "not measured",
                 "met": None if r1m is None else r1m["total_s"] < TARGET_1M_S})
 
+    r = _zeta(gpu, 1, 8, 65536)
+    bwd = r.get("backward_s") if r else None
+    out.append({"target": f"backward <= {TARGET_BACKWARD_RATIO:g}x forward (the fused pass) at "
+                          f"B=1, H=8, N=65536",
+                "measured": (f"{bwd / r['total_s']:.2f}x ({bwd * 1e3:.3f} vs "
+                             f"{r['total_s'] * 1e3:.3f} ms); against the forward with "
+                             f"intermediates ({r['forward_staged_s'] * 1e3:.3f} ms) "
+                             f"{bwd / r['forward_staged_s']:.2f}x" if bwd else "not measured"),
+                "met": None if bwd is None else bwd / r["total_s"] <= TARGET_BACKWARD_RATIO})
+
     sorts = [r for r in gpu["runs"] if r["method"] == "zeta" and not r["skipped"]
              and r.get("sort_ratio") is not None]
     worst = max(sorts, key=lambda r: r["sort_ratio"]) if sorts else None
@@ -538,7 +586,9 @@ def format_gpu_table(gpu: dict) -> str:
         f"{cfg['sdpa_layout']}, bf16 and fp32",
         f"times: medians in ms of {gpu['repeats']} calls after a warm-up, CUDA events; "
         f"x bf16 = ZETA time / SDPA bf16 time in this run; fused = the fused pass without the "
-        f"input checks; stage columns: the fused pass's stages",
+        f"input checks; stage columns: the fused pass's stages; staged = the forward with "
+        f"intermediates (the stage path); backward = zeta_attention_backward with those "
+        f"intermediates; x fwd = backward / ZETA",
     ]
     if copy:
         lines.append(f"device-to-device copy ({copy['how']}): "
@@ -568,7 +618,8 @@ def format_gpu_table(gpu: dict) -> str:
 
     head = (f"{'B':>3} {'H':>3} {'N':>8} | {'ZETA':>9} {'fused':>9} | {'SDPA bf16':>9} "
             f"{'fp32':>9} | {'x bf16':>7} {'x fp32':>7} | "
-            + " ".join(f"{s:>9}" for s in stage_names))
+            + " ".join(f"{s:>9}" for s in stage_names)
+            + f" | {'staged':>9} {'backward':>9} {'x fwd':>6}")
     lines += ["", head, "-" * len(head)]
     for b, h, n in shapes:
         z = by.get((b, h, n, "zeta"))
@@ -576,9 +627,12 @@ def format_gpu_table(gpu: dict) -> str:
         bf, fp = t_of((b, h, n, "sdpa-bf16")), t_of((b, h, n, "sdpa-fp32"))
         z = z if zt is not None else {}
         stages = z.get("stages_s", {})
+        bwd = z.get("backward_s")
         lines.append(f"{b:>3} {h:>3} {n:>8} | {_ms(zt)} {_ms(z.get('fused_s'))} | {_ms(bf)} "
                      f"{_ms(fp)} | {_x(z.get('x_sdpa_bf16'))} {_x(z.get('x_sdpa_fp32'))} | "
-                     + " ".join(_ms(stages.get(s)) for s in stage_names))
+                     + " ".join(_ms(stages.get(s)) for s in stage_names)
+                     + f" | {_ms(z.get('forward_staged_s'))} {_ms(bwd)} "
+                     + (f"{bwd / zt:>6.2f}" if bwd and zt else f"{'-':>6}"))
     lines += [f"  {note}" for note in notes]
 
     head = (f"{'B':>3} {'H':>3} {'N':>8} | {'ZETA MiB':>9} {'B/row':>6} | {'bf16 MiB':>9} "

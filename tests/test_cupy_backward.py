@@ -1,0 +1,211 @@
+"""The CuPy twin of the backward pass against the NumPy specification, on a GPU (issue 12).
+
+Every test carries the ``gpu`` marker and is skipped cleanly where CuPy or a GPU is missing.
+On the device machine: ``PYTHONPATH=$PWD python3 -m pytest -m gpu tests/test_cupy_backward.py``.
+
+- the stage functions on the specification's own inputs: every score, causal mode, the mean
+  term on and off, W > k, k >= N, empty slots, int32 and int64 candidates, both dtypes;
+- through zeta_attention_backward: CuPy in, CuPy out; NumPy in, NumPy out; within tolerance of
+  the specification; the intermediates of another backend accepted;
+- deterministic: two runs, and two visiting orders, give the same bits; poisoned output
+  buffers change nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import zeta_ref
+from zeta_ref import ZetaConfig, zeta_attention
+from zeta_ref.backward import zeta_attention_backward
+
+pytestmark = pytest.mark.gpu
+
+cp = pytest.importorskip("cupy")
+if "cupy" not in zeta_ref.backends():
+    pytest.skip("no usable GPU for CuPy here", allow_module_level=True)
+
+from zeta_ref.cupy import _runtime as rt  # noqa: E402
+from zeta_ref.cupy import backward as cupy_backward  # noqa: E402
+from zeta_ref.stages import backward as spec  # noqa: E402
+from zeta_ref.stages.topk_softmax import history_means  # noqa: E402
+from zeta_ref.tolerances import assert_close  # noqa: E402
+
+SCORES = ("cauchy", "softmax", "neg_euclidean", "inv_euclidean")
+CAUSAL = ("inclusive", "strict", "none")
+
+
+def _inputs(seed, lead, n, d_k, d_v, dtype):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal(lead + (n, d_k)).astype(dtype)
+    k = rng.standard_normal(lead + (n, d_k)).astype(dtype)
+    v = rng.standard_normal(lead + (n, d_v)).astype(dtype)
+    g = rng.standard_normal(lead + (n, d_v)).astype(dtype)
+    return q, k, v, g
+
+
+def _close(got, want, name, scale=None):
+    got = cp.asnumpy(got)
+    assert got.dtype == want.dtype and got.shape == want.shape, name
+    assert_close(got, want, scale=scale, err_msg=name)
+
+
+def _scale(*arrays):
+    """The size of the gradients in play: their largest magnitude (zeta_ref.tolerances)."""
+    return max(float(np.abs(a).max()) for a in arrays if a is not None and a.size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("score", SCORES)
+def test_the_stage_twin_matches_the_specification(score, causal, mean, dtype):
+    q, k, v, g = _inputs(1, (2, 3), 203, 3, 36, dtype)
+    cfg = ZetaConfig(k=8, window=20, causal=causal, score=score, history_mean=mean,
+                     gamma=0.7)
+    _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    mk, mv = history_means(k, v, causal) if mean else (None, None)
+    want = spec.topk_attention_backward(q, k, v, inter.candidates, score, cfg.gamma, mk, mv, g)
+    got = cupy_backward.topk_attention_backward(q, k, v, inter.candidates, score, cfg.gamma,
+                                                mk, mv, g)
+    for name, a, b in zip(("dq", "dk", "dv", "dmean_k", "dmean_v"), got[:5], want[:5]):
+        if b is None:
+            assert a is None, name
+        else:
+            _close(a, b, name, scale=_scale(*want[:5]))
+    assert got[5] == pytest.approx(want[5], rel=1e-4 if dtype == np.float32 else 1e-10,
+                                   abs=1e-6 * _scale(*want[:5]))
+    if mean:
+        want_k, want_v = spec.history_means_backward(want[3], want[4], causal)
+        got_k, got_v = cupy_backward.history_means_backward(want[3], want[4], causal)
+        _close(got_k, want_k, "history dk")
+        _close(got_v, want_v, "history dv")
+
+
+@pytest.mark.parametrize("n, k_top, window", [(1, 4, None), (2, 8, 16), (17, 5, None),
+                                              (300, 64, 100), (300, 200, None),
+                                              (5000, 32, 64)])
+@pytest.mark.parametrize("index", [np.int32, np.int64])
+def test_awkward_sizes_empty_slots_and_index_dtypes(n, k_top, window, index):
+    q, k, v, g = _inputs(2, (2,), n, 3, 20, np.float64)
+    cfg = ZetaConfig(k=k_top, window=window, causal="strict", chunk_size=7)
+    _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    cand = inter.candidates.astype(index)
+    mk, mv = history_means(k, v, cfg.causal)
+    want = spec.topk_attention_backward(q, k, v, inter.candidates, "cauchy", 0.5, mk, mv, g)
+    got = cupy_backward.topk_attention_backward(q, k, v, cand, "cauchy", 0.5, mk, mv, g)
+    for name, a, b in zip(("dq", "dk", "dv", "dmean_k", "dmean_v"), got[:5], want[:5]):
+        _close(a, b, name, scale=_scale(*want[:5]))
+
+
+@pytest.mark.parametrize("d_k, d_v", [(1, 1), (9, 3), (3, 100)])
+def test_other_widths(d_k, d_v):
+    q, k, v, g = _inputs(3, (), 150, d_k, d_v, np.float64)
+    cfg = ZetaConfig(k=6, bits=min(10, 63 // d_k))
+    _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    mk, mv = history_means(k, v, cfg.causal)
+    for score in ("cauchy", "softmax"):
+        want = spec.topk_attention_backward(q, k, v, inter.candidates, score, 0.5, mk, mv, g)
+        got = cupy_backward.topk_attention_backward(q, k, v, inter.candidates, score, 0.5, mk,
+                                                    mv, g)
+        for name, a, b in zip(("dq", "dk", "dv"), got[:3], want[:3]):
+            _close(a, b, f"{score} {name}", scale=_scale(*want[:5]))
+
+
+@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_two_query_kernels_agree(score, dtype):
+    """The 16-lane kernel and the warp-per-query kernel: the same results within tolerance
+    (their sums over slots and columns run in other orders)."""
+    q, k, v, g = _inputs(6, (3,), 500, 3, 40, dtype)
+    cfg = ZetaConfig(k=12, window=24, score=score)
+    _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    mk, mv = (cp.asarray(x) for x in history_means(k, v, cfg.causal))
+    args = [cp.asarray(x) for x in (q, k, v)] + [cp.asarray(inter.candidates), mk, mv, True,
+                                                 cp.asarray(g)]
+    visit = cp.tile(cp.arange(500, dtype=cp.int64), (3, 1))
+    c = dtype(zeta_ref.stages.topk_softmax.score_constant(score, cfg.gamma, 3))
+    half = cupy_backward.query_pass(*args, visit, score, c, kernel="half")
+    warp = cupy_backward.query_pass(*args, visit, score, c, kernel="warp")
+    names = ("dq", "dmean_k", "dmean_v", "coef_w", "coef_k", "dc")
+    for name, a, b in zip(names, half, warp):
+        if name == "dc" and score != "cauchy":
+            continue  # only "cauchy" uses it; for the exp scores it is 0 up to cancellation
+        assert_close(a.get(), b.get(), scale=float(cp.abs(b).max()), dtype=dtype, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_through_the_composer(dtype):
+    q, k, v, g = _inputs(4, (2, 2), 700, 3, 16, dtype)
+    cfg = ZetaConfig(k=16, window=32)
+    want = zeta_attention_backward(q, k, v, g, cfg)  # the specification
+    got = zeta_attention_backward(q, k, v, g, cfg, backend="cupy")  # NumPy in: NumPy out
+    scale = _scale(want.dq, want.dk, want.dv)
+    for name in ("dq", "dk", "dv"):
+        assert isinstance(getattr(got, name), np.ndarray)
+        assert_close(getattr(got, name), getattr(want, name), scale=scale, err_msg=name)
+    assert got.dgamma == pytest.approx(want.dgamma, rel=1e-4)
+    dev = zeta_attention_backward(*(cp.asarray(x) for x in (q, k, v, g)), cfg,
+                                  backend="cupy")  # CuPy in: CuPy out
+    assert all(isinstance(getattr(dev, n), cp.ndarray) for n in ("dq", "dk", "dv"))
+    np.testing.assert_array_equal(dev.dk.get(), got.dk)
+    # the selection of another backend is accepted
+    _, inter = zeta_attention(q, k, v, cfg, backend="numba", return_intermediates=True)
+    again = zeta_attention_backward(q, k, v, g, cfg, intermediates=inter, backend="cupy")
+    np.testing.assert_array_equal(again.dv, got.dv)
+
+
+def test_deterministic_whatever_the_visiting_order(monkeypatch):
+    q, k, v, g = _inputs(5, (2, 4), 4000, 3, 64, np.float32)
+    cfg = ZetaConfig(k=32)
+    _, inter = zeta_attention(q, k, v, cfg, backend="cupy", return_intermediates=True)
+    mk, mv = history_means(k, v, cfg.causal)
+    args = (q, k, v, inter.candidates, "cauchy", 0.5, mk, mv, g)
+    a = cupy_backward.topk_attention_backward(*args)
+    b = cupy_backward.topk_attention_backward(*args)
+    order = np.argsort(inter.q_codes, axis=-1, kind="stable")
+    c = cupy_backward.topk_attention_backward(*args, order=order)
+    for x, y, z in zip(a[:5], b[:5], c[:5]):
+        np.testing.assert_array_equal(x.get(), y.get())
+        np.testing.assert_array_equal(x.get(), z.get())
+    assert a[5] == b[5] == c[5]
+    # poisoned output buffers change nothing: every entry is written
+    def poisoned(real):
+        def empty(shape, dtype):
+            out = real(shape, dtype)
+            out.fill(np.nan) if np.dtype(dtype).kind == "f" else out.view(np.uint8).fill(255)
+            return out
+        return empty
+    monkeypatch.setattr(rt, "empty", poisoned(rt.empty))
+    d = cupy_backward.topk_attention_backward(*args)
+    for x, y in zip(a[:5], d[:5]):
+        np.testing.assert_array_equal(x.get(), y.get())
+    e = cupy_backward.history_means_backward(a[3], a[4], "inclusive")
+    monkeypatch.undo()
+    f = cupy_backward.history_means_backward(a[3], a[4], "inclusive")
+    for x, y in zip(e, f):
+        np.testing.assert_array_equal(x.get(), y.get())
+
+
+def test_the_torch_adapter_on_cuda_tensors():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    from zeta_ref.torch import zeta_attention as torch_zeta
+
+    q, k, v, g = _inputs(7, (2,), 300, 3, 16, np.float64)
+    cfg = ZetaConfig(k=8, window=16)
+    grads = {}
+    for device, backend in (("cpu", "numba"), ("cuda", "cupy")):
+        tq, tk, tv = (torch.tensor(x, device=device, requires_grad=True) for x in (q, k, v))
+        gamma = torch.tensor(0.6, dtype=torch.float64, device=device, requires_grad=True)
+        out = torch_zeta(tq, tk, tv, cfg, gamma=gamma, backend=backend)
+        assert out.device.type == device
+        out.backward(torch.tensor(g, device=device))
+        grads[device] = [t.grad.cpu().numpy() for t in (tq, tk, tv, gamma)]
+        grads[device + " out"] = out.detach().cpu().numpy()
+    assert_close(grads["cuda out"], grads["cpu out"])
+    for name, a, b in zip(("dq", "dk", "dv"), grads["cuda"][:3], grads["cpu"][:3]):
+        assert_close(a, b, scale=_scale(*grads["cpu"][:3]), err_msg=name)
+    assert float(grads["cuda"][3]) == pytest.approx(float(grads["cpu"][3]), rel=1e-9)

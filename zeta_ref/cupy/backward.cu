@@ -1,0 +1,486 @@
+// The backward pass of stage 6 on the GPU: gradients of Eq. 6 and of the mean term (D7-D9).
+// Mirrors zeta_ref/stages/backward.py (which derives steps b1 to b5); the selection is fixed.
+//
+// Three steps, none of which adds into memory another thread adds into (no atomics), so every
+// result is the same from run to run:
+//
+// zeta_bwd_query   one warp per query i (taken in `visit` order: Z order from the composer).
+//   pass 1  lane s scores slot s (s, s + 32, ...): near_s, the logit or affinity, the maximum
+//   pass 2  w_s = a_s / sum a                                     (a warp sum, fixed tree)
+//   pass 3  dw_s = <g_i, v_s>, the lanes splitting d_v              (b2; a warp sum per slot)
+//   pass 4  rho = sum w_s dw_s; dt_s = w_s (dw_s - rho); dnear_s     (b3, b4)
+//   writes  dq_i (b5, complete), dmean_k_i and dmean_v_i (the mean term's slot), and for each
+//           candidate slot two coefficients: coef_w = w_s (dv_j += w_s g_i) and coef_k
+//           (dk_j += -coef_k (q_i - k_j) for the distances, coef_k q_i for "softmax"), and
+//           dc_i = sum of dnear_s (for dgamma)
+// zeta_bwd_pack, then one cupy.sort: the (query, slot) pairs ordered by the key they selected,
+//   then by (query, slot).
+// zeta_bwd_keys    one thread per (key j, column e) of [dk | dv], keys in Z order: walks the
+//   (query, slot) pairs that selected key j, in (query, slot) order, and sums their
+//   contributions in double, rounding once: the specification's scatter_rows.
+// zeta_bwd_mean_sums / zeta_scan_blocks (topk_softmax.cu) / zeta_bwd_mean_write: the mean
+//   term's share, dk_j = sum_{i >= j} dmean_k_i / (i + 1) (causal) or sum_i dmean_k_i / N
+//   ("none"): a blocked scan in double, from the end of the sequence backwards.
+#include "zeta_common.cuh"
+
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
+    for (int m = 16; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+    return x;  // every lane holds the same sum, added in the same tree
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T x) {
+    for (int m = 16; m >= 1; m >>= 1) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, m));
+    return x;
+}
+
+// The slots a lane handles: s = lane, lane + 32, ... < n_slots (+ 1 with the mean term).
+#define ZETA_MAX_SLOT_ROUNDS 8  // up to 256 slots: k <= 255 with the mean term
+
+template <typename T, typename I>
+__global__ void zeta_bwd_query(const T* __restrict__ q, const T* __restrict__ k,
+                               const T* __restrict__ v, const I* __restrict__ cand,
+                               const T* __restrict__ mean_k, const T* __restrict__ mean_v,
+                               int with_mean, const T* __restrict__ grad,
+                               const long long* __restrict__ visit, long long rows,
+                               long long n, int d_k, int d_v, int n_slots, int score, T c,
+                               T* __restrict__ dq, T* __restrict__ dmean_k,
+                               T* __restrict__ dmean_v, T* __restrict__ coef_w,
+                               T* __restrict__ coef_k, double* __restrict__ dc) {
+    int lane = threadIdx.x & 31;
+    long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    int slots = n_slots + (with_mean ? 1 : 0);
+    bool exp_score = score == 1 || score == 2;
+    for (long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+         task < rows * n; task += warps) {
+        long long r = task / n, i = visit[task], at = r * n + i;
+        const T* qi = q + at * d_k;
+        const T* gi = grad + at * d_v;
+        const I* ci = cand + at * n_slots;
+        // pass 1: each lane's slots: nearness and the raw score (logit or affinity)
+        T near[ZETA_MAX_SLOT_ROUNDS], raw[ZETA_MAX_SLOT_ROUNDS];
+        bool valid[ZETA_MAX_SLOT_ROUNDS];
+        T top = (T)0;
+        bool any = false;
+#pragma unroll
+        for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) {
+            int s = lane + 32 * u;
+            valid[u] = s < slots && (s == n_slots || ci[s] >= 0);
+            near[u] = raw[u] = (T)0;
+            if (!valid[u]) continue;
+            const T* key = s < n_slots ? k + (r * n + (long long)ci[s]) * d_k : mean_k + at * d_k;
+            near[u] = near_of(qi, key, d_k, score);
+            raw[u] = exp_score ? -near[u] / c : (T)1 / (near[u] + c);
+            top = any ? fmax(top, raw[u]) : raw[u];
+            any = true;
+        }
+        // the largest logit over the warp (exp scores); lanes without a slot offer -inf
+        T big = exp_score ? warp_max(any ? top : -(T)inf64()) : (T)0;
+        // pass 2: affinities and their sum
+        T a[ZETA_MAX_SLOT_ROUNDS];
+        T part = (T)0;
+#pragma unroll
+        for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) {
+            a[u] = !valid[u] ? (T)0 : (exp_score ? exp_t(raw[u] - big) : raw[u]);
+            part += a[u];
+        }
+        T total = warp_sum(part);
+        if (!(total > (T)0)) total = (T)1;  // nothing valid: every weight and gradient is 0
+        // pass 3: dw_s = <g_i, v_s>, the warp's lanes splitting the d_v columns
+        T dw[ZETA_MAX_SLOT_ROUNDS];
+        for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) dw[u] = (T)0;
+        for (int s = 0; s < slots; ++s) {
+            int owner = s & 31, u = s >> 5;
+            bool ok = s == n_slots || ci[s] >= 0;  // the same for every lane
+            if (!ok) continue;
+            const T* row = s < n_slots ? v + (r * n + (long long)ci[s]) * d_v : mean_v + at * d_v;
+            T acc = (T)0;
+            for (int e = lane; e < d_v; e += 32) acc += gi[e] * row[e];
+            acc = warp_sum(acc);
+            if (lane == owner) {
+#pragma unroll
+                for (int uu = 0; uu < ZETA_MAX_SLOT_ROUNDS; ++uu)
+                    if (uu == u) dw[uu] = acc;
+            }
+        }
+        // pass 4: rho = sum_s w_s dw_s, then dt_s and dnear_s (b3, b4)
+        T w[ZETA_MAX_SLOT_ROUNDS];
+        T part_rho = (T)0;
+#pragma unroll
+        for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) {
+            w[u] = a[u] / total;
+            part_rho += w[u] * dw[u];
+        }
+        T rho = warp_sum(part_rho);
+        T dq_lane[8];  // d_k <= 8 accumulated here; wider d_k loops below
+        for (int e = 0; e < 8; ++e) dq_lane[e] = (T)0;
+        double dc_lane = 0.0;
+#pragma unroll
+        for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) {
+            int s = lane + 32 * u;
+            if (!(s < slots)) continue;
+            T dt = w[u] * (dw[u] - rho);
+            T dnear = !valid[u] ? (T)0 : (exp_score ? -(dt / c) : -(dt * a[u]));
+            T ck = score == 1 ? -dnear : dnear + dnear;  // see the header: coef_k
+            if (valid[u]) dc_lane += (double)dnear;
+            const T* key = s < n_slots && valid[u] ? k + (r * n + (long long)ci[s]) * d_k
+                                                   : mean_k + at * d_k;
+            if (valid[u]) {
+                for (int e = 0; e < d_k && e < 8; ++e)
+                    dq_lane[e] += score == 1 ? ck * key[e] : ck * (qi[e] - key[e]);
+            }
+            if (s < n_slots) {  // a candidate slot: its coefficients for the key pass
+                coef_w[at * n_slots + s] = valid[u] ? w[u] : (T)0;
+                coef_k[at * n_slots + s] = valid[u] ? ck : (T)0;
+            } else {  // the mean term: its gradients, for history_means_backward
+                for (int e = 0; e < d_k; ++e)
+                    dmean_k[at * d_k + e] = score == 1 ? ck * qi[e] : -(ck * (qi[e] - key[e]));
+                for (int e = 0; e < d_v; ++e) dmean_v[at * d_v + e] = w[u] * gi[e];
+            }
+        }
+        // dq_i: the sum over the slots (a warp sum per column, fixed tree)
+        for (int e = 0; e < d_k; ++e) {
+            T mine = (T)0;
+            if (e < 8) mine = dq_lane[e];
+            else {  // d_k > 8: the lane's slots again, for this column
+                for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) {
+                    int s = lane + 32 * u;
+                    if (!(s < slots) || !valid[u]) continue;
+                    T dt = w[u] * (dw[u] - rho);
+                    T dnear = exp_score ? -(dt / c) : -(dt * a[u]);
+                    T ck = score == 1 ? -dnear : dnear + dnear;
+                    const T* key = s < n_slots ? k + (r * n + (long long)ci[s]) * d_k
+                                               : mean_k + at * d_k;
+                    mine += score == 1 ? ck * key[e] : ck * (qi[e] - key[e]);
+                }
+            }
+            T total_e = warp_sum(mine);
+            if (lane == 0) dq[at * d_k + e] = total_e;
+        }
+        double dc_sum = warp_sum(dc_lane);
+        if (lane == 0) dc[at] = dc_sum;
+    }
+}
+
+// ---------------------------------------------------------------- 16 lanes per query
+// The same computation as zeta_bwd_query for up to 128 slots and d_v <= 256, with two queries
+// per warp: lane l of a half-warp owns slots l, l + 16, ... and columns l, l + 16, ... of the
+// value rows. g_i stays in registers, and the dot products <g_i, v_s> are taken four slots at
+// a time (four rows in flight, then four 16-lane sums), which is where the time goes.
+#define ZETA_HALF_ROUNDS 8   // slots per lane: 8 x 16 = 128
+#define ZETA_HALF_COLS 16    // columns of d_v per lane: 16 x 16 = 256
+
+template <typename T>
+__device__ __forceinline__ T half_sum(T x) {
+    for (int m = 8; m >= 1; m >>= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+    return x;  // the sum over the lane's 16-lane half, the same in each of its lanes
+}
+
+template <typename T>
+__device__ __forceinline__ T half_max(T x) {
+    for (int m = 8; m >= 1; m >>= 1) x = fmax(x, __shfl_xor_sync(0xffffffffu, x, m));
+    return x;
+}
+
+template <typename T, typename I>
+__global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict__ k,
+                                    const T* __restrict__ v, const I* __restrict__ cand,
+                                    const T* __restrict__ mean_k, const T* __restrict__ mean_v,
+                                    int with_mean, const T* __restrict__ grad,
+                                    const long long* __restrict__ visit, long long rows,
+                                    long long n, int d_k, int d_v, int n_slots, int score, T c,
+                                    T* __restrict__ dq, T* __restrict__ dmean_k,
+                                    T* __restrict__ dmean_v, T* __restrict__ coef_w,
+                                    T* __restrict__ coef_k, double* __restrict__ dc) {
+    int lane = threadIdx.x & 31, l = lane & 15, half = lane >> 4;
+    long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    int slots = n_slots + (with_mean ? 1 : 0);
+    bool exp_score = score == 1 || score == 2;
+    // both halves of a warp loop together (their shuffles must meet): a half past the end
+    // computes on query 0 and writes nothing
+    for (long long base = ((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5) * 2;
+         base < rows * n; base += 2 * warps) {
+        long long task = base + half;
+        bool active = task < rows * n;
+        long long r = active ? task / n : 0, i = active ? visit[task] : 0, at = r * n + i;
+        const T* qi = q + at * d_k;
+        const I* ci = cand + at * n_slots;
+        // pass 1: the lane's slots: nearness, raw score, the largest logit
+        T near[ZETA_HALF_ROUNDS], a[ZETA_HALF_ROUNDS];
+        bool valid[ZETA_HALF_ROUNDS];
+        T top = (T)0;
+        bool any = false;
+#pragma unroll
+        for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
+            int s = l + 16 * u;
+            valid[u] = s < slots && (s == n_slots || ci[s] >= 0);
+            near[u] = a[u] = (T)0;
+            if (!valid[u]) continue;
+            const T* key = s < n_slots ? k + (r * n + (long long)ci[s]) * d_k : mean_k + at * d_k;
+            near[u] = near_of(qi, key, d_k, score);
+            a[u] = exp_score ? -near[u] / c : (T)1 / (near[u] + c);
+            top = any ? fmax(top, a[u]) : a[u];
+            any = true;
+        }
+        T big = exp_score ? half_max(any ? top : -(T)inf64()) : (T)0;
+        // pass 2: the affinities and their sum
+        T part = (T)0;
+#pragma unroll
+        for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
+            if (valid[u] && exp_score) a[u] = exp_t(a[u] - big);
+            part += valid[u] ? a[u] : (T)0;
+        }
+        T total = half_sum(part);
+        if (!(total > (T)0)) total = (T)1;
+        // pass 3: dw_s = <g_i, v_s>, four slots at a time
+        T gl[ZETA_HALF_COLS];
+#pragma unroll
+        for (int m = 0; m < ZETA_HALF_COLS; ++m) {
+            int e = l + 16 * m;
+            gl[m] = e < d_v ? grad[at * d_v + e] : (T)0;
+        }
+        T dw[ZETA_HALF_ROUNDS];
+#pragma unroll
+        for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
+            dw[u] = (T)0;
+            if (16 * u >= slots) continue;  // the same for both halves only if slots agree: they do
+            for (int s0 = 16 * u; s0 < 16 * u + 16 && s0 < slots; s0 += 4) {
+                T dot[4];
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+                    int s = s0 + t;
+                    dot[t] = (T)0;
+                    bool ok = s < slots && (s == n_slots || ci[s] >= 0);
+                    if (!ok) continue;
+                    const T* row = s < n_slots ? v + (r * n + (long long)ci[s]) * d_v
+                                               : mean_v + at * d_v;
+#pragma unroll
+                    for (int m = 0; m < ZETA_HALF_COLS; ++m) {
+                        int e = l + 16 * m;
+                        if (e < d_v) dot[t] += gl[m] * row[e];
+                    }
+                }
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+                    T sum = half_sum(dot[t]);
+                    if (l == (s0 + t) - 16 * u) dw[u] = sum;
+                }
+            }
+        }
+        // pass 4: rho, dt, dnear; the coefficients, dq, the mean term's gradients, dc
+        T w[ZETA_HALF_ROUNDS];
+        T part_rho = (T)0;
+#pragma unroll
+        for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
+            w[u] = valid[u] ? a[u] / total : (T)0;
+            part_rho += w[u] * dw[u];
+        }
+        T rho = half_sum(part_rho);
+        T dq_lane[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dq_lane[e] = (T)0;
+        double dc_lane = 0.0;
+#pragma unroll
+        for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
+            int s = l + 16 * u;
+            if (!(s < slots)) continue;
+            T dt = w[u] * (dw[u] - rho);
+            T dnear = !valid[u] ? (T)0 : (exp_score ? -(dt / c) : -(dt * a[u]));
+            T ck = score == 1 ? -dnear : dnear + dnear;
+            const T* key = s < n_slots && valid[u] ? k + (r * n + (long long)ci[s]) * d_k
+                                                   : mean_k + at * d_k;
+            if (valid[u]) {
+                dc_lane += (double)dnear;
+#pragma unroll
+                for (int e = 0; e < 8; ++e)
+                    if (e < d_k) dq_lane[e] += score == 1 ? ck * key[e] : ck * (qi[e] - key[e]);
+            }
+            if (!active) continue;
+            if (s < n_slots) {
+                coef_w[at * n_slots + s] = valid[u] ? w[u] : (T)0;
+                coef_k[at * n_slots + s] = valid[u] ? ck : (T)0;
+            } else {
+                for (int e = 0; e < d_k; ++e)
+                    dmean_k[at * d_k + e] = score == 1 ? ck * qi[e] : -(ck * (qi[e] - key[e]));
+                for (int e = 0; e < d_v; ++e) dmean_v[at * d_v + e] = w[u] * grad[at * d_v + e];
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            if (e >= d_k) break;
+            T sum = half_sum(dq_lane[e]);
+            if (active && l == 0) dq[at * d_k + e] = sum;
+        }
+        double dc_sum = half_sum(dc_lane);
+        if (active && l == 0) dc[at] = dc_sum;
+    }
+}
+
+// The (query, slot) pairs, packed for one sort by the key they selected: thread per pair
+// p = (r * n + i) * n_slots + s writes (r * n + j) << shift | p, with j = cand[p], or the key
+// rows * n (after every real key) for an empty slot.
+template <typename I>
+__global__ void zeta_bwd_pack(const I* __restrict__ cand, long long rows, long long n,
+                              int n_slots, int shift, unsigned long long* __restrict__ packed) {
+    long long pairs = rows * n * n_slots;
+    for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < pairs;
+         p += (long long)gridDim.x * blockDim.x) {
+        long long r = p / (n * n_slots), j = (long long)cand[p];
+        unsigned long long key = j >= 0 ? (unsigned long long)(r * n + j)
+                                        : (unsigned long long)(rows * n);
+        packed[p] = (key << shift) | (unsigned long long)p;
+    }
+}
+
+// One pair's share of dk_j[e] (x = q_i[e]: -coef_k (q_i - k_j)[e], or coef_k q_i[e] for
+// "softmax") or of dv_j[e] (x = g_i[e]: coef_w g_i[e]), in T as the specification rounds it.
+template <typename T>
+__device__ __forceinline__ T pair_term(T coef, T x, T ke, bool key_column, int score) {
+    if (!key_column) return coef * x;
+    return score == 1 ? coef * x : -(coef * (x - ke));
+}
+
+// One thread per (key j of row r, column e of [dk | dv]): the sum over the (query, slot) pairs
+// that selected key j. pairs holds, sorted, (r * n + j) << shift | p for every valid pair p =
+// (r * n + i) * n_slots + s; start[r * n + j] .. start[r * n + j + 1] are key j's. The keys are
+// taken in `key_order` (rank t of row r is key key_order[r * n + t]: Z order from the
+// composer), so that neighbouring threads, whose keys the same queries selected, read the
+// same rows of grad from L2.
+template <typename T>
+__global__ void zeta_bwd_keys(const T* __restrict__ q, const T* __restrict__ k,
+                              const T* __restrict__ grad, const T* __restrict__ coef_w,
+                              const T* __restrict__ coef_k,
+                              const unsigned long long* __restrict__ pairs,
+                              const long long* __restrict__ start,
+                              const long long* __restrict__ key_order, int shift,
+                              long long rows, long long n, int d_k, int d_v, int n_slots,
+                              int score, T* __restrict__ dk, T* __restrict__ dv) {
+    int d = d_k + d_v;
+    unsigned long long mask = (1ULL << shift) - 1ULL;
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+         task < rows * n * d; task += (long long)gridDim.x * blockDim.x) {
+        int e = (int)(task % d);
+        long long t = task / d;  // rank t of row r
+        long long key = (t / n) * n + key_order[t];  // r * n + j
+        double acc = 0.0;
+        long long at = start[key], end = start[key + 1];
+        T ke = e < d_k ? k[key * d_k + e] : (T)0;
+        // four pairs at a time: their loads go out together, then the sums in pair order
+        for (; at + 4 <= end; at += 4) {
+            T coef[4], x[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                long long p = (long long)(pairs[at + u] & mask);
+                long long query = p / n_slots;  // r * n + i
+                coef[u] = e < d_k ? coef_k[p] : coef_w[p];
+                x[u] = e < d_k ? q[query * d_k + e] : grad[query * d_v + (e - d_k)];
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) acc += (double)pair_term(coef[u], x[u], ke, e < d_k, score);
+        }
+        for (; at < end; ++at) {
+            long long p = (long long)(pairs[at] & mask);
+            long long query = p / n_slots;
+            T coef = e < d_k ? coef_k[p] : coef_w[p];
+            T x = e < d_k ? q[query * d_k + e] : grad[query * d_v + (e - d_k)];
+            acc += (double)pair_term(coef, x, ke, e < d_k, score);
+        }
+        if (e < d_k) dk[key * d_k + e] = (T)acc;
+        else dv[key * d_v + (e - d_k)] = (T)acc;
+    }
+}
+
+// ---------------------------------------------------------------- the mean term's share
+// Column e of the (rows, n, D = d1 + d2) table [dmean_k | dmean_v]; causal: the share of
+// position i is dmean_i / (i + 1), "none" (whole): dmean_i.
+template <typename T>
+__device__ __forceinline__ double share(const T* x1, const T* x2, long long r, long long i,
+                                        long long n, int d1, int d2, int e, int whole) {
+    double x = e < d1 ? (double)x1[(r * n + i) * d1 + e] : (double)x2[(r * n + i) * d2 + (e - d1)];
+    return whole ? x : x / (double)(i + 1);
+}
+
+// sums[(r, b, e)] = the sum of column e's shares over block b's positions.
+template <typename T>
+__global__ void zeta_bwd_mean_sums(const T* __restrict__ x1, const T* __restrict__ x2,
+                                   int whole, long long rows, long long n, int d1, int d2,
+                                   long long block, double* __restrict__ sums) {
+    int d = d1 + d2;
+    long long n_blocks = (n + block - 1) / block;
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+         task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
+        int e = (int)(task % d);
+        long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
+        long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        double s = 0.0;
+        for (long long i = i1 - 1; i >= i0; --i) s += share(x1, x2, r, i, n, d1, d2, e, whole);
+        sums[task] = s;
+    }
+}
+
+// After zeta_scan_blocks made sums[r, b, e] the sum of the blocks before b (and totals the
+// sum of all): the blocks after b hold totals - sums[r, b + 1] (0 for the last block). Each
+// thread walks its block from the end: causal, out_j = after + sum_{i = j .. end} share_i;
+// whole, out_j = totals / n.
+template <typename T>
+__global__ void zeta_bwd_mean_write(const T* __restrict__ x1, const T* __restrict__ x2,
+                                    const double* __restrict__ prefix,
+                                    const double* __restrict__ totals, int whole,
+                                    long long rows, long long n, int d1, int d2,
+                                    long long block, T* __restrict__ out1,
+                                    T* __restrict__ out2) {
+    int d = d1 + d2;
+    long long n_blocks = (n + block - 1) / block;
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+         task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
+        int e = (int)(task % d);
+        long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
+        long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        double total = totals[r * d + e];
+        double run = b + 1 < n_blocks ? total - prefix[task + d] : 0.0;  // the blocks after b
+        for (long long i = i1 - 1; i >= i0; --i) {
+            run += share(x1, x2, r, i, n, d1, d2, e, whole);
+            T g = (T)(whole ? total / (double)n : run);
+            if (e < d1) out1[(r * n + i) * d1 + e] = g;
+            else out2[(r * n + i) * d2 + (e - d1)] = g;
+        }
+    }
+}
+
+#define ZETA_BWD_QUERY(T, I)                                                                   \
+    template __global__ void zeta_bwd_query<T, I>(                                             \
+        const T*, const T*, const T*, const I*, const T*, const T*, int, const T*,             \
+        const long long*, long long, long long, int, int, int, int, T, T*, T*, T*, T*, T*,     \
+        double*);
+ZETA_BWD_QUERY(float, long long)
+ZETA_BWD_QUERY(double, long long)
+ZETA_BWD_QUERY(float, int)
+ZETA_BWD_QUERY(double, int)
+#define ZETA_BWD_HALF(T, I)                                                                    \
+    template __global__ void zeta_bwd_query_half<T, I>(                                        \
+        const T*, const T*, const T*, const I*, const T*, const T*, int, const T*,             \
+        const long long*, long long, long long, int, int, int, int, T, T*, T*, T*, T*, T*,     \
+        double*);
+ZETA_BWD_HALF(float, long long)
+ZETA_BWD_HALF(double, long long)
+ZETA_BWD_HALF(float, int)
+ZETA_BWD_HALF(double, int)
+#define ZETA_BWD_REST(T)                                                                       \
+    template __global__ void zeta_bwd_keys<T>(const T*, const T*, const T*, const T*,          \
+                                              const T*, const unsigned long long*,             \
+                                              const long long*, const long long*, int,         \
+                                              long long, long long, int, int, int, int, T*,    \
+                                              T*);                                             \
+    template __global__ void zeta_bwd_mean_sums<T>(const T*, const T*, int, long long,         \
+                                                   long long, int, int, long long, double*);   \
+    template __global__ void zeta_bwd_mean_write<T>(const T*, const T*, const double*,         \
+                                                    const double*, int, long long, long long,  \
+                                                    int, int, long long, T*, T*);
+ZETA_BWD_REST(float)
+ZETA_BWD_REST(double)
+template __global__ void zeta_bwd_pack<int>(const int*, long long, long long, int, int,
+                                            unsigned long long*);
+template __global__ void zeta_bwd_pack<long long>(const long long*, long long, long long, int,
+                                                  int, unsigned long long*);
