@@ -181,9 +181,9 @@ def test_bench_output_paths_are_checked_before_any_work(tmp_path, capsys, no_mea
 ])
 def test_bench_refuses_what_cannot_fit_in_memory(monkeypatch, capsys, no_measuring, args,
                                                  message):
-    from zeta_ref.tools import cli
+    from zeta_ref.tools import common
 
-    monkeypatch.setattr(cli, "available_memory", lambda: 16 * 2**30)  # as on a small machine
+    monkeypatch.setattr(common, "available_memory", lambda: 16 * 2**30)  # as on a small machine
     code, out, err = _bench_exit(args + ["--backends", "numba"], capsys)
     assert code == 2 and out == "", (code, out, err)
     lines = err.splitlines()
@@ -614,7 +614,8 @@ def test_torch_cpu_baseline_is_causal_softmax_attention():
 def test_gpu_options_beyond_the_device_memory_are_refused(monkeypatch, argv, message):
     # the stand-in device has 1 GiB
     from zeta_ref.tools import bench_gpu
-    from zeta_ref.tools.cli import OptionError, build_parser
+    from zeta_ref.tools.cli import build_parser
+    from zeta_ref.tools.common import OptionError
 
     _numpy_stand_in_for_cupy(monkeypatch)
     args = build_parser().parse_args(["bench", "--copy-mib", "64", *argv])

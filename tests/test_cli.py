@@ -1,13 +1,13 @@
-"""`zeta-ref`'s shared behaviour (zeta_ref/tools/cli.py): who is blamed for a failure, and the
-checks that run before any work: output paths, memory, number ranges."""
+"""`zeta-ref`'s shared behaviour (zeta_ref/tools/cli.py and common.py): who is blamed for a
+failure, and the checks that run before any work: output paths, memory, number ranges."""
 
 import errno
 import os
 
 import pytest
 
-from zeta_ref.tools import bench, cli, demo
-from zeta_ref.tools.cli import OptionError
+from zeta_ref.tools import bench, cli, common, demo
+from zeta_ref.tools.common import OptionError
 
 
 def _main(argv, capsys):
@@ -71,7 +71,7 @@ def test_option_errors_are_one_line_with_status_2(capsys):
 
 def test_output_file_creates_missing_folders(tmp_path):
     path = tmp_path / "new" / "deeper" / "b.json"
-    assert cli.output_file(str(path), "--json") == str(path)
+    assert common.output_file(str(path), "--json") == str(path)
     assert path.parent.is_dir() and not path.exists()  # the folders, not the file
     assert list(path.parent.iterdir()) == []  # the write test left nothing behind
 
@@ -79,7 +79,7 @@ def test_output_file_creates_missing_folders(tmp_path):
 def test_output_file_keeps_an_existing_file_until_the_run_writes_it(tmp_path):
     path = tmp_path / "b.json"
     path.write_text("old")
-    cli.output_file(str(path), "--json")
+    common.output_file(str(path), "--json")
     assert path.read_text() == "old"
 
 
@@ -93,7 +93,7 @@ def test_output_file_keeps_an_existing_file_until_the_run_writes_it(tmp_path):
 def test_output_file_refusals(tmp_path, make, message):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(OptionError) as info:
-        cli.output_file(make(tmp_path), "--json")
+        common.output_file(make(tmp_path), "--json")
     assert str(info.value).startswith("--json") and message in str(info.value)
 
 
@@ -103,9 +103,9 @@ def test_output_file_in_an_unwritable_folder(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(cli.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(common.tempfile, "mkstemp", read_only)
     with pytest.raises(OptionError, match=r"^--plot .*: cannot write in .* \(Read-only file"):
-        cli.output_file(str(tmp_path / "p.png"), "--plot")
+        common.output_file(str(tmp_path / "p.png"), "--plot")
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
@@ -116,61 +116,61 @@ def test_output_file_refuses_a_folder_without_write_permission(tmp_path):
     locked.chmod(0o500)
     try:
         with pytest.raises(OptionError, match="cannot write in"):
-            cli.output_file(str(locked / "b.json"), "--json")
+            common.output_file(str(locked / "b.json"), "--json")
         with pytest.raises(OptionError, match="cannot create the folder"):
-            cli.output_file(str(locked / "sub" / "b.json"), "--json")
+            common.output_file(str(locked / "sub" / "b.json"), "--json")
     finally:
         locked.chmod(0o700)
 
 
 def test_output_folder(tmp_path):
     target = tmp_path / "a" / "b"
-    assert cli.output_folder(str(target), "--out", files=("demo.png",)) == str(target)
+    assert common.output_folder(str(target), "--out", files=("demo.png",)) == str(target)
     assert target.is_dir()
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(OptionError, match=r"^--out .*: is a file; expected a folder"):
-        cli.output_folder(str(tmp_path / "file.txt"), "--out")
+        common.output_folder(str(tmp_path / "file.txt"), "--out")
     with pytest.raises(OptionError, match="is a file, not a folder"):
-        cli.output_folder(str(tmp_path / "file.txt" / "sub"), "--out")
+        common.output_folder(str(tmp_path / "file.txt" / "sub"), "--out")
     (target / "demo.png").mkdir()
     with pytest.raises(OptionError, match="demo.png is a folder"):
-        cli.output_folder(str(target), "--out", files=("demo.png",))
+        common.output_folder(str(target), "--out", files=("demo.png",))
 
 
 # ------------------------------------------------------------------ memory and ranges
 
 
 def test_available_memory_is_known_here():
-    avail = cli.available_memory()
+    avail = common.available_memory()
     assert avail is None or avail > 2**20
 
 
 def test_check_fits(monkeypatch):
-    monkeypatch.setattr(cli, "available_memory", lambda: 16 * 2**30)
-    cli.check_fits(15 * 2**30, "--n 5", "the demo")  # fits: nothing raised
+    monkeypatch.setattr(common, "available_memory", lambda: 16 * 2**30)
+    common.check_fits(15 * 2**30, "--n 5", "the demo")  # fits: nothing raised
     with pytest.raises(OptionError) as info:
-        cli.check_fits(3 * 2**40, "--n 5", "the demo", hint="try less")
+        common.check_fits(3 * 2**40, "--n 5", "the demo", hint="try less")
     assert str(info.value) == ("--n 5: the demo needs about 3 TiB of memory (an estimate), "
                                "more than the 16 GiB available here; try less")
-    monkeypatch.setattr(cli, "available_memory", lambda: None)  # unknown: nothing is refused
-    cli.check_fits(2**60, "--n 5", "the demo")
+    monkeypatch.setattr(common, "available_memory", lambda: None)  # unknown: nothing is refused
+    common.check_fits(2**60, "--n 5", "the demo")
 
 
 def test_format_bytes():
-    assert cli.format_bytes(512) == "512 B"
-    assert cli.format_bytes(1536) == "1.5 KiB"
-    assert cli.format_bytes(191 * 2**30) == "191 GiB"
-    assert cli.format_bytes(2**60) == "1.02e+03 PiB"
+    assert common.format_bytes(512) == "512 B"
+    assert common.format_bytes(1536) == "1.5 KiB"
+    assert common.format_bytes(191 * 2**30) == "191 GiB"
+    assert common.format_bytes(2**60) == "1.02e+03 PiB"
 
 
 def test_check_range():
-    cli.check_range(3, "--x", 1, 3)
+    common.check_range(3, "--x", 1, 3)
     for value, low, high, want in [(0, 1, None, "--x must be >= 1; got 0"),
                                    (5, None, 4, "--x must be <= 4; got 5"),
                                    (9, 1, 4, "--x must be in [1, 4]; got 9"),
                                    (float("nan"), 0, None, "--x must be >= 0; got nan")]:
         with pytest.raises(OptionError) as info:
-            cli.check_range(value, "--x", low, high)
+            common.check_range(value, "--x", low, high)
         assert str(info.value) == want
 
 

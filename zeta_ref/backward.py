@@ -214,37 +214,41 @@ def _check_intermediates_kind(inter, cfg, q, v) -> None:
 def _check_coordinates(inter, cfg, q, k, s, xp) -> None:
     """The selection belongs to these q and k: their quantised coordinates (stage 2, exact on
     every backend, D13) are the intermediates' own."""
-    for name, x in (("q", q), ("k", k)):
-        coords = s.quantize(x, cfg.bits, cfg.squash, cfg.clip_range)  # (..., N, d_k)
-        if not bool(xp.array_equal(coords, _as_xp(getattr(inter, f"{name}_coords"), xp))):
+    same = [xp.array_equal(s.quantize(x, cfg.bits, cfg.squash, cfg.clip_range),  # (..., N, d_k)
+                           _as_xp(getattr(inter, f"{name}_coords"), xp))
+            for name, x in (("q", q), ("k", k))]
+    same = [bool(x) for x in (xp.stack(same).get() if xp is not np else same)]  # one transfer
+    for name, ok in zip("qk", same):
+        if not ok:
             raise ValueError(f"intermediates come from another input: the quantised "
                              f"coordinates of {name} differ from its {name}_coords")
 
 
-def _differs(actual, desired, scale: float, dtype, xp) -> bool:
-    """Whether ``actual`` and ``desired`` differ by more than the dtype's tolerance allows,
-    times :data:`INTERMEDIATES_SLACK`, anywhere: max |actual - desired| against
-    rtol * max |desired| + atol * scale (the scale-relative absolute part of
-    :mod:`zeta_ref.tolerances`). One pass over a difference, so that the check stays cheap."""
+def _differing(checks, scales, dtype, xp) -> list[bool]:
+    """For each ``(actual, desired, scale_of)`` of ``checks``: whether the two differ by more
+    than the dtype's tolerance allows, times :data:`INTERMEDIATES_SLACK`, anywhere:
+    max |actual - desired| against rtol * max |desired| + atol * scale (the scale-relative
+    absolute part of :mod:`zeta_ref.tolerances`), where the scale is max |x| of the array
+    ``scales[scale_of]``. One pass over each difference, and one transfer from a GPU for all
+    of them, so that the checks stay cheap."""
     tol = tolerance(dtype)
-    lo, hi = extremes([actual - desired], xp)[0]
-    d_lo, d_hi = extremes([desired], xp)[0]
-    bound = INTERMEDIATES_SLACK * (tol["rtol"] * max(-d_lo, d_hi) + tol["atol"] * scale)
-    return not max(-lo, hi) <= bound
+    arrays = list(scales) + [a - d for a, d, _ in checks] + [d for _, d, _ in checks]
+    bounds = [max(-lo, hi) for lo, hi in extremes(arrays, xp)]
+    sizes, diffs, desired = (bounds[:len(scales)], bounds[len(scales):len(scales) + len(checks)],
+                             bounds[len(scales) + len(checks):])
+    return [not diff <= INTERMEDIATES_SLACK * (tol["rtol"] * big + tol["atol"] * sizes[which])
+            for diff, big, (_, _, which) in zip(diffs, desired, checks)]
 
 
 def _check_values(inter, cfg, k, v, candidates, mean_k, mean_v, xp) -> None:
     """The intermediates' floats belong to these k and v: the mean term (every position of k
     and v counts in it), and the outputs of :data:`CHECKED_QUERIES` queries recomputed from
     the intermediates' own weights and these values."""
-    (k_lo, k_hi), (v_lo, v_hi) = extremes([k, v], xp)
-    v_scale = max(-v_lo, v_hi)
+    checks, names = [], []
     if cfg.history_mean:
-        for name, mine, scale in (("k", mean_k, max(-k_lo, k_hi)), ("v", mean_v, v_scale)):
-            theirs = _as_xp(getattr(inter, f"mean_{name}"), xp)
-            if _differs(mine, theirs, scale, v.dtype, xp):
-                raise ValueError(f"intermediates come from another input: the mean term of "
-                                 f"{name} differs from its mean_{name}")
+        for which, (name, mine) in enumerate((("k", mean_k), ("v", mean_v))):
+            checks.append((mine, _as_xp(getattr(inter, f"mean_{name}"), xp), which))
+            names.append(f"the mean term of {name} differs from its mean_{name}")
     # o_i = sum_s w_is v_cand + w_i,mean vbar_i for a few queries, in float64
     n, d_v, n_slots = v.shape[-2], v.shape[-1], candidates.shape[-1]
     total = int(np.prod(v.shape[:-1], dtype=np.int64))  # R N queries in all
@@ -259,9 +263,11 @@ def _check_values(inter, cfg, k, v, candidates, mean_k, mean_v, xp) -> None:
         w_mean = _as_xp(inter.mean_weight, xp).reshape(total)[pick].astype(np.float64)
         out = out + w_mean[:, None] * mean_v.reshape(total, d_v)[pick].astype(np.float64)
     theirs = _as_xp(inter.output, xp).reshape(total, d_v)[pick].astype(np.float64)
-    if _differs(out, theirs, v_scale, v.dtype, xp):
-        raise ValueError("intermediates come from another input: the outputs it holds are "
-                         "not those of these values v")
+    checks.append((out, theirs, 1))
+    names.append("the outputs it holds are not those of these values v")
+    for bad, what in zip(_differing(checks, [k, v], v.dtype, xp), names):
+        if bad:
+            raise ValueError(f"intermediates come from another input: {what}")
 
 
 def _check_finite_gradients(arrays, dgamma: float, grad, xp) -> None:

@@ -68,6 +68,8 @@ import time
 
 import numpy as np
 
+from .common import progress_bar
+
 STAGE_NAMES = ("quantize", "morton", "sort", "window", "means", "topk")
 TARGET_TOKENS_PER_S = 1_000_000  # numba, N = 65536
 TARGET_DENSE_RATIO = 50.0  # numba vs dense, N = 16384
@@ -331,33 +333,6 @@ def measure_without_pool(forward, repeats: int) -> dict:
 # ------------------------------------------------------------------ progress and output
 
 
-def _watched(stream) -> bool:
-    """Whether a person watches ``stream``: a terminal, or a Jupyter kernel's output (which
-    renders the bar's carriage returns in the cell)."""
-    if "ipykernel" in sys.modules and type(stream).__module__.startswith("ipykernel"):
-        return True
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
-
-
-def progress_bar(total: int, mode: str = "auto"):
-    """A tqdm progress bar of ``total`` steps on stderr; use as a context manager (it ends its
-    line when the block ends, error or not, so that no message lands on the bar's line).
-
-    ``mode`` "auto" shows it only where a person watches (:func:`_watched`): in a pipe, a file
-    or a CI log a bar redrawn with carriage returns is noise, and the table says all it says.
-    "always" and "never" decide regardless.
-    """
-    from tqdm import tqdm
-
-    show = mode == "always" or (mode == "auto" and _watched(sys.stderr))
-    return tqdm(total=total, file=sys.stderr, disable=not show, unit="step", leave=True,
-                dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
-
-
 def _label(bar, text: str) -> None:
     if bar is not None:
         bar.set_description_str(f"{text:<36.36}")  # one width: the bar does not jump
@@ -504,7 +479,7 @@ def measure_cpu(method: str, n: int, repeats: int, seed: int = 0, cfg=None,
 
 def _check_numbers(args) -> None:
     """Every numeric CPU option in its range (the GPU's: bench_gpu.validate)."""
-    from .cli import check_range
+    from .common import check_range
 
     for n in args.sizes:
         check_range(n, "--sizes", 1, what=" (each N)")
@@ -524,7 +499,7 @@ def _check_numbers(args) -> None:
 def _check_memory(args, cpu_backends, torch_wanted: bool) -> None:
     """Refuse what cannot fit in this machine's memory (rows run one after another, so the
     largest one counts)."""
-    from .cli import check_fits
+    from .common import check_fits
 
     methods = list(cpu_backends) + ["dense"] + (["sdpa"] if torch_wanted else [])
     for n in sorted(set(args.sizes)):
@@ -551,12 +526,12 @@ def validate(args):
 
     In this order: the numbers' ranges, the backends, memory (estimated), the GPU's device
     memory, then the output paths (whose missing folders are created last, once everything
-    else passed). Each refusal is a :class:`zeta_ref.tools.cli.OptionError` naming the option.
+    else passed). Each refusal is a :class:`zeta_ref.tools.common.OptionError` naming the option.
     """
     from zeta_ref.backends import get_backend
     from zeta_ref.tools import bench_gpu
 
-    from .cli import OptionError, output_file
+    from .common import OptionError, output_file
 
     _check_numbers(args)
     shapes = bench_gpu.validate(args)
@@ -588,7 +563,7 @@ def _plot_path(path: str) -> str:
     and the "wrote" line name the file that is written)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from .cli import OptionError
+    from .common import OptionError
 
     ext = os.path.splitext(path)[1][1:].lower()
     formats = FigureCanvasAgg.get_supported_filetypes()

@@ -97,7 +97,7 @@ def add_arguments(parser):
 
 def parse_shape(text: str) -> tuple[int, int, int]:
     """'16x8x4096' -> (16, 8, 4096): batch, heads, sequence length (each >= 1)."""
-    from .cli import OptionError
+    from .common import OptionError
 
     parts = str(text).lower().split("x")
     try:
@@ -112,7 +112,7 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def validate(args) -> list[tuple[int, int, int]]:
     """Check the GPU options' values (without touching a GPU); return the parsed shapes."""
-    from .cli import check_range
+    from .common import check_range
 
     shapes = [parse_shape(s) for s in args.gpu_shapes]
     for name in ("sdpa_max_pairs", "sdpa_fp32_max_pairs"):
@@ -127,7 +127,7 @@ def check_device(args, shapes) -> None:
     intermediates is measured as "skipped: out of device memory")."""
     import cupy as cp
 
-    from .cli import OptionError, format_bytes
+    from .common import OptionError, format_bytes
 
     props = cp.cuda.runtime.getDeviceProperties(0)
     total = props.get("totalGlobalMem", 0)
@@ -386,7 +386,7 @@ def measure_sdpa(torch, b: int, h: int, n: int, dtype: str, repeats: int, seed: 
 def run_gpu(args, results: dict, shapes, progress=None) -> None:
     """Time every shape on the GPU; the results land in ``results["gpu"]``.
 
-    ``progress(total)``, optional, makes a progress bar (bench.progress_bar: a tqdm bar).
+    ``progress(total)``, optional, makes a progress bar (common.progress_bar: a tqdm bar).
     """
     from .. import ZetaConfig
 
@@ -402,7 +402,7 @@ def run_gpu(args, results: dict, shapes, progress=None) -> None:
         "copy": None, "runs": []}
     plan = [(b, h, n, m) for b, h, n in shapes for m in ("zeta", "sdpa-bf16", "sdpa-fp32")]
     if progress is None:
-        from .bench import progress_bar
+        from .common import progress_bar
 
         progress = lambda total: progress_bar(total, "never")  # noqa: E731
     with progress(1 + len(plan)) as bar:

@@ -17,7 +17,7 @@ import argparse
 
 from ..crosscheck.compare import COMPARE_BACKENDS, compare
 from ..crosscheck.dump import DumpError
-from .cli import OptionError, output_file
+from .common import OptionError, output_file
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from ..backends import backends, get_backend
 from ..config import CAUSAL_MODES, SCORES, SQUASHES, ZetaConfig
 from ..stages.projection import project, random_projection
 from ..stages.topk_softmax import topk_attention
-from .cli import OptionError, check_fits, check_range, output_folder
+from .common import OptionError, check_fits, check_range, output_folder
 
 FIGURE = "demo.png"
 

@@ -14,7 +14,7 @@ import argparse
 import os
 
 from ..crosscheck.golden import CASES, MANIFEST, write_golden
-from .cli import output_folder
+from .common import output_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
