@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._checks import (as_float_array, check_bits_for_dim, check_gamma, check_qkv, extremes,
-                      on_device)
+from ._checks import (as_float_array, as_host_array, check_bits_for_dim, check_gamma,
+                      check_qkv, extremes, on_device)
 from .attention import Intermediates, zeta_attention
 from .backends import backends, get_backend
 from .config import ZetaConfig
@@ -167,7 +167,7 @@ def _as_xp(x, xp):
     """An array of the intermediates as an array of ``xp`` (they may come from another
     backend: a GPU's arrays are copied to the host for a CPU backend, and back)."""
     if xp is np and on_device(x):
-        return x.get() if hasattr(x, "get") else np.from_dlpack(x, device="cpu", copy=True)
+        return as_host_array(x, "intermediates")
     return xp.asarray(x)
 
 

@@ -154,13 +154,14 @@ def _output(ch: Chain):
     return weighted_sum(ch)
 
 
-def weighted_sum(ch: Chain):
-    """Eq. 6's sum from the chain's weights: sum_j w_j v_j + mean_weight * mean_v."""
+def weighted_sum(ch: Chain, with_mean: bool = True):
+    """Eq. 6's sum from the chain's weights: sum_j w_j v_j + mean_weight * mean_v (the mean
+    term's share only with the mean term on and ``with_mean``)."""
     cand = ch["candidates"]
     values = gather_rows(ch.v, cand)  # (..., N, k, d_v)
     w = np.where(cand >= 0, ch["weights"], 0).astype(ch.v.dtype)  # (..., N, k)
     out = (w[..., None] * values).sum(axis=-2)  # (..., N, d_v)
-    if ch.cfg.history_mean:
+    if ch.cfg.history_mean and with_mean:
         out = out + ch["mean_weight"][..., None].astype(ch.v.dtype) * ch["mean_v"]
     return out.astype(ch.v.dtype, copy=False)
 

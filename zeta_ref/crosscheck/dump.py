@@ -93,9 +93,16 @@ def save_dump(path, q, k, v, config=None, **results) -> str:
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    np.savez(path, config=json.dumps(config_fields(cfg)), format_version=FORMAT_VERSION,
-             zeta_ref_version=__version__, **host)
+    write_archive(path, cfg, host)
     return path
+
+
+def write_archive(path: str, cfg: ZetaConfig, arrays: dict, *, compressed: bool = False) -> None:
+    """Write checked host ``arrays`` and ``cfg`` to the ``.npz`` file ``path``, with the format
+    version and the zeta_ref version: the one writer of the format (save_dump, golden files)."""
+    write = np.savez_compressed if compressed else np.savez
+    write(path, config=json.dumps(config_fields(cfg)), format_version=FORMAT_VERSION,
+          zeta_ref_version=__version__, **arrays)
 
 
 def config_fields(cfg: ZetaConfig) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 from .._version import __version__
 from ..attention import zeta_attention
 from ..config import ZetaConfig
-from .dump import config_fields, load_dump
+from .dump import config_fields, load_dump, write_archive
 from .schema import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
@@ -100,9 +100,7 @@ def write_golden(out: str, cases=CASES) -> list[str]:
         arrays = case_arrays(case)
         cfg = ZetaConfig(**case.config)
         path = os.path.join(out, case.name + ".npz")
-        np.savez_compressed(path, config=json.dumps(config_fields(cfg)),
-                            format_version=FORMAT_VERSION, zeta_ref_version=__version__,
-                            **arrays)
+        write_archive(path, cfg, arrays, compressed=True)
         load_dump(path)  # every golden file is one zeta-ref compare reads
         entries.append({
             "file": case.name + ".npz", "covers": case.covers, "config": config_fields(cfg),

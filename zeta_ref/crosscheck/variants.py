@@ -20,7 +20,7 @@ from ..stages.morton import morton_encode
 from ..stages.quantize import squash
 from ..stages.topk_softmax import history_means
 from ..stages.window import gather_rows, nearness
-from .chain import Chain
+from .chain import Chain, weighted_sum
 from .schema import FIELDS, STAGE_OF, STAGES
 from .verdicts import judge
 
@@ -246,9 +246,7 @@ def _unscaled_softmax(which: int):
 
 
 def _output_without_mean(ch: Chain):
-    cand = ch["candidates"]
-    w = np.where(cand >= 0, ch["weights"], 0).astype(ch.v.dtype)
-    return (w[..., None] * gather_rows(ch.v, cand)).sum(axis=-2).astype(ch.v.dtype)
+    return weighted_sum(ch, with_mean=False)
 
 
 # ------------------------------------------------------------------ the catalogue

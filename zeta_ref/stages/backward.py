@@ -81,7 +81,7 @@ def scatter_rows(x, idx, n: int) -> np.ndarray:
     array (..., n, d), in x's dtype: sums taken in float64, in the order of (i, s) ascending,
     then rounded once.
     """
-    lead, s, d = idx.shape[:-2], idx.shape[-1], x.shape[-1]
+    lead, d = idx.shape[:-2], x.shape[-1]
     n_rows = int(np.prod(lead, dtype=np.int64))
     rows = idx.reshape(n_rows, -1)  # (R, N*S)
     flat = rows + (np.arange(n_rows, dtype=np.int64) * n)[:, None]  # row r's keys from r*n on
