@@ -2,7 +2,10 @@
 
 One Sphinx build (the README's command, into a temporary folder) executes every notebook of
 notebooks/ once through myst-nb; any exception in a cell or any Sphinx warning fails it. The
-checks after it read the HTML that build wrote. The build takes about a minute on two cores.
+checks after it read the HTML that build wrote: every notebook page shows its figures (as SVG),
+offers the notebook for download (.ipynb and .md), and every figure named in a notebook's
+metadata is exported to figures/<name>.svg and listed with its caption on the figures page.
+The build takes two to three minutes on two cores.
 """
 
 from __future__ import annotations
@@ -40,18 +43,104 @@ def test_there_are_notebooks():
     assert len(NOTEBOOKS) >= 4, NOTEBOOKS
 
 
+def named_figures():
+    """(notebook, name, caption) of every figure named in a code cell's metadata
+    (``mystnb: figure: {name: ..., caption: ...}``), read with jupytext, apart from conf.py."""
+    import jupytext
+
+    found = []
+    for name in NOTEBOOKS:
+        for cell in jupytext.read(ROOT / "notebooks" / f"{name}.md").cells:
+            fig = (cell.metadata.get("mystnb") or {}).get("figure") or {}
+            if isinstance(fig, dict) and fig.get("name"):
+                found.append((name, str(fig["name"]), " ".join(str(fig.get("caption", "")).split())))
+    return found
+
+
+def _words(text: str) -> str:
+    """The letters and digits of a text, one space apart: markup and MathJax left out."""
+    text = re.sub(r"<[^>]+>", " ", text)
+    return " ".join(re.findall(r"[A-Za-z0-9]+", text))
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_page_has_its_figures(site, name):
     page = site / "notebooks" / f"{name}.html"
     assert page.exists(), f"no page for notebook {name}"
     html = page.read_text(encoding="utf-8")
-    images = re.findall(r'<img[^>]+src="([^"]+\.png)"', html)
+    images = re.findall(r'<img[^>]+src="([^"]+\.(?:svg|png))"', html)
     assert images, f"{page.name} shows no figure"
     for src in images:
         assert (page.parent / src).resolve().exists(), f"{page.name}: missing image {src}"
+    # what the notebooks draw comes as SVG (docs/conf.py configures the kernels); a PNG can
+    # only be a picture a notebook shows from a file
+    assert any(src.endswith(".svg") for src in images), f"{page.name}: no SVG figure"
 
 
-@pytest.mark.parametrize("page", ["index", "getting-started", "api", "decisions", "benchmarks"])
+def test_the_notebooks_name_their_figures():
+    figures = named_figures()
+    assert any(nb.startswith("00_") for nb, _, _ in figures), figures
+    names = [name for _, name, _ in figures]
+    assert len(names) == len(set(names)), f"a figure name is used twice: {sorted(names)}"
+    for nb, name, caption in figures:
+        assert re.fullmatch(r"fig-\d\d-[a-z0-9-]+", name), f"{nb}: figure name {name!r}"
+        assert caption, f"{nb}: figure {name} has no caption"
+
+
+@pytest.mark.parametrize("notebook, name, caption", named_figures())
+def test_every_named_figure_is_exported_with_its_caption(site, notebook, name, caption):
+    html = (site / "notebooks" / f"{notebook}.html").read_text(encoding="utf-8")
+    page = (site / "figures.html").read_text(encoding="utf-8")
+    assert _words(caption) in _words(page), f"figures.html lacks the caption of {name}"
+    if f'id="{name}"' not in html:
+        # its cell drew nothing in this build (a GPU cell on a machine without one): the
+        # figures page must say so, and nothing may be exported under its name; notebook 0
+        # draws everything everywhere
+        assert not notebook.startswith("00_"), f"{notebook}.html does not show {name}"
+        section = page[page.index(f'id="{name}"'):]
+        assert "Not drawn when this site was built" in section[:3000], name
+        assert not list((site / "figures").glob(f"{name}.*"))
+        return
+    svg = site / "figures" / f"{name}.svg"
+    assert svg.exists(), f"{name} (notebook {notebook}) not exported to figures/"
+    assert "<svg" in svg.read_text(encoding="utf-8")[:400], f"{svg.name} is not an SVG file"
+    # the figures page links the file, and the notebook page shows the figure with its caption
+    assert f'href="figures/{name}.svg"' in page, f"figures.html does not link {name}"
+    assert _words(caption) in _words(html), f"{notebook}.html lacks the caption of {name}"
+
+
+def test_figures_folder_holds_only_named_figures(site):
+    exported = {p.name for p in (site / "figures").glob("*")}
+    named = {f"{name}.svg" for _, name, _ in named_figures()}
+    assert exported <= named, sorted(exported - named)
+    assert {f"{name}.svg" for nb, name, _ in named_figures() if nb.startswith("00_")} <= exported
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_each_notebook_page_offers_its_downloads(site, name):
+    import jupytext
+    import nbformat
+
+    page = site / "notebooks" / f"{name}.html"
+    html = page.read_text(encoding="utf-8")
+    links = dict(re.findall(r'<a class="reference download internal"[^>]*href="([^"]+/'
+                            r'[^"/]+\.(ipynb|md))"', html))
+    by_kind = {kind: href for href, kind in links.items()}
+    assert set(by_kind) == {"ipynb", "md"}, f"{page.name}: download links {links}"
+    source = (ROOT / "notebooks" / f"{name}.md").read_text(encoding="utf-8")
+    md = page.parent / by_kind["md"]
+    assert md.name == f"{name}.md" and md.read_text(encoding="utf-8") == source
+    ipynb = page.parent / by_kind["ipynb"]
+    assert ipynb.name == f"{name}.ipynb"
+    nb = nbformat.read(ipynb, as_version=4)
+    nbformat.validate(nb)
+    assert len(nb.cells) == len(jupytext.read(ROOT / "notebooks" / f"{name}.md").cells)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("page", ["index", "getting-started", "api", "decisions", "benchmarks",
+                                  "glossary", "syllabus", "common-mistakes", "figures"])
 def test_page_exists(site, page):
     assert (site / f"{page}.html").exists()
 
