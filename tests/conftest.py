@@ -173,3 +173,20 @@ def rel_err(actual, desired):
 def relative_error():
     """``relative_error(actual, desired)``: max abs difference over max abs of desired."""
     return rel_err
+
+
+@pytest.fixture
+def zeta_ref_cli(capsys):
+    """``zeta_ref_cli(argv)`` runs ``zeta-ref ARGV`` in this process and returns (exit status,
+    stdout, stderr): the tests of the subcommands' options and messages."""
+    from zeta_ref.tools import cli
+
+    def run(argv):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exit_info:
+            code = exit_info.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -10,15 +10,6 @@ from zeta_ref.tools import bench, cli, common, demo
 from zeta_ref.tools.common import OptionError
 
 
-def _main(argv, capsys):
-    """Run ``zeta-ref ARGV`` in this process; return (exit status, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 # ------------------------------------------------------------------ who is blamed
 
@@ -36,18 +27,18 @@ def test_a_bug_inside_a_run_is_not_reported_as_an_option_error(monkeypatch, caps
     assert "error: an internal inconsistency" not in err  # not dressed as an option error
 
 
-def test_out_of_memory_during_a_run_is_one_line(monkeypatch, capsys):
+def test_out_of_memory_during_a_run_is_one_line(monkeypatch, zeta_ref_cli):
     def no_memory(*args, **kwargs):
         raise MemoryError("Unable to allocate 8.00 TiB for an array with shape (1, 2)")
 
     monkeypatch.setattr(demo, "make_sequence", no_memory)
-    code, out, err = _main(["demo", "--n", "16"], capsys)
+    code, out, err = zeta_ref_cli(["demo", "--n", "16"])
     assert code == 1 and out == ""
     assert err.splitlines() == ["zeta-ref demo: error: out of memory: Unable to allocate 8.00 "
                                 "TiB for an array with shape (1, 2)"], err
 
 
-def test_an_os_error_during_a_run_is_one_line(monkeypatch, capsys, tmp_path):
+def test_an_os_error_during_a_run_is_one_line(monkeypatch, zeta_ref_cli, tmp_path):
     path = str(tmp_path / "b.json")
 
     def disk_full(results, p):
@@ -55,13 +46,13 @@ def test_an_os_error_during_a_run_is_one_line(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(bench, "write_json", disk_full)
     monkeypatch.setattr(bench, "run_cpu", lambda *a: None)  # no measurements: an empty table
-    code, out, err = _main(["bench", "--backends", "numba", "--json", path], capsys)
+    code, out, err = zeta_ref_cli(["bench", "--backends", "numba", "--json", path])
     assert code == 1
     assert err.splitlines() == [f"zeta-ref bench: error: No space left on device: {path}"], err
 
 
-def test_option_errors_are_one_line_with_status_2(capsys):
-    code, out, err = _main(["demo", "--seed", "-1"], capsys)
+def test_option_errors_are_one_line_with_status_2(zeta_ref_cli):
+    code, out, err = zeta_ref_cli(["demo", "--seed", "-1"])
     assert code == 2 and out == ""
     assert err.splitlines() == ["zeta-ref demo: error: --seed must be >= 0; got -1"]
 

@@ -20,21 +20,11 @@ import pytest
 
 from zeta_ref.backends import REGISTRY
 from zeta_ref.course import catalog, grader, markers
-from zeta_ref.tools import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(catalog.EXERCISES)
 FEW = "20"  # hypothesis examples in the tests of failing files: a failure is found early
 
-
-def _main(argv, capsys):
-    """Run ``zeta-ref ARGV`` here; return (exit status, stdout, stderr)."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit_info:
-        code = exit_info.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _load(path, name):
@@ -101,16 +91,16 @@ def test_decisions_are_those_of_the_decisions_page():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_every_reference_solution_passes(name, capsys):
-    code, out, err = _main(["grade", name, str(catalog.EXERCISES[name].solution_file)], capsys)
+def test_every_reference_solution_passes(name, zeta_ref_cli):
+    code, out, err = zeta_ref_cli(["grade", name, str(catalog.EXERCISES[name].solution_file)])
     assert code == 0, out + err
     assert "result: PASS" in out and "FAIL" not in out
     assert not any(n.startswith("student-") for n in REGISTRY)  # the swapped backend is gone
 
 
-def test_an_untouched_student_version_fails_as_not_written_yet(capsys):
-    code, out, _ = _main(["grade", "morton_encode", str(markers.EXERCISES / "morton_encode.py"),
-                          "--examples", FEW], capsys)
+def test_an_untouched_student_version_fails_as_not_written_yet(zeta_ref_cli):
+    code, out, _ = zeta_ref_cli(["grade", "morton_encode", str(markers.EXERCISES / "morton_encode.py"),
+                          "--examples", FEW])
     assert code == 1 and "not written yet: NotImplementedError" in out
 
 
@@ -189,11 +179,11 @@ WRONG = {
 
 
 @pytest.mark.parametrize("case", list(WRONG))
-def test_a_common_mistake_fails_and_is_named(case, tmp_path, capsys):
+def test_a_common_mistake_fails_and_is_named(case, tmp_path, zeta_ref_cli):
     name, source, wanted = WRONG[case]
     path = tmp_path / f"{case}.py"
     path.write_text(source(), encoding="utf-8")
-    code, out, err = _main(["grade", name, str(path), "--examples", FEW], capsys)
+    code, out, err = zeta_ref_cli(["grade", name, str(path), "--examples", FEW])
     assert code == 1, out + err
     assert "result: FAIL" in out and "the smallest failing input" in out
     for text in wanted:
@@ -201,23 +191,23 @@ def test_a_common_mistake_fails_and_is_named(case, tmp_path, capsys):
     assert "recall@k" in out and "Traceback" not in out + err
 
 
-def test_a_numba_exercise_without_a_compiled_kernel_fails(tmp_path, capsys):
+def test_a_numba_exercise_without_a_compiled_kernel_fails(tmp_path, zeta_ref_cli):
     numba = pytest.importorskip("numba")
     if numba.config.DISABLE_JIT:
         pytest.skip("NUMBA_DISABLE_JIT: nothing is compiled, so the check is left out")
     path = tmp_path / "plain.py"
     path.write_text(_edit("numba_morton_encode", "@nb.njit(cache=False)\n", ""),
                     encoding="utf-8")
-    code, out, _ = _main(["grade", "numba_morton_encode", str(path), "--examples", FEW], capsys)
+    code, out, _ = zeta_ref_cli(["grade", "numba_morton_encode", str(path), "--examples", FEW])
     assert code == 1
     assert "FAIL  compiled with Numba" in out and "@numba.njit" in out
     assert "PASS  hypothesis inputs" in out  # right codes, but not a twin
 
 
-def test_a_file_that_imports_the_specifications_function_fails(tmp_path, capsys):
+def test_a_file_that_imports_the_specifications_function_fails(tmp_path, zeta_ref_cli):
     path = tmp_path / "copy.py"
     path.write_text("from zeta_ref.stages.sort import sort_keys  # noqa: F401\n")
-    code, out, _ = _main(["grade", "sort_keys", str(path), "--examples", FEW], capsys)
+    code, out, _ = zeta_ref_cli(["grade", "sort_keys", str(path), "--examples", FEW])
     assert code == 1 and "FAIL  own work" in out and "imports sort_keys" in out
 
 
@@ -243,8 +233,8 @@ def test_a_grade_is_reproducible(tmp_path):
     (["grade", "morton_encode", "x.py", "--examples", "0"], "--examples must be in"),
     (["grade", "morton_encode", "--all", "no/such/dir"], "no such folder"),
 ])
-def test_bad_options_are_one_line_with_status_2(argv, message, capsys):
-    code, out, err = _main(argv, capsys)
+def test_bad_options_are_one_line_with_status_2(argv, message, zeta_ref_cli):
+    code, out, err = zeta_ref_cli(argv)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
 
@@ -258,10 +248,10 @@ def test_bad_options_are_one_line_with_status_2(argv, message, capsys):
     ("morton_encode = 3\n", "morton_encode is a int, not a function"),
 ])
 def test_a_file_that_cannot_be_graded_is_one_clear_line_with_status_1(source, message, tmp_path,
-                                                                        capsys):
+                                                                        zeta_ref_cli):
     path = tmp_path / "broken.py"
     path.write_text(source)
-    code, out, err = _main(["grade", "morton_encode", str(path)], capsys)
+    code, out, err = zeta_ref_cli(["grade", "morton_encode", str(path)])
     assert code == 1 and "Traceback" not in out + err
     errors = [line for line in out.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and message in errors[0], out
@@ -270,11 +260,11 @@ def test_a_file_that_cannot_be_graded_is_one_clear_line_with_status_1(source, me
 # ------------------------------------------------------------------ --json, --all, --start
 
 
-def test_json_of_one_grade(tmp_path, capsys):
+def test_json_of_one_grade(tmp_path, zeta_ref_cli):
     path, report = tmp_path / "lsb.py", tmp_path / "out" / "grade.json"
     path.write_text(MORTON_LSB_FIRST)
-    code, _, _ = _main(["grade", "morton_encode", str(path), "--examples", FEW,
-                        "--json", str(report)], capsys)
+    code, _, _ = zeta_ref_cli(["grade", "morton_encode", str(path), "--examples", FEW,
+                        "--json", str(report)])
     data = json.loads(report.read_text())
     assert code == 1 and data["status"] == 1 and data["passed"] is False
     assert {c["name"] for c in data["checks"]} >= {"awkward inputs", "hypothesis inputs",
@@ -284,15 +274,15 @@ def test_json_of_one_grade(tmp_path, capsys):
     assert 0 <= data["recall"]["yours"] < data["recall"]["specification"] <= 1
 
 
-def test_all_grades_a_folder_into_one_table(tmp_path, capsys):
+def test_all_grades_a_folder_into_one_table(tmp_path, zeta_ref_cli):
     folder = tmp_path / "class"
     folder.mkdir()
     (folder / "alice.py").write_text(catalog.EXERCISES["morton_encode"].solution_file.read_text())
     (folder / "bob.py").write_text(MORTON_LSB_FIRST)
     (folder / "carol.py").write_text("raise RuntimeError('not finished')\n")
     report = tmp_path / "class.json"
-    code, out, _ = _main(["grade", "morton_encode", "--all", str(folder), "--examples", FEW,
-                          "--json", str(report)], capsys)
+    code, out, _ = zeta_ref_cli(["grade", "morton_encode", "--all", str(folder), "--examples", FEW,
+                          "--json", str(report)])
     assert code == 1
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert " PASS " in rows["alice"] and " FAIL " in rows["bob"] and " ERROR " in rows["carol"]
@@ -303,23 +293,22 @@ def test_all_grades_a_folder_into_one_table(tmp_path, capsys):
     assert [Path(g["file"]).stem for g in data["grades"]] == ["alice", "bob", "carol"]
 
 
-def test_all_of_a_folder_without_python_files(tmp_path, capsys):
-    code, _, err = _main(["grade", "morton_encode", "--all", str(tmp_path)], capsys)
+def test_all_of_a_folder_without_python_files(tmp_path, zeta_ref_cli):
+    code, _, err = zeta_ref_cli(["grade", "morton_encode", "--all", str(tmp_path)])
     assert code == 2 and "holds no .py files" in err
 
 
-def test_start_copies_the_exercises_and_list_shows_them(tmp_path, capsys):
+def test_start_copies_the_exercises_and_list_shows_them(tmp_path, zeta_ref_cli):
     target = tmp_path / "work"
-    code, out, _ = _main(["grade", "--start", str(target)], capsys)
+    code, out, _ = zeta_ref_cli(["grade", "--start", str(target)])
     assert code == 0
     assert sorted(p.name for p in target.iterdir()) == sorted(f"{n}.py" for n in NAMES)
     assert (target / "quantize.py").read_text() == (markers.EXERCISES / "quantize.py").read_text()
-    code, _, err = _main(["grade", "--start", str(target), "quantize"], capsys)
+    code, _, err = zeta_ref_cli(["grade", "--start", str(target), "quantize"])
     assert code == 2 and "exists (--force overwrites)" in err
-    code, _, _ = _main(["grade", "--start", str(target), "quantize", "--solutions", "--force"],
-                       capsys)
+    code, _, _ = zeta_ref_cli(["grade", "--start", str(target), "quantize", "--solutions", "--force"])
     assert code == 0
     assert (target / "quantize.py").read_text() == \
         catalog.EXERCISES["quantize"].solution_file.read_text()
-    code, out, _ = _main(["grade", "--list"], capsys)
+    code, out, _ = zeta_ref_cli(["grade", "--list"])
     assert code == 0 and all(n in out for n in NAMES) and "hard" in out

@@ -6,6 +6,7 @@ Subcommands:
   compare  hold another implementation's dump against zeta_ref, stage by stage (zeta_ref.tools.compare)
   golden   write the golden files: dumps of every intermediate for a set of cases (zeta_ref.tools.golden)
   grade    grade a course-pack exercise against the specification (zeta_ref.tools.grade)
+  mqar     train a small model on MQAR, full attention or ZETA; the paper's grid (zeta_ref.tools.mqar)
 
 How a failure reaches the user lives here; the checks every subcommand runs on its options
 before it starts any work, and the progress bar, live in :mod:`zeta_ref.tools.common`.
@@ -35,10 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="zeta_ref: the reference implementation of ZETA (Z-order top-k attention).",
     )
     parser.add_argument("--version", action="version", version=f"zeta_ref {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,compare,golden,grade}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,bench,compare,golden,grade,mqar}")
     sub.required = True
 
-    from . import bench, compare, demo, golden, grade
+    from . import bench, compare, demo, golden, grade, mqar
 
     commands = (
         ("demo", demo, "walk through the six stages on a seeded example"),
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("compare", compare, "hold another implementation's dump against zeta_ref"),
         ("golden", golden, "write the golden files (every intermediate, versioned)"),
         ("grade", grade, "grade an exercise of the course pack against the specification"),
+        ("mqar", mqar, "train a small model on MQAR with full attention or ZETA"),
     )
     for name, module, summary in commands:  # each module: add_arguments, run, its docstring
         p = sub.add_parser(name, help=summary, description=module.__doc__,

@@ -3,7 +3,7 @@
   zeta-ref grade --list                        the exercises, with difficulty and time
   zeta-ref grade --start DIR [EXERCISE ...]    copy the exercises' files into DIR to work on
   zeta-ref grade EXERCISE FILE.py              grade one file
-  zeta-ref grade EXERCISE --all DIR            grade every DIR/*.py (one per student) in a table
+  zeta-ref grade EXERCISE --all DIR            grade every .py file of DIR (one a student), one table
 
 FILE.py defines the stage function under the specification's name (for exercise
 numba_morton_encode: morton_encode). The grader holds it against the specification on

@@ -1,0 +1,248 @@
+"""The paper's MQAR grid: the runs, a parallel runner, and the table of results against the
+paper's claims.
+
+The grid ``"paper"`` (:func:`paper_grid`) has two parts:
+
+- **main**: sequence length N in {64, 128, 256} x model dimension d in {64, 128, 256}, each
+  with full attention and with ZETA (k = 32, d_K = 3, Cauchy score); P = N / 16 pairs (4, 8,
+  16: the pairing of Zoology's main MQAR figure);
+- **ablation**: at N = 256, d = 256 (the size where the paper reports 100 %), ZETA with d_K in
+  {1, 2, 3, 8} x score in {cauchy, neg_euclidean, inv_euclidean}.
+
+Every configuration runs with each of ``seeds`` (two by default). The grid ``"smoke"`` is a
+minute-long version (two tiny sizes, one seed, a few steps) that checks the machinery.
+
+:func:`run_grid` runs the configurations in ``jobs`` parallel processes (spawned, so that each
+has its own CUDA context on a GPU) and rewrites the JSON file after every finished run, so an
+interrupted grid keeps what it finished. :func:`render_table` turns that JSON into the tables
+of docs/experiments.md: the paper's claim beside the measured accuracy, with verdicts computed
+from the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import asdict, replace
+
+from .train import RunConfig
+
+GRIDS = ("paper", "smoke")
+MAIN_SEQ_LENS = (64, 128, 256)
+MAIN_D_MODELS = (64, 128, 256)
+ABLATION_SIZE = (256, 256)  # (N, d)
+ABLATION_D_KS = (1, 2, 3, 8)
+ABLATION_SCORES = ("cauchy", "neg_euclidean", "inv_euclidean")
+#: Defaults of the paper grid, per run (sized for 25 minutes on one H200 with 8 jobs; see
+#: docs/experiments.md for the estimate).
+PAPER_DEFAULTS = {"steps": 4000, "batch": 128, "lr": 1e-3, "test_size": 1000,
+                  "eval_every": 1000}
+
+
+def paper_grid(base: RunConfig, seeds=(0, 1)) -> list[tuple[str, RunConfig]]:
+    """The (group, config) pairs of the paper grid; every config is ``base`` with the grid's
+    knobs (seq_len, d_model, pairs, attention, d_k, score, k) replaced, and each seed."""
+    runs = []
+    for seed in seeds:
+        for n in MAIN_SEQ_LENS:
+            for d in MAIN_D_MODELS:
+                common = dict(seq_len=n, d_model=d, pairs=None, seed=seed, k=32)
+                runs.append(("main", replace(base, attention="full", **common)))
+                runs.append(("main", replace(base, attention="zeta", d_k=3, score="cauchy",
+                                             **common)))
+        n, d = ABLATION_SIZE
+        for d_k in ABLATION_D_KS:
+            for score in ABLATION_SCORES:
+                if d_k == 3 and score == "cauchy":
+                    continue  # the main grid's run at this size
+                runs.append(("ablation", replace(base, attention="zeta", seq_len=n,
+                                                 d_model=d, pairs=None, d_k=d_k,
+                                                 score=score, k=32, seed=seed)))
+    return [(group, _fresh(cfg)) for group, cfg in runs]
+
+
+def smoke_grid(base: RunConfig, seeds=(0,)) -> list[tuple[str, RunConfig]]:
+    """A tiny grid with the paper grid's structure: a check of the machinery, not a result."""
+    runs = []
+    for seed in seeds:
+        for n, d in ((32, 32), (64, 32)):
+            runs.append(("main", replace(base, seq_len=n, d_model=d, pairs=None,
+                                         attention="full", seed=seed)))
+            runs.append(("main", replace(base, seq_len=n, d_model=d, pairs=None,
+                                         attention="zeta", d_k=3, score="cauchy", seed=seed)))
+        for d_k in (1, 3):
+            for score in ("cauchy", "neg_euclidean"):
+                if d_k == 3 and score == "cauchy":
+                    continue
+                runs.append(("ablation", replace(base, seq_len=64, d_model=32, pairs=None,
+                                                 attention="zeta", d_k=d_k, score=score,
+                                                 seed=seed)))
+    return [(group, _fresh(cfg)) for group, cfg in runs]
+
+
+def _fresh(cfg: RunConfig) -> RunConfig:
+    """``cfg`` built again from its fields, so that the derived defaults (pairs = N / 16,
+    warm-up) follow the replaced sizes."""
+    fields = asdict(cfg)
+    return RunConfig(**fields)
+
+
+def make_grid(name: str, base: RunConfig, seeds) -> list[tuple[str, RunConfig]]:
+    """The runs of the grid ``name`` ("paper" or "smoke")."""
+    if name == "paper":
+        return paper_grid(base, seeds)
+    if name == "smoke":
+        return smoke_grid(base, seeds)
+    raise ValueError(f"grid must be one of {GRIDS}; got {name!r}")
+
+
+def _cost(cfg: RunConfig) -> float:
+    """A rough relative cost, to start the longest runs first (better packing)."""
+    per_step = cfg.batch * cfg.seq_len * (cfg.d_model + (cfg.seq_len if cfg.attention ==
+                                                         "full" else 64))
+    return cfg.steps * per_step * (3.0 if cfg.attention == "zeta" else 1.0)
+
+
+def _run_one(payload):
+    """Worker: one run (in a spawned process: imports happen here)."""
+    group, fields, threads = payload
+    if threads:
+        try:
+            import numba
+
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        except ImportError:
+            pass
+    from .train import RunConfig as Config
+    from .train import train
+
+    result = train(Config(**fields))
+    result["group"] = group
+    return result
+
+
+def write_json(results: dict, path: str) -> None:
+    """Write ``results`` to ``path`` through a temporary file (never half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progress=None,
+             on_result=None) -> dict:
+    """Run every (group, config) of ``runs``, ``jobs`` at a time; return the results.
+
+    ``header``: what the JSON records besides the runs (machine, command, date). The JSON is
+    rewritten after every finished run (runs in the order they finished). ``progress``: an
+    optional tqdm-like bar counting runs. ``on_result(result)`` is called for each run.
+    With ``jobs`` = 1 the runs go one after another in this process.
+    """
+    results = dict(header, runs=[])
+    ordered = sorted(runs, key=lambda gc: -_cost(gc[1]))
+    cpu_threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+    def done(result):
+        results["runs"].append(result)
+        if json_path:
+            write_json(results, json_path)
+        if on_result is not None:
+            on_result(result)
+        if progress is not None:
+            progress.update(1)
+
+    if jobs == 1:
+        for group, cfg in ordered:
+            done(_run_one((group, asdict(cfg), 0)))
+        return results
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_one, (group, asdict(cfg), cpu_threads))
+                   for group, cfg in ordered]
+        for future in as_completed(futures):
+            done(future.result())
+    return results
+
+
+# ------------------------------------------------------------------ the table
+
+
+def _accuracies(runs, **match) -> list[float]:
+    return [r["accuracy"] for r in runs
+            if all(r["config"].get(key) == value for key, value in match.items())]
+
+
+def _fmt(accs: list[float]) -> str:
+    """'99.8 % (99.6, 100.0)': the mean over seeds and each seed; '—' when not run."""
+    if not accs:
+        return "—"
+    mean = 100 * statistics.fmean(accs)
+    each = ", ".join(f"{100 * a:.1f}" for a in accs)
+    return f"{mean:.1f} %" + (f" ({each})" if len(accs) > 1 else "")
+
+
+def _mean(accs):
+    return statistics.fmean(accs) if accs else None
+
+
+def render_table(results: dict) -> str:
+    """The grid's results as Markdown: the paper's claim beside the measured accuracy.
+
+    Two tables: the main grid (one row per N and d: full attention, ZETA and the claim), and
+    the ablation (one row per d_K: each score, the claims about d_K and about the Cauchy
+    score, and whether the numbers bear them out). Accuracies are means over the seeds run
+    (each seed in brackets); nothing here is typed in by hand.
+    """
+    runs = results.get("runs", [])
+    lines = []
+    main = [r for r in runs if r.get("group") == "main"]
+    if main:
+        lines += ["| N | pairs | d_model | full attention | ZETA (k=32, d_K=3, Cauchy) | "
+                  "paper's claim | ZETA - full |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        sizes = sorted({(r["config"]["seq_len"], r["config"]["d_model"]) for r in main})
+        for n, d in sizes:
+            full = _accuracies(main, seq_len=n, d_model=d, attention="full")
+            zeta = _accuracies(main, seq_len=n, d_model=d, attention="zeta")
+            pairs = next(r["config"]["pairs"] for r in main
+                         if r["config"]["seq_len"] == n)
+            claim = ("100 % for both" if d == 256 else "ZETA matches attention")
+            gap = (f"{100 * (_mean(zeta) - _mean(full)):+.1f} points"
+                   if full and zeta else "—")
+            lines.append(f"| {n} | {pairs} | {d} | {_fmt(full)} | {_fmt(zeta)} | {claim} | "
+                         f"{gap} |")
+    ablation = [r for r in runs if r["config"]["attention"] == "zeta"]
+    sizes = sorted({(r["config"]["seq_len"], r["config"]["d_model"])
+                    for r in runs if r.get("group") == "ablation"})
+    for n, d in sizes:
+        at = [r for r in ablation if r["config"]["seq_len"] == n
+              and r["config"]["d_model"] == d]
+        scores = [s for s in ABLATION_SCORES if any(r["config"]["score"] == s for r in at)]
+        d_ks = sorted({r["config"]["d_k"] for r in at})
+        if lines:
+            lines.append("")
+        lines += [f"Ablation at N = {n}, d_model = {d} (ZETA, k = 32):", "",
+                  "| d_K | " + " | ".join(scores) + " | paper's claim | Cauchy best? |",
+                  "| --- | " + " | ".join("---" for _ in scores) + " | --- | --- |"]
+        for d_k in d_ks:
+            means = {s: _mean(_accuracies(at, d_k=d_k, score=s)) for s in scores}
+            cells = [_fmt(_accuracies(at, d_k=d_k, score=s)) for s in scores]
+            claim = ("slightly below d_K >= 2" if d_k == 1 else "near perfect") + \
+                "; Cauchy best"
+            others = [m for s, m in means.items() if s != "cauchy" and m is not None]
+            best = ("—" if means.get("cauchy") is None or not others else
+                    "yes" if means["cauchy"] > max(others) else
+                    "tie" if means["cauchy"] == max(others) else "no")
+            lines.append(f"| {d_k} | " + " | ".join(cells) + f" | {claim} | {best} |")
+    if not lines:
+        return "(no runs in these results)"
+    steps = sorted({r["config"]["steps"] for r in runs})
+    batches = sorted({r["config"]["batch"] for r in runs})
+    lines += ["", f"Accuracy: exact answers on {runs[0]['config']['test_size']} held-out "
+                  f"sequences per run; {', '.join(map(str, steps))} steps of batch "
+                  f"{', '.join(map(str, batches))}; backend {runs[0]['config']['backend']}."]
+    return "\n".join(lines)
