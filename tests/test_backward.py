@@ -426,6 +426,29 @@ def test_intermediates_of_another_input_are_refused(case):
     assert "not those of these values v" in _one_line(err)
 
 
+@pytest.mark.parametrize("bad", [-2, "n"])
+def test_a_candidate_out_of_range_is_refused(case, bad):
+    """A candidate must be -1 or a position: a GPU kernel would read past the end for N."""
+    q, k, v, g, cfg, inter = case
+    n = q.shape[-2]
+    cand = inter.candidates.copy()
+    cand[0, n - 1, 0] = n if bad == "n" else bad
+    with pytest.raises(ValueError) as err:
+        zeta_attention_backward(q, k, v, g, cfg, intermediates=replace(inter, candidates=cand))
+    assert "neither -1 (an empty slot) nor a position 0 .. N - 1" in _one_line(err)
+
+
+def test_max_abs_propagates_nan_and_inf_and_takes_offsets():
+    from zeta_ref._checks import max_abs
+
+    a = np.array([1.0, -3.0, 2.0])
+    got = max_abs([(a, None), (a, a[::-1].copy()), (a, 1.0), (np.array([1.0, np.nan]), None),
+                   (np.array([-np.inf, 0.0]), 0.0), (np.zeros((0, 3)), None),
+                   (np.array([-1, 4], dtype=np.int64), 1.5)])
+    assert got[:3] == [3.0, 1.0, 4.0]
+    assert np.isnan(got[3]) and got[4] == np.inf and got[5] == 0.0 and got[6] == 2.5
+
+
 def test_intermediates_of_another_backend_are_accepted(case):
     q, k, v, g, cfg, _ = case
     _, inter = zeta_attention(q, k, v, cfg, backend="numba", return_intermediates=True)

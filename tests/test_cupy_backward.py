@@ -135,6 +135,53 @@ def test_the_two_query_kernels_agree(score, dtype):
         assert_close(a.get(), b.get(), scale=float(cp.abs(b).max()), dtype=dtype, err_msg=name)
 
 
+@pytest.mark.parametrize("d_v", [4, 36, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_two_value_kernels_give_the_same_bits(dtype, d_v):
+    """zeta_bwd_values (four columns a thread) adds the same terms in the same order as
+    zeta_bwd_keys's dv columns: bit for bit the same dv, and the same dk."""
+    q, k, v, g = _inputs(7, (2,), 900, 3, d_v, dtype)
+    cfg = ZetaConfig(k=10, window=20)
+    _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    q, k, v, g = (cp.asarray(x) for x in (q, k, v, g))
+    cand = cp.asarray(inter.candidates)
+    visit = cp.tile(cp.arange(900, dtype=cp.int64), (2, 1))
+    c = dtype(zeta_ref.stages.topk_softmax.score_constant("cauchy", cfg.gamma, 3))
+    _, _, _, coef_w, coef_k, _ = cupy_backward.query_pass(
+        q, k, v, cand, q, v, False, g, visit, "cauchy", c)
+    pairs, starts = cupy_backward.pair_lists(cand, 2, 900)
+    runs = [cupy_backward.key_pass(q, k, g, coef_w, coef_k, pairs, starts, visit, "cauchy",
+                                   kernel=kind) for kind in ("values", "plain")]
+    for a, b, name in zip(runs[0], runs[1], ("dk", "dv")):
+        np.testing.assert_array_equal(a.get(), b.get(), err_msg=name)
+    assert float(cp.abs(runs[0][1]).max()) > 0  # not two empty results
+    misaligned = cp.empty(g.size + 1, dtype)[1:].reshape(g.shape)
+    misaligned[...] = g
+    with pytest.raises(ValueError, match="aligned"):
+        cupy_backward.key_pass(q, k, misaligned, coef_w, coef_k, pairs, starts, visit,
+                               "cauchy", kernel="values")
+
+
+def test_max_abs_on_the_gpu_agrees_with_the_host():
+    """checks.cu's one-pass max |x - y - c|: NaN and inf kept, offsets, mixed dtypes, ints."""
+    from zeta_ref._checks import max_abs
+
+    rng = np.random.default_rng(3)
+    a32 = rng.standard_normal(100_003).astype(np.float32)
+    b64 = rng.standard_normal(100_003)
+    with_nan = a32.copy()
+    with_nan[77_777] = np.nan
+    ints = rng.integers(-1, 500, size=(40, 7))
+    pairs = [(a32, None), (a32, b64), (b64, a32), (a32, 0.5), (with_nan, None),
+             (np.array([0.0, -np.inf]), None), (np.zeros(0), None), (ints, 249.0),
+             (ints.astype(np.uint64), ints.astype(np.uint64))]
+    want = max_abs(pairs)
+    got = max_abs([(cp.asarray(a), b if b is None or np.isscalar(b) else cp.asarray(b))
+                   for a, b in pairs], cp)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[4]) and got[5] == np.inf and got[6] == 0.0
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_through_the_composer(dtype):
     q, k, v, g = _inputs(4, (2, 2), 700, 3, 16, dtype)

@@ -136,6 +136,28 @@ def extremes(arrays, xp=np) -> list[tuple[float, float]]:
     return [(float(lo), float(hi)) for lo, hi in both.get()]
 
 
+def max_abs(pairs, xp=np) -> list[float]:
+    """max |a - b| over each ``(a, b)`` of ``pairs`` (``b`` an array of a's shape, a number,
+    or None for 0), in float64, as Python floats: NaN where a NaN is met, inf where an inf
+    is; 0.0 for an empty array.
+
+    On a GPU one pass over each array (a fused reduction, no temporary the size of the
+    arrays) and one transfer for all of them, so a check of several large arrays costs one
+    synchronisation."""
+    if xp is np:
+        out = []
+        for a, b in pairs:
+            if a.size == 0:
+                out.append(0.0)
+                continue
+            d = np.abs(a.astype(np.float64) - (0.0 if b is None else b))
+            out.append(float(d.max()))
+        return out
+    from .cupy._runtime import max_abs_all  # only for a GPU's arrays
+
+    return [float(x) for x in max_abs_all(list(pairs)).get()] if pairs else []
+
+
 def _check_finite(arr, name: str, lo: float, hi: float, xp=np) -> None:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = xp.argwhere(~xp.isfinite(arr))[0]

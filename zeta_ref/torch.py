@@ -1,5 +1,5 @@
 """PyTorch adapter: ZETA attention as an autograd function, forward and backward through a
-zeta_ref backend (issue 12).
+zeta_ref backend.
 
 Optional: this module imports torch, and nothing else in zeta_ref imports this module, so
 zeta_ref itself never needs torch. ::

@@ -59,3 +59,41 @@ def i64(x) -> np.int64:
 def ctype_name(dtype) -> str:
     """'float' or 'double', for template instances."""
     return {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+
+
+#: C types of the instances of checks.cu's zeta_max_abs<T, U> (pairs (T, U) of these).
+_MAX_ABS_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+                  np.dtype(np.int64): "long long", np.dtype(np.uint64): "unsigned long long",
+                  np.dtype(np.int32): "int"}
+_MAX_ABS_PAIRS = ("float, float", "double, double", "float, double", "double, float",
+                  "long long, long long", "unsigned long long, unsigned long long", "int, int")
+
+
+#: Blocks of checks.cu's zeta_max_abs at the most (one atomic each): 8 per SM of an H200.
+MAX_ABS_BLOCKS = 1056
+
+
+def max_abs_all(pairs) -> "cp.ndarray":
+    """For each ``(x, y)`` of ``pairs`` (``x`` a device array; ``y`` one of its shape, a
+    number, or None for 0): max |x - y| in float64, NaN if any NaN is met, 0 for an empty
+    array; as one float64 device array, so that all of them come back in one transfer. Each
+    is one pass of checks.cu's ``zeta_max_abs`` (no temporary, the same result on every run)."""
+    out = cp.zeros(len(pairs), dtype=np.uint64)  # the bits of +0.0
+    for slot, (x, y) in enumerate(pairs):
+        if x.size == 0:
+            continue
+        x = cp.ascontiguousarray(x)
+        c = 0.0
+        if y is None or np.isscalar(y):
+            c, y = float(y or 0.0), x
+        else:
+            y = cp.ascontiguousarray(y)
+        types = f"{_MAX_ABS_TYPES.get(x.dtype)}, {_MAX_ABS_TYPES.get(y.dtype)}"
+        if types not in _MAX_ABS_PAIRS:  # any other mix: compared as doubles
+            x, y, types = x.astype(np.float64), y.astype(np.float64), "double, double"
+        fn = kernel("checks", f"zeta_max_abs<{types}>",
+                    tuple(f"zeta_max_abs<{t}>" for t in _MAX_ABS_PAIRS))
+        blocks = max(1, min(-(-x.size // THREADS), MAX_ABS_BLOCKS))  # grid-stride beyond
+        fn((blocks,), (THREADS,), (x, y, np.int32(y is not x), np.float64(c), i64(x.size),
+                                   out[slot:slot + 1]))
+    return out.view(np.float64)

@@ -13,8 +13,8 @@
 //           candidate slot two coefficients: coef_w = w_s (dv_j += w_s g_i) and coef_k
 //           (dk_j += -coef_k (q_i - k_j) for the distances, coef_k q_i for "softmax"), and
 //           dc_i = sum of dnear_s (for dgamma)
-// zeta_bwd_pack, then one cupy.sort: the (query, slot) pairs ordered by the key they selected,
-//   then by (query, slot).
+// zeta_bwd_pair_keys, then one stable cupy.argsort: the (query, slot) pairs ordered by the key
+//   they selected, and each key's in (query, slot) order.
 // zeta_bwd_keys    one thread per (key j, column e) of [dk | dv], keys in Z order: walks the
 //   (query, slot) pairs that selected key j, in (query, slot) order, and sums their
 //   contributions in double, rounding once: the specification's scatter_rows.
@@ -318,19 +318,17 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
     }
 }
 
-// The (query, slot) pairs, packed for one sort by the key they selected: thread per pair
-// p = (r * n + i) * n_slots + s writes (r * n + j) << shift | p, with j = cand[p], or the key
-// rows * n (after every real key) for an empty slot.
-template <typename I>
-__global__ void zeta_bwd_pack(const I* __restrict__ cand, long long rows, long long n,
-                              int n_slots, int shift, unsigned long long* __restrict__ packed) {
+// The key each (query, slot) pair selected, for one stable argsort: thread per pair
+// p = (r * n + i) * n_slots + s writes r * n + j, with j = cand[p], or rows * n (after every
+// real key) for an empty slot. K: unsigned int where rows * n + 1 fits, else 64 bits.
+template <typename I, typename K>
+__global__ void zeta_bwd_pair_keys(const I* __restrict__ cand, long long rows, long long n,
+                                   int n_slots, K* __restrict__ keys) {
     long long pairs = rows * n * n_slots;
     for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < pairs;
          p += (long long)gridDim.x * blockDim.x) {
         long long r = p / (n * n_slots), j = (long long)cand[p];
-        unsigned long long key = j >= 0 ? (unsigned long long)(r * n + j)
-                                        : (unsigned long long)(rows * n);
-        packed[p] = (key << shift) | (unsigned long long)p;
+        keys[p] = (K)(j >= 0 ? r * n + j : rows * n);
     }
 }
 
@@ -338,27 +336,27 @@ __global__ void zeta_bwd_pack(const I* __restrict__ cand, long long rows, long l
 // "softmax") or of dv_j[e] (x = g_i[e]: coef_w g_i[e]), in T as the specification rounds it.
 template <typename T>
 __device__ __forceinline__ T pair_term(T coef, T x, T ke, bool key_column, int score) {
-    if (!key_column) return coef * x;
-    return score == 1 ? coef * x : -(coef * (x - ke));
+    // rounded products (mul_rn): the compiler may not fuse them into the double sums (an FMA
+    // would skip a rounding the specification makes, and differ between the two kernels)
+    if (!key_column) return mul_rn(coef, x);
+    return score == 1 ? mul_rn(coef, x) : -mul_rn(coef, sub_rn(x, ke));
 }
 
 // One thread per (key j of row r, column e of [dk | dv]): the sum over the (query, slot) pairs
-// that selected key j. pairs holds, sorted, (r * n + j) << shift | p for every valid pair p =
-// (r * n + i) * n_slots + s; start[r * n + j] .. start[r * n + j + 1] are key j's. The keys are
-// taken in `key_order` (rank t of row r is key key_order[r * n + t]: Z order from the
-// composer), so that neighbouring threads, whose keys the same queries selected, read the
-// same rows of grad from L2.
+// that selected key j. pairs holds every pair p = (r * n + i) * n_slots + s, sorted by the key
+// it selected and, for each key, in (query, slot) order; start[r * n + j] .. start[r * n + j +
+// 1] are key j's. The keys are taken in `key_order` (rank t of row r is key
+// key_order[r * n + t]), which changes which rows the cache holds, not the result.
 template <typename T>
 __global__ void zeta_bwd_keys(const T* __restrict__ q, const T* __restrict__ k,
                               const T* __restrict__ grad, const T* __restrict__ coef_w,
                               const T* __restrict__ coef_k,
-                              const unsigned long long* __restrict__ pairs,
+                              const long long* __restrict__ pairs,
                               const long long* __restrict__ start,
-                              const long long* __restrict__ key_order, int shift,
+                              const long long* __restrict__ key_order,
                               long long rows, long long n, int d_k, int d_v, int n_slots,
-                              int score, T* __restrict__ dk, T* __restrict__ dv) {
-    int d = d_k + d_v;
-    unsigned long long mask = (1ULL << shift) - 1ULL;
+                              int score, int d, T* __restrict__ dk, T* __restrict__ dv) {
+    // d: the columns this launch takes, d_k + d_v, or only d_k when zeta_bwd_values takes dv
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
          task < rows * n * d; task += (long long)gridDim.x * blockDim.x) {
         int e = (int)(task % d);
@@ -372,7 +370,7 @@ __global__ void zeta_bwd_keys(const T* __restrict__ q, const T* __restrict__ k,
             T coef[4], x[4];
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
-                long long p = (long long)(pairs[at + u] & mask);
+                long long p = pairs[at + u];
                 long long query = p / n_slots;  // r * n + i
                 coef[u] = e < d_k ? coef_k[p] : coef_w[p];
                 x[u] = e < d_k ? q[query * d_k + e] : grad[query * d_v + (e - d_k)];
@@ -381,7 +379,7 @@ __global__ void zeta_bwd_keys(const T* __restrict__ q, const T* __restrict__ k,
             for (int u = 0; u < 4; ++u) acc += (double)pair_term(coef[u], x[u], ke, e < d_k, score);
         }
         for (; at < end; ++at) {
-            long long p = (long long)(pairs[at] & mask);
+            long long p = pairs[at];
             long long query = p / n_slots;
             T coef = e < d_k ? coef_k[p] : coef_w[p];
             T x = e < d_k ? q[query * d_k + e] : grad[query * d_v + (e - d_k)];
@@ -389,6 +387,50 @@ __global__ void zeta_bwd_keys(const T* __restrict__ q, const T* __restrict__ k,
         }
         if (e < d_k) dk[key * d_k + e] = (T)acc;
         else dv[key * d_v + (e - d_k)] = (T)acc;
+    }
+}
+
+// Four columns of load: grad's rows read as float4 (or two double2), 16 bytes at a time.
+template <typename T> struct Quad;
+template <> struct Quad<float> {
+    __device__ static void load(const float* p, float x[4]) {
+        float4 t = *reinterpret_cast<const float4*>(p);
+        x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+    }
+};
+template <> struct Quad<double> {
+    __device__ static void load(const double* p, double x[4]) {
+        double2 a = reinterpret_cast<const double2*>(p)[0];
+        double2 b = reinterpret_cast<const double2*>(p)[1];
+        x[0] = a.x; x[1] = a.y; x[2] = b.x; x[3] = b.y;
+    }
+};
+
+// dv alone, one thread per (key j, four columns e0 .. e0 + 3): zeta_bwd_keys's sums for these
+// columns, in the same (query, slot) order and with the same roundings, so the same bits; each
+// pair's index and coefficient are read once for four columns, and the row of grad 16 bytes at
+// a time. The launcher takes this path when d_v is a multiple of 4 and grad is 16-byte aligned.
+template <typename T>
+__global__ void zeta_bwd_values(const T* __restrict__ grad, const T* __restrict__ coef_w,
+                                const long long* __restrict__ pairs,
+                                const long long* __restrict__ start,
+                                long long rows, long long n, int d_v, int n_slots,
+                                T* __restrict__ dv) {
+    int quads = d_v / 4;
+    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+         task < rows * n * quads; task += (long long)gridDim.x * blockDim.x) {
+        int e0 = 4 * (int)(task % quads);
+        long long key = task / quads;  // r * n + j, in position order
+        double acc[4] = {0.0, 0.0, 0.0, 0.0};
+        for (long long at = start[key], end = start[key + 1]; at < end; ++at) {
+            long long p = pairs[at];
+            T coef = coef_w[p], g[4];
+            Quad<T>::load(grad + (p / n_slots) * d_v + e0, g);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) acc[u] += (double)mul_rn(coef, g[u]);  // as pair_term: rounded, then added
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) dv[key * d_v + e0 + u] = (T)acc[u];
     }
 }
 
@@ -469,10 +511,13 @@ ZETA_BWD_HALF(float, int)
 ZETA_BWD_HALF(double, int)
 #define ZETA_BWD_REST(T)                                                                       \
     template __global__ void zeta_bwd_keys<T>(const T*, const T*, const T*, const T*,          \
-                                              const T*, const unsigned long long*,             \
-                                              const long long*, const long long*, int,         \
-                                              long long, long long, int, int, int, int, T*,    \
-                                              T*);                                             \
+                                              const T*, const long long*, const long long*,    \
+                                              const long long*, long long, long long, int,     \
+                                              int, int, int, int,                              \
+                                              T*, T*);                                         \
+    template __global__ void zeta_bwd_values<T>(const T*, const T*, const long long*,          \
+                                                const long long*, long long, long long, int,   \
+                                                int, T*);                                      \
     template __global__ void zeta_bwd_mean_sums<T>(const T*, const T*, int, long long,         \
                                                    long long, int, int, long long, double*);   \
     template __global__ void zeta_bwd_mean_write<T>(const T*, const T*, const double*,         \
@@ -480,7 +525,13 @@ ZETA_BWD_HALF(double, int)
                                                     int, int, long long, T*, T*);
 ZETA_BWD_REST(float)
 ZETA_BWD_REST(double)
-template __global__ void zeta_bwd_pack<int>(const int*, long long, long long, int, int,
-                                            unsigned long long*);
-template __global__ void zeta_bwd_pack<long long>(const long long*, long long, long long, int,
-                                                  int, unsigned long long*);
+template __global__ void zeta_bwd_pair_keys<int, unsigned int>(const int*, long long, long long,
+                                                               int, unsigned int*);
+template __global__ void zeta_bwd_pair_keys<long long, unsigned int>(const long long*, long long,
+                                                                     long long, int,
+                                                                     unsigned int*);
+template __global__ void zeta_bwd_pair_keys<int, unsigned long long>(const int*, long long,
+                                                                     long long, int,
+                                                                     unsigned long long*);
+template __global__ void zeta_bwd_pair_keys<long long, unsigned long long>(
+    const long long*, long long, long long, int, unsigned long long*);

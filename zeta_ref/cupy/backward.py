@@ -3,12 +3,13 @@
 Same signatures and results as the specification (CuPy arrays out; ``dgamma`` a Python float),
 float results within :mod:`zeta_ref.tolerances` of it. The kernels are in ``backward.cu``:
 
-1. ``zeta_bwd_query``, a warp per query, in the visiting order given (Z order from the
-   composer): the weights again, dq, the mean term's gradients, and two coefficients per
+1. ``zeta_bwd_query_half`` (16 lanes per query) or ``zeta_bwd_query`` (a warp per query), in
+   the visiting order given (position order from the composer on the GPU): the weights again, dq, the mean term's gradients, and two coefficients per
    candidate slot from which the key pass rebuilds that slot's share of dk and dv;
-2. the (query, slot) pairs sorted by the key they selected: one ``cupy.sort`` of packed
-   integers (key above, pair index below), so each key's pairs come in (query, slot) order;
-3. ``zeta_bwd_keys``, a thread per (key, column): the sum of the key's shares in double,
+2. the (query, slot) pairs sorted by the key they selected: one stable ``cupy.argsort`` of
+   the keys (32-bit where they fit), so each key's pairs come in (query, slot) order;
+3. ``zeta_bwd_keys``, a thread per (key, column) of dk (and of dv, where ``zeta_bwd_values``,
+   a thread per (key, four columns), cannot take it): the sum of the key's shares in double,
    rounded once, in that order. No atomics anywhere: the result is the same on every run.
 
 The mean term's share (:func:`history_means_backward`) is a blocked scan from the end of the
@@ -33,8 +34,11 @@ _NAMES = ("zeta_bwd_query<float, long long>", "zeta_bwd_query<double, long long>
           "zeta_bwd_query<float, int>", "zeta_bwd_query<double, int>",
           "zeta_bwd_query_half<float, long long>", "zeta_bwd_query_half<double, long long>",
           "zeta_bwd_query_half<float, int>", "zeta_bwd_query_half<double, int>",
-          "zeta_bwd_pack<int>", "zeta_bwd_pack<long long>",
+          "zeta_bwd_pair_keys<int, unsigned int>", "zeta_bwd_pair_keys<long long, unsigned int>",
+          "zeta_bwd_pair_keys<int, unsigned long long>",
+          "zeta_bwd_pair_keys<long long, unsigned long long>",
           "zeta_bwd_keys<float>", "zeta_bwd_keys<double>",
+          "zeta_bwd_values<float>", "zeta_bwd_values<double>",
           "zeta_bwd_mean_sums<float>", "zeta_bwd_mean_sums<double>",
           "zeta_bwd_mean_write<float>", "zeta_bwd_mean_write<double>")
 #: zeta_bwd_query keeps each lane's slots in registers: at most this many slots (k + 1).
@@ -81,11 +85,11 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
 
     dq, dmean_k, dmean_v, coef_w, coef_k, dc = query_pass(
         q, k, v, cand, mk, mv, with_mean, grad, visit, score, c)
-    pairs, starts, shift = pair_lists(cand, rows, n)
+    pairs, starts = pair_lists(cand, rows, n)
     # the key pass in position order: on the H200 it ran 15% faster so than in Z order
     # (4.0 against 4.7 ms at N = 65536, 8 rows; 2026-12-02)
     dk, dv = key_pass(q, k, grad, coef_w, coef_k, pairs, starts, visit_order(None, rows, n),
-                      shift, score)
+                      score)
     dgamma = 0.0
     if score == "cauchy":  # c = gamma^2 enters as near + c
         dgamma = 2.0 * float(gamma) * float(dc.sum())
@@ -123,36 +127,46 @@ def query_pass(q, k, v, cand, mk, mv, with_mean, grad, visit, score, c, kernel="
 
 
 def pair_lists(cand, rows: int, n: int):
-    """Step 2: every (query, slot) pair p, packed as ``key << shift | p`` and sorted, so that
-    each key's pairs lie together in (query, slot) order; ``starts[key]`` is where key
-    ``r * n + j``'s begin (``starts[rows * n]``: the empty slots)."""
+    """Step 2: every (query, slot) pair p = (r * n + i) * k + s, sorted by the key it selected
+    (one stable ``cupy.argsort`` of the keys, so that each key's pairs stay in (query, slot)
+    order); ``starts[key]`` is where key ``r * n + j``'s begin (``starts[rows * n]``: the
+    empty slots). Returns (pairs, starts), int64."""
     n_slots = cand.shape[-1]
-    shift = max(int(cand.size).bit_length(), 1)
-    if (rows * n + 1).bit_length() + shift > 64:
-        raise ValueError(f"{rows} rows of N = {n} with k = {n_slots} are too many pairs for "
-                         f"the CuPy backward's 64-bit sort keys")
     index = "int" if cand.dtype == np.int32 else "long long"
-    packed = rt.empty((cand.size,), np.uint64)
-    rt.launch(_fn(f"zeta_bwd_pack<{index}>"), cand.size,
-              (cand, rt.i64(rows), rt.i64(n), np.int32(n_slots), np.int32(shift), packed))
-    pairs = cp.sort(packed)
-    starts = cp.searchsorted(pairs >> np.uint64(shift),
-                             cp.arange(rows * n + 1, dtype=np.uint64)).astype(np.int64)
-    return pairs, starts, shift
+    narrow = rows * n + 1 < 2**32  # the keys as 32-bit integers: a radix sort of half the bits
+    key_type = "unsigned int" if narrow else "unsigned long long"
+    keys = rt.empty((cand.size,), np.uint32 if narrow else np.uint64)
+    rt.launch(_fn(f"zeta_bwd_pair_keys<{index}, {key_type}>"), cand.size,
+              (cand, rt.i64(rows), rt.i64(n), np.int32(n_slots), keys))
+    pairs = cp.argsort(keys)  # stable: ties (one key's pairs) keep their order, p's
+    starts = cp.searchsorted(keys[pairs], cp.arange(rows * n + 1, dtype=keys.dtype))
+    return pairs, starts.astype(np.int64, copy=False)
 
 
-def key_pass(q, k, grad, coef_w, coef_k, pairs, starts, key_order, shift, score):
-    """Step 3, ``zeta_bwd_keys``: a thread per (key, column) of [dk | dv], keys visited in
-    ``key_order``. Returns dk and dv."""
+def key_pass(q, k, grad, coef_w, coef_k, pairs, starts, key_order, score, kernel="auto"):
+    """Step 3: ``zeta_bwd_keys``, a thread per (key, column) of [dk | dv], keys visited in
+    ``key_order``; where d_v is a multiple of 4 and grad 16-byte aligned, it takes dk only and
+    ``zeta_bwd_values`` dv, a thread per (key, four columns) (the same sums in the same order:
+    the same bits). ``kernel`` ("auto", "values", "plain") picks for the tests. Returns dk, dv.
+    """
     dtype = q.dtype
     n, d_k, d_v = q.shape[-2], q.shape[-1], grad.shape[-1]
     rows, n_slots = q.size // (n * d_k), coef_w.shape[-1]
+    quads_ok = d_v % 4 == 0 and grad.data.ptr % 16 == 0
+    if kernel == "values" and not quads_ok:
+        raise ValueError("zeta_bwd_values needs d_v a multiple of 4 and grad 16-byte aligned")
+    quads = quads_ok if kernel == "auto" else kernel == "values"
     dk = rt.empty(k.shape, dtype)
     dv = rt.empty(grad.shape, dtype)
-    rt.launch(_fn(f"zeta_bwd_keys<{rt.ctype_name(dtype)}>"), rows * n * (d_k + d_v),
-              (q, k, grad, coef_w, coef_k, pairs, starts, key_order, np.int32(shift),
-               rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), np.int32(n_slots),
-               np.int32(_SCORE_IDS[score]), dk, dv))
+    t = rt.ctype_name(dtype)
+    columns = d_k if quads else d_k + d_v
+    rt.launch(_fn(f"zeta_bwd_keys<{t}>"), rows * n * columns,
+              (q, k, grad, coef_w, coef_k, pairs, starts, key_order, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), np.int32(n_slots),
+               np.int32(_SCORE_IDS[score]), np.int32(columns), dk, dv))
+    if quads:
+        rt.launch(_fn(f"zeta_bwd_values<{t}>"), rows * n * (d_v // 4),
+                  (grad, coef_w, pairs, starts, rt.i64(rows), rt.i64(n),
+                   np.int32(d_v), np.int32(n_slots), dv))
     return dk, dv
 
 

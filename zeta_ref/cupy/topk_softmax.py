@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import cupy as cp
-
 from ..config import SCORES
 from ..stages.topk_softmax import EXP_SCORES, score_constant
 from . import _runtime as rt
@@ -97,8 +95,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     cand = rt.device(candidates)
     if cand.dtype not in (np.int32, np.int64):
         cand = cand.astype(np.int64)
-    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
-    d_v, n_slots = v.shape[-1], cand.shape[-1]
+    n, d_k = q.shape[-2], q.shape[-1]
     rows = q.size // (n * d_k)
     with_mean = mean_k is not None
     mk = rt.device(mean_k, dtype) if with_mean else None

@@ -89,14 +89,15 @@ def visit_order(order, rows: int, n: int):
         raise TypeError(f"order must be an integer array; got dtype {arr.dtype}")
     arr = cp.ascontiguousarray(arr.reshape(rows, n).astype(np.int64, copy=False))
     # every index once per row: in range, and marking each index seen leaves none unseen (a
-    # scatter, not a sort: cupy.sort along an axis is a comparison sort, slow at long N)
-    lo, hi = (int(x) for x in cp.stack([arr.min(), arr.max()]).get()) if arr.size else (0, 0)
-    ok = lo >= 0 and hi < n
-    if ok and arr.size:
-        seen = cp.zeros((rows, n), dtype=cp.bool_)
-        seen[cp.arange(rows)[:, None], arr] = True
-        ok = bool(seen.all())
-    if not ok:
+    # scatter, not a sort: cupy.sort along an axis is a comparison sort, slow at long N); the
+    # three answers come back in one transfer
+    if arr.size == 0:
+        return arr
+    seen = cp.zeros((rows, n), dtype=cp.bool_)
+    seen[cp.arange(rows)[:, None], cp.clip(arr, 0, n - 1)] = True
+    lo, hi, full = (int(x) for x in cp.stack([arr.min(), arr.max(),
+                                               seen.all().astype(np.int64)]).get())
+    if not (lo >= 0 and hi < n and full):
         raise ValueError("order must hold every query index 0 .. N-1 once in every row")
     return arr
 

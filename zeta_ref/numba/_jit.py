@@ -1,7 +1,7 @@
 """Numba set-up shared by every kernel module, and one kernel body in two compilations.
 
 Every Numba module of zeta_ref imports this one before it defines a kernel, so the set-up below
-runs before the first ``@nb.njit(cache=True)`` decoration (issue 13):
+runs before the first ``@nb.njit(cache=True)`` decoration:
 
 1. A cache folder Numba can write. Numba picks the folder of a ``cache=True`` function when it
    is *decorated*, not when it is first called: ``NUMBA_CACHE_DIR``, else the ``__pycache__``

@@ -1,4 +1,4 @@
-"""Numba twin of the backward pass of stage 6 (issue 12; Eq. 6 and the mean term, D7, D8, D9).
+"""Numba twin of the backward pass of stage 6 (Eq. 6 and the mean term, D7, D8, D9).
 
 Same signatures and output dtypes as :func:`zeta_ref.stages.backward.topk_attention_backward`
 and :func:`zeta_ref.stages.backward.history_means_backward`; the derivation (steps b1 to b5) is

@@ -7,7 +7,7 @@
 5. :mod:`.window`       causal pools, binary search, neighbour window, re-rank (D4-D6, D9, D11)
 6. :mod:`.topk_softmax` weights over the candidates and the output (Eq. 6; D7-D9)
 
-and :mod:`.backward`, the gradients of stage 6 with the selection held fixed (issue 12).
+and :mod:`.backward`, the gradients of stage 6 with the selection held fixed.
 
 Every other backend (``zeta_ref.numba``, ``zeta_ref.cupy``) has a module of the same name per
 stage, with the same signatures, checked against these.

@@ -1,4 +1,4 @@
-"""The backward pass of stage 6: gradients of Eq. 6 and of the mean term (issue 12; D7, D8, D9).
+"""The backward pass of stage 6: gradients of Eq. 6 and of the mean term (D7, D8, D9).
 
 The selection (stages 2 to 5) is discrete: it has no gradient, and is held fixed. Gradients flow
 through the scores of the selected keys, the normalisation, the weighted sum of the values and
