@@ -43,6 +43,22 @@ def test_project_bad_shapes(rng):
         project(np.full((2, 6), np.nan), rng.standard_normal((6, 2)))
 
 
+@pytest.mark.parametrize("name", ["weight", "bias"])
+def test_project_refuses_nan_and_non_numbers_in_weight_and_bias(rng, name):
+    x = rng.standard_normal((5, 4))
+    args = {"weight": rng.standard_normal((4, 3)), "bias": rng.standard_normal(3)}
+    bad = args[name].copy()
+    bad.flat[1] = np.nan
+    with pytest.raises(ValueError, match=rf"{name} contains NaN or Inf \(first at index"):
+        project(x, **{**args, name: bad})
+    with pytest.raises(TypeError, match=rf"{name} must be an array of real numbers"):
+        project(x, **{**args, name: np.array(["a"] * args[name].size).reshape(args[name].shape)})
+    # integers are numbers: cast to x's dtype
+    ints = {**args, name: np.ones(args[name].shape, dtype=np.int64)}
+    np.testing.assert_allclose(project(x, **ints),
+                               x @ ints["weight"].astype(float) + ints["bias"].astype(float))
+
+
 def test_random_projection_is_seeded_and_scaled():
     a = random_projection(20, 5, rng=7)
     b = random_projection(20, 5, rng=np.random.default_rng(7))

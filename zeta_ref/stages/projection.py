@@ -35,18 +35,30 @@ def project(x, weight, bias=None) -> np.ndarray:
     keep d_v. The paper's projections are learned; this is the linear case.
     """
     x = as_float_array(x, "x", min_ndim=1)
-    weight = np.asarray(weight)
+    weight = _real_array(weight, "weight")
     if weight.ndim != 2 or weight.shape[0] != x.shape[-1]:
         raise ValueError(
             f"weight must have shape (d_in, d_out) with d_in = {x.shape[-1]}; got {weight.shape}"
         )
     out = x @ weight.astype(x.dtype, copy=False)  # (..., N, d_out)
     if bias is not None:
-        bias = np.asarray(bias, dtype=x.dtype)
+        bias = _real_array(bias, "bias")
         if bias.shape != (weight.shape[1],):
             raise ValueError(f"bias must have shape ({weight.shape[1]},); got {bias.shape}")
-        out = out + bias
+        out = out + bias.astype(x.dtype, copy=False)
     return out
+
+
+def _real_array(a, name: str) -> np.ndarray:
+    """``a`` as a NumPy array of real numbers (integers are fine: they are cast to x's dtype),
+    all finite: a NaN or inf in a weight would make every output it touches NaN."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of real numbers; got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise ValueError(f"{name} contains NaN or Inf (first at index {bad})")
+    return arr
 
 
 def random_projection(d_in: int, d_out: int, *, rng, dtype=np.float64) -> np.ndarray:
