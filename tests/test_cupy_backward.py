@@ -174,7 +174,8 @@ def test_max_abs_on_the_gpu_agrees_with_the_host():
     ints = rng.integers(-1, 500, size=(40, 7))
     pairs = [(a32, None), (a32, b64), (b64, a32), (a32, 0.5), (with_nan, None),
              (np.array([0.0, -np.inf]), None), (np.zeros(0), None), (ints, 249.0),
-             (ints.astype(np.uint64), ints.astype(np.uint64))]
+             (ints.astype(np.uint64), ints.astype(np.uint64)),
+             (ints.astype(np.int16), 3.0)]  # a dtype without an instance: as doubles
     want = max_abs(pairs)
     got = max_abs([(cp.asarray(a), b if b is None or np.isscalar(b) else cp.asarray(b))
                    for a, b in pairs], cp)

@@ -82,18 +82,18 @@ def max_abs_all(pairs) -> "cp.ndarray":
     for slot, (x, y) in enumerate(pairs):
         if x.size == 0:
             continue
+        has_y = y is not None and not np.isscalar(y)  # else y is the number c (or 0)
+        c = 0.0 if has_y else float(y or 0.0)
         x = cp.ascontiguousarray(x)
-        c = 0.0
-        if y is None or np.isscalar(y):
-            c, y = float(y or 0.0), x
-        else:
-            y = cp.ascontiguousarray(y)
+        y = cp.ascontiguousarray(y) if has_y else x  # not read when has_y is 0
         types = f"{_MAX_ABS_TYPES.get(x.dtype)}, {_MAX_ABS_TYPES.get(y.dtype)}"
         if types not in _MAX_ABS_PAIRS:  # any other mix: compared as doubles
-            x, y, types = x.astype(np.float64), y.astype(np.float64), "double, double"
+            x = x.astype(np.float64)
+            y = y.astype(np.float64) if has_y else x
+            types = "double, double"
         fn = kernel("checks", f"zeta_max_abs<{types}>",
                     tuple(f"zeta_max_abs<{t}>" for t in _MAX_ABS_PAIRS))
         blocks = max(1, min(-(-x.size // THREADS), MAX_ABS_BLOCKS))  # grid-stride beyond
-        fn((blocks,), (THREADS,), (x, y, np.int32(y is not x), np.float64(c), i64(x.size),
+        fn((blocks,), (THREADS,), (x, y, np.int32(has_y), np.float64(c), i64(x.size),
                                    out[slot:slot + 1]))
     return out.view(np.float64)
