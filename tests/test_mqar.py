@@ -394,3 +394,33 @@ def test_smoke_grid_in_two_processes_and_the_table_again(tmp_path, zeta_ref_cli)
     assert "| N | pairs | d_model |" in out and "Ablation at N = 64" in out
     code, again, _ = zeta_ref_cli(["mqar", "--table", str(path)])
     assert code == 0 and again.strip() == out.split("wrote")[0].strip()
+
+
+def test_a_grid_resumes_from_its_json(tmp_path, zeta_ref_cli):
+    """--resume keeps the runs the JSON holds and runs only the others; every sitting is
+    recorded with its wall-clock time, and the table says how long the grid took."""
+    path = tmp_path / "g.json"
+    argv = ["mqar", "--grid", "smoke", "--steps", "2", "--batch", "4", "--vocab", "16",
+            "--test-size", "8", "--json", str(path)]
+    code, out, _ = zeta_ref_cli(argv)
+    assert code == 0, out
+    full = json.loads(path.read_text())
+    assert len(full["sessions"]) == 1 and full["sessions"][0]["runs"] == len(full["runs"])
+    # as if interrupted after two runs: the JSON holds those two only
+    partial = dict(full, runs=full["runs"][:2])
+    path.write_text(json.dumps(partial))
+    code, out, err = zeta_ref_cli(argv + ["--resume"])
+    assert code == 0, out
+    assert f"2 of the {len(full['runs'])} runs are in" in err
+    again = json.loads(path.read_text())
+    assert [r["label"] for r in again["runs"][:2]] == [r["label"] for r in full["runs"][:2]]
+    assert sorted(r["label"] for r in again["runs"]) == sorted(r["label"] for r in full["runs"])
+    assert [s["runs"] for s in again["sessions"]] == [len(full["runs"]), len(full["runs"]) - 2]
+    assert "in 2 sittings" in out
+    # nothing left: a third sitting runs nothing
+    code, out, err = zeta_ref_cli(argv + ["--resume"])
+    assert code == 0 and "running the other 0" in err
+    code, _, err = zeta_ref_cli(["mqar", "--grid", "paper", "--resume", "--json", str(path)])
+    assert code == 2 and "holds the grid 'smoke', not 'paper'" in err
+    code, _, err = zeta_ref_cli(["mqar", "--resume"])
+    assert code == 2 and "--resume needs --grid and --json" in err

@@ -122,6 +122,38 @@ def _run_one(payload):
     return result
 
 
+def pending(runs, finished: list) -> list:
+    """The (group, config) pairs of ``runs`` that no result of ``finished`` holds (a result
+    holds a run when its group and its whole config are the run's)."""
+    done = {(r.get("group"), json.dumps(r["config"], sort_keys=True)) for r in finished}
+    return [(group, cfg) for group, cfg in runs
+            if (group, json.dumps(asdict(cfg), sort_keys=True)) not in done]
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def warm_up(runs) -> None:
+    """Compile, once and here, every kernel the runs will use: a two-step run of a tiny model
+    for each attention and score among ``runs``, on their backend. CuPy keeps what it
+    compiles in its cache on disk, so the parallel processes load the kernels rather than
+    each compiling them at the same time (on a fresh machine, a minute or more of their
+    first steps)."""
+    from .train import train
+
+    seen = set()
+    for _, cfg in runs:
+        kind = (cfg.backend, cfg.attention, cfg.score if cfg.attention == "zeta" else None)
+        if kind in seen:
+            continue
+        seen.add(kind)
+        train(replace(cfg, seq_len=32, d_model=16, pairs=None, vocab=64, steps=2, batch=2,
+                      test_size=2, eval_every=0, log_every=1, warmup=1))
+
+
 def write_json(results: dict, path: str) -> None:
     """Write ``results`` to ``path`` through a temporary file (never half a file)."""
     tmp = path + ".tmp"
@@ -131,20 +163,39 @@ def write_json(results: dict, path: str) -> None:
 
 
 def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progress=None,
-             on_result=None) -> dict:
+             on_result=None, previous: dict | None = None) -> dict:
     """Run every (group, config) of ``runs``, ``jobs`` at a time; return the results.
 
     ``header``: what the JSON records besides the runs (machine, command, date). The JSON is
     rewritten after every finished run (runs in the order they finished). ``progress``: an
     optional tqdm-like bar counting runs. ``on_result(result)`` is called for each run.
     With ``jobs`` = 1 the runs go one after another in this process.
+
+    ``previous``: the results of an earlier, interrupted call on the same grid (its JSON):
+    its finished runs are kept and not run again (see :func:`pending`), and its header stays.
+    Every call appends to ``"sessions"`` when it started, how many runs it finished and its
+    wall-clock seconds, so a grid run in several sittings still says how long it took.
     """
-    results = dict(header, runs=[])
+    import time
+
+    started, t0 = _now(), time.perf_counter()
+    if previous is None:
+        results = dict(header, runs=[], sessions=[])
+    else:
+        results = dict(previous)
+        results["runs"] = list(previous.get("runs", []))
+        results["sessions"] = list(previous.get("sessions", []))
+        runs = pending(runs, results["runs"])
+    session = {"started": started, "command": header.get("command"), "runs": 0,
+               "wall_seconds": 0.0}
+    results["sessions"].append(session)
     ordered = sorted(runs, key=lambda gc: -_cost(gc[1]))
     cpu_threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
 
     def done(result):
         results["runs"].append(result)
+        session["runs"] += 1
+        session["wall_seconds"] = round(time.perf_counter() - t0, 1)
         if json_path:
             write_json(results, json_path)
         if on_result is not None:
@@ -152,20 +203,48 @@ def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progre
         if progress is not None:
             progress.update(1)
 
-    if jobs == 1:
-        for group, cfg in ordered:
-            done(_run_one((group, asdict(cfg), 0)))
-        return results
+    import signal
+
+    def stop(signum, frame):  # `timeout` or a scheduler ends the grid: say so in the JSON
+        raise KeyboardInterrupt
+
+    old_handler = signal.signal(signal.SIGTERM, stop)
+    try:
+        if jobs == 1:
+            for group, cfg in ordered:
+                done(_run_one((group, asdict(cfg), 0)))
+        else:
+            _in_processes(ordered, jobs, cpu_threads, done)
+    except KeyboardInterrupt:
+        session["interrupted"] = True  # the runs in flight are lost; their time counts
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+        session["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        if json_path:
+            write_json(results, json_path)
+    return results
+
+
+def _in_processes(ordered, jobs: int, cpu_threads: int, done) -> None:
+    """The runs in ``jobs`` spawned processes, the kernels compiled once first."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    warm_up(ordered)
     with ProcessPoolExecutor(max_workers=jobs,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_run_one, (group, asdict(cfg), cpu_threads))
                    for group, cfg in ordered]
-        for future in as_completed(futures):
-            done(future.result())
-    return results
+        try:
+            for future in as_completed(futures):
+                done(future.result())
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()  # the runs in flight stop too
+            raise
 
 
 # ------------------------------------------------------------------ the table
@@ -260,4 +339,11 @@ def render_table(results: dict) -> str:
     lines += ["", f"Accuracy: exact answers on {runs[0]['config']['test_size']} held-out "
                   f"sequences per run; {', '.join(map(str, steps))} steps of batch "
                   f"{', '.join(map(str, batches))}; backend {runs[0]['config']['backend']}."]
+    sessions = results.get("sessions") or []
+    if sessions:
+        wall = sum(x.get("wall_seconds", 0.0) for x in sessions)
+        gpu = (results.get("machine") or {}).get("gpu")
+        lines.append(f"Time: {wall / 60:.1f} minutes of wall clock for {len(runs)} runs, in "
+                     f"{len(sessions)} sitting{'s' if len(sessions) > 1 else ''}"
+                     + (f", on {gpu}" if gpu else "") + ".")
     return "\n".join(lines)

@@ -17,6 +17,8 @@ beside the paper's claims. --steps, --batch, --lr, --backend and the other train
 apply to every run; the grid sets the sizes, the attention, d_K and the score itself.
 
   zeta-ref mqar --grid paper --backend cupy --jobs 8 --json mqar.json --out mqar/
+  zeta-ref mqar --grid paper --backend cupy --jobs 8 --json mqar.json --resume
+                                       # an interrupted grid: only the runs not in mqar.json
   zeta-ref mqar --table mqar.json      # the tables again, from the JSON
 
 --json PATH writes every number (the results are rewritten after each run of a grid);
@@ -95,6 +97,11 @@ def add_arguments(parser):
     train.add_argument("--backend", choices=("numpy", "numba", "cupy"), default="numba",
                        help="numpy or numba: NumPy arrays on the CPU, ZETA through that "
                             "backend; cupy: CuPy arrays on the GPU (default numba)")
+    train.add_argument("--engine", choices=("reference", "torch"), default="reference",
+                       help="reference: the hand-written backward passes (NumPy or CuPy); "
+                            "torch: the same model in PyTorch, autograd through zeta_ref's "
+                            "PyTorch adapter, on the CPU or (--backend cupy) on CUDA: a "
+                            "second path that should agree (one run, not a grid)")
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                        help="(default float32)")
     train.add_argument("--test-size", type=int, default=None,
@@ -111,6 +118,9 @@ def add_arguments(parser):
                       help="seeds of a grid (default: 0 1 for paper, 0 for smoke)")
     grid.add_argument("--jobs", type=int, default=1,
                       help="runs of a grid at a time, each in its own process (default 1)")
+    grid.add_argument("--resume", action="store_true",
+                      help="with --json: keep the runs that file already holds (a grid "
+                           "interrupted, or run in several sittings) and run only the others")
     grid.add_argument("--dry-run", action="store_true",
                       help="list a grid's runs and stop")
     grid.add_argument("--table", metavar="JSON",
@@ -194,6 +204,13 @@ def validate(args):
     if args.d_k is not None and args.d_k > 63:
         raise OptionError(f"--d-k must be <= 63 (a Z code of d_K coordinates fits 63 bits); "
                           f"got {args.d_k}")
+    if args.engine == "torch":
+        if args.grid is not None:
+            raise OptionError("--engine torch runs one configuration; a grid runs the "
+                              "reference engine (leave --engine out)")
+        _check_torch(args.backend)
+    if args.resume and (args.grid is None or not args.json):
+        raise OptionError("--resume needs --grid and --json (the results file to go on from)")
     if args.grid is None:
         for name in ("seeds", "dry_run"):
             if getattr(args, name):
@@ -223,9 +240,41 @@ def validate(args):
         _check_memory(runs, args.jobs)
     if args.json:
         output_file(args.json, "--json")
+    if args.resume:
+        args.previous = _previous_results(args.json, args.grid)
     if args.out:
         output_folder(args.out, "--out", ("mqar_curves.png",))
     return runs
+
+
+def _previous_results(path: str, grid: str):
+    """The results a --resume goes on from (None where the file does not exist yet)."""
+    import json
+
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as err:
+        raise OptionError(f"--resume: cannot read {path}: {err}") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("runs"), list):
+        raise OptionError(f"--resume: {path} holds no grid results")
+    if previous.get("grid") != grid:
+        raise OptionError(f"--resume: {path} holds the grid {previous.get('grid')!r}, not "
+                          f"{grid!r}")
+    return previous
+
+
+def _check_torch(backend: str) -> None:
+    """--engine torch needs PyTorch, and for --backend cupy a CUDA build with a GPU."""
+    try:
+        import torch
+    except ImportError:
+        raise OptionError("--engine torch needs PyTorch (pip install torch)") from None
+    if backend == "cupy" and not torch.cuda.is_available():
+        raise OptionError("--engine torch with --backend cupy needs PyTorch with CUDA and a "
+                          "GPU; this torch sees none (use --backend numba for the CPU)")
 
 
 def _check_backend(name: str) -> None:
@@ -360,17 +409,29 @@ def run(args):
 
         (_, cfg), = runs
         with progress_bar(cfg.steps, args.progress) as bar:
-            result = train(cfg, progress=bar)
+            if args.engine == "torch":
+                from zeta_ref.mqar.torch_model import train_torch
+
+                result = train_torch(cfg, device="cuda" if cfg.backend == "cupy" else "cpu",
+                                     progress=bar)
+            else:
+                result = train(cfg, progress=bar)
         results = dict(header, runs=[result])
         print(format_run(result))
         if args.json:
             write_json(results, args.json)
     else:
-        from zeta_ref.mqar.grid import render_table, run_grid
+        from zeta_ref.mqar.grid import pending, render_table, run_grid
 
-        with progress_bar(len(runs), args.progress) as bar:
+        previous = getattr(args, "previous", None)  # --resume: what the JSON holds already
+        todo = runs if previous is None else pending(runs, previous["runs"])
+        if previous is not None:
+            print(f"--resume: {len(runs) - len(todo)} of the {len(runs)} runs are in "
+                  f"{args.json} already; running the other {len(todo)}", file=sys.stderr)
+        with progress_bar(len(todo), args.progress) as bar:
             bar.unit = "run"
             results = run_grid(runs, args.jobs, header, json_path=args.json, progress=bar,
+                               previous=previous,
                                on_result=lambda r: bar.write(
                                    f"{r['label']}: {100 * r['accuracy']:.1f} % "
                                    f"({1000 * r['seconds_per_step']:.1f} ms/step)",
