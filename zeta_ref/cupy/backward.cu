@@ -165,12 +165,14 @@ __global__ void zeta_bwd_query(const T* __restrict__ q, const T* __restrict__ k,
 }
 
 // ---------------------------------------------------------------- 16 lanes per query
-// The same computation as zeta_bwd_query for up to 128 slots and d_v <= 256, with two queries
-// per warp: lane l of a half-warp owns slots l, l + 16, ... and columns l, l + 16, ... of the
-// value rows. g_i stays in registers, and the dot products <g_i, v_s> are taken four slots at
-// a time (four rows in flight, then four 16-lane sums), which is where the time goes.
+// The same computation as zeta_bwd_query for up to 128 slots and d_v <= 16 * COLS, with two
+// queries per warp: lane l of a half-warp owns slots l, l + 16, ... and columns l, l + 16,
+// ..., l + 16 (COLS - 1) of the value rows (COLS = 4 covers d_v <= 64). g_i stays in
+// registers. The dot products <g_i, v_s>, where the time goes, are taken sixteen slots at a
+// time: each lane multiplies its columns of the sixteen rows, then one transposing sum
+// (half_transpose_sum: 15 shuffles for 16 sums) leaves slot 16 u + l's total in lane l, the
+// lane that owns the slot.
 #define ZETA_HALF_ROUNDS 8   // slots per lane: 8 x 16 = 128
-#define ZETA_HALF_COLS 16    // columns of d_v per lane: 16 x 16 = 256
 
 template <typename T>
 __device__ __forceinline__ T half_sum(T x) {
@@ -184,7 +186,46 @@ __device__ __forceinline__ T half_max(T x) {
     return x;
 }
 
-template <typename T, typename I>
+// Sixteen sums at once over a 16-lane half: lane l holds p[0..15] (its shares of sixteen
+// sums); on return lane l holds the total of sum l. Each round halves the values a lane keeps:
+// it sends the half its partner (lane l ^ m) keeps and adds what the partner sends, so after
+// the rounds m = 8, 4, 2, 1 lane l keeps only sum (l & 8) + (l & 4) + (l & 2) + (l & 1) = l.
+// A fixed tree: the same bits on every run.
+// One round of half_transpose_sum: the partner is lane l ^ M; of p[0 .. 2M - 1] the lane
+// keeps one half (the upper one where bit M of l is set), and p[0 .. M - 1] become their sums.
+template <int M, typename T>
+__device__ __forceinline__ void transpose_round(T (&p)[16], int l) {
+    bool upper = (l & M) != 0;
+#pragma unroll
+    for (int j = 0; j < M; ++j) {
+        T send = upper ? p[j] : p[j + M];
+        T keep = upper ? p[j + M] : p[j];
+        p[j] = keep + __shfl_xor_sync(0xffffffffu, send, M);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T half_transpose_sum(T (&p)[16], int l) {
+    transpose_round<8>(p, l);
+    transpose_round<4>(p, l);
+    transpose_round<2>(p, l);
+    transpose_round<1>(p, l);
+    return p[0];
+}
+
+// One lane's share of <g_i, row>: its COLS columns (gl holds g_i's).
+template <typename T, int COLS>
+__device__ __forceinline__ T row_dot(const T (&gl)[COLS], const T* row, int l, int d_v) {
+    T acc = (T)0;
+#pragma unroll
+    for (int m = 0; m < COLS; ++m) {
+        int e = l + 16 * m;
+        if (e < d_v) acc += gl[m] * row[e];
+    }
+    return acc;
+}
+
+template <typename T, typename I, int COLS>
 __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict__ k,
                                     const T* __restrict__ v, const I* __restrict__ cand,
                                     const T* __restrict__ mean_k, const T* __restrict__ mean_v,
@@ -207,18 +248,19 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
         long long r = active ? task / n : 0, i = active ? visit[task] : 0, at = r * n + i;
         const T* qi = q + at * d_k;
         const I* ci = cand + at * n_slots;
-        // pass 1: the lane's slots: nearness, raw score, the largest logit
+        // pass 1: the lane's slots: which key (jj: its position, -2 the mean term, -1 none),
+        // nearness, raw score, the largest logit
         T near[ZETA_HALF_ROUNDS], a[ZETA_HALF_ROUNDS];
-        bool valid[ZETA_HALF_ROUNDS];
+        int jj[ZETA_HALF_ROUNDS];
         T top = (T)0;
         bool any = false;
 #pragma unroll
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
             int s = l + 16 * u;
-            valid[u] = s < slots && (s == n_slots || ci[s] >= 0);
+            jj[u] = s < n_slots ? (int)ci[s] : (s == n_slots && with_mean ? -2 : -1);
             near[u] = a[u] = (T)0;
-            if (!valid[u]) continue;
-            const T* key = s < n_slots ? k + (r * n + (long long)ci[s]) * d_k : mean_k + at * d_k;
+            if (jj[u] == -1) continue;
+            const T* key = jj[u] >= 0 ? k + (r * n + jj[u]) * d_k : mean_k + at * d_k;
             near[u] = near_of(qi, key, d_k, score);
             a[u] = exp_score ? -near[u] / c : (T)1 / (near[u] + c);
             top = any ? fmax(top, a[u]) : a[u];
@@ -229,15 +271,16 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
         T part = (T)0;
 #pragma unroll
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
-            if (valid[u] && exp_score) a[u] = exp_t(a[u] - big);
-            part += valid[u] ? a[u] : (T)0;
+            bool valid = jj[u] != -1;
+            if (valid && exp_score) a[u] = exp_t(a[u] - big);
+            part += valid ? a[u] : (T)0;
         }
         T total = half_sum(part);
         if (!(total > (T)0)) total = (T)1;
-        // pass 3: dw_s = <g_i, v_s>, four slots at a time
-        T gl[ZETA_HALF_COLS];
+        // pass 3: dw_s = <g_i, v_s>
+        T gl[COLS];
 #pragma unroll
-        for (int m = 0; m < ZETA_HALF_COLS; ++m) {
+        for (int m = 0; m < COLS; ++m) {
             int e = l + 16 * m;
             gl[m] = e < d_v ? grad[at * d_v + e] : (T)0;
         }
@@ -245,27 +288,29 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
 #pragma unroll
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
             dw[u] = (T)0;
-            if (16 * u >= slots) continue;  // the same for both halves only if slots agree: they do
-            for (int s0 = 16 * u; s0 < 16 * u + 16 && s0 < slots; s0 += 4) {
-                T dot[4];
+            int count = slots - 16 * u;  // slots of this round (the same in both halves)
+            if (count <= 0) continue;
+            if (count >= 4) {  // sixteen rows, one transposing sum
+                T p[16];
 #pragma unroll
-                for (int t = 0; t < 4; ++t) {
-                    int s = s0 + t;
-                    dot[t] = (T)0;
-                    bool ok = s < slots && (s == n_slots || ci[s] >= 0);
-                    if (!ok) continue;
-                    const T* row = s < n_slots ? v + (r * n + (long long)ci[s]) * d_v
-                                               : mean_v + at * d_v;
-#pragma unroll
-                    for (int m = 0; m < ZETA_HALF_COLS; ++m) {
-                        int e = l + 16 * m;
-                        if (e < d_v) dot[t] += gl[m] * row[e];
-                    }
+                for (int t = 0; t < 16; ++t) {
+                    int j = __shfl_sync(0xffffffffu, jj[u], t, 16);  // slot 16 u + t's key
+                    p[t] = (T)0;
+                    if (j == -1) continue;
+                    const T* row = j >= 0 ? v + (r * n + j) * d_v : mean_v + at * d_v;
+                    p[t] = row_dot(gl, row, l, d_v);
                 }
-#pragma unroll
-                for (int t = 0; t < 4; ++t) {
-                    T sum = half_sum(dot[t]);
-                    if (l == (s0 + t) - 16 * u) dw[u] = sum;
+                dw[u] = half_transpose_sum(p, l);
+            } else {  // a short last round (the mean term's slot after 16 or 32 candidates)
+                for (int t = 0; t < count; ++t) {
+                    int j = __shfl_sync(0xffffffffu, jj[u], t, 16);
+                    T dot = (T)0;
+                    if (j != -1) {
+                        const T* row = j >= 0 ? v + (r * n + j) * d_v : mean_v + at * d_v;
+                        dot = row_dot(gl, row, l, d_v);
+                    }
+                    T sum = half_sum(dot);
+                    if (l == t) dw[u] = sum;
                 }
             }
         }
@@ -274,7 +319,7 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
         T part_rho = (T)0;
 #pragma unroll
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
-            w[u] = valid[u] ? a[u] / total : (T)0;
+            w[u] = jj[u] != -1 ? a[u] / total : (T)0;
             part_rho += w[u] * dw[u];
         }
         T rho = half_sum(part_rho);
@@ -282,16 +327,17 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
 #pragma unroll
         for (int e = 0; e < 8; ++e) dq_lane[e] = (T)0;
         double dc_lane = 0.0;
+        T w_mean = (T)0;
 #pragma unroll
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
             int s = l + 16 * u;
             if (!(s < slots)) continue;
+            bool valid = jj[u] != -1;
             T dt = w[u] * (dw[u] - rho);
-            T dnear = !valid[u] ? (T)0 : (exp_score ? -(dt / c) : -(dt * a[u]));
+            T dnear = !valid ? (T)0 : (exp_score ? -(dt / c) : -(dt * a[u]));
             T ck = score == 1 ? -dnear : dnear + dnear;
-            const T* key = s < n_slots && valid[u] ? k + (r * n + (long long)ci[s]) * d_k
-                                                   : mean_k + at * d_k;
-            if (valid[u]) {
+            const T* key = jj[u] >= 0 ? k + (r * n + jj[u]) * d_k : mean_k + at * d_k;
+            if (valid) {
                 dc_lane += (double)dnear;
 #pragma unroll
                 for (int e = 0; e < 8; ++e)
@@ -299,12 +345,20 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
             }
             if (!active) continue;
             if (s < n_slots) {
-                coef_w[at * n_slots + s] = valid[u] ? w[u] : (T)0;
-                coef_k[at * n_slots + s] = valid[u] ? ck : (T)0;
+                coef_w[at * n_slots + s] = valid ? w[u] : (T)0;
+                coef_k[at * n_slots + s] = valid ? ck : (T)0;
             } else {
+                w_mean = w[u];
                 for (int e = 0; e < d_k; ++e)
                     dmean_k[at * d_k + e] = score == 1 ? ck * qi[e] : -(ck * (qi[e] - key[e]));
-                for (int e = 0; e < d_v; ++e) dmean_v[at * d_v + e] = w[u] * grad[at * d_v + e];
+            }
+        }
+        if (with_mean) {  // dmean_v = w_mean g_i, each lane its columns
+            w_mean = __shfl_sync(0xffffffffu, w_mean, n_slots & 15, 16);
+#pragma unroll
+            for (int m = 0; m < COLS; ++m) {
+                int e = l + 16 * m;
+                if (active && e < d_v) dmean_v[at * d_v + e] = w_mean * gl[m];
             }
         }
 #pragma unroll
@@ -500,15 +554,19 @@ ZETA_BWD_QUERY(float, long long)
 ZETA_BWD_QUERY(double, long long)
 ZETA_BWD_QUERY(float, int)
 ZETA_BWD_QUERY(double, int)
-#define ZETA_BWD_HALF(T, I)                                                                    \
-    template __global__ void zeta_bwd_query_half<T, I>(                                        \
+#define ZETA_BWD_HALF(T, I, COLS)                                                              \
+    template __global__ void zeta_bwd_query_half<T, I, COLS>(                                  \
         const T*, const T*, const T*, const I*, const T*, const T*, int, const T*,             \
         const long long*, long long, long long, int, int, int, int, T, T*, T*, T*, T*, T*,     \
         double*);
-ZETA_BWD_HALF(float, long long)
-ZETA_BWD_HALF(double, long long)
-ZETA_BWD_HALF(float, int)
-ZETA_BWD_HALF(double, int)
+ZETA_BWD_HALF(float, long long, 4)
+ZETA_BWD_HALF(double, long long, 4)
+ZETA_BWD_HALF(float, int, 4)
+ZETA_BWD_HALF(double, int, 4)
+ZETA_BWD_HALF(float, long long, 16)
+ZETA_BWD_HALF(double, long long, 16)
+ZETA_BWD_HALF(float, int, 16)
+ZETA_BWD_HALF(double, int, 16)
 #define ZETA_BWD_REST(T)                                                                       \
     template __global__ void zeta_bwd_keys<T>(const T*, const T*, const T*, const T*,          \
                                               const T*, const long long*, const long long*,    \

@@ -32,8 +32,8 @@ from .window import visit_order
 
 _NAMES = ("zeta_bwd_query<float, long long>", "zeta_bwd_query<double, long long>",
           "zeta_bwd_query<float, int>", "zeta_bwd_query<double, int>",
-          "zeta_bwd_query_half<float, long long>", "zeta_bwd_query_half<double, long long>",
-          "zeta_bwd_query_half<float, int>", "zeta_bwd_query_half<double, int>",
+          *(f"zeta_bwd_query_half<{t}, {i}, {cols}>" for cols in (4, 16)
+            for i in ("long long", "int") for t in ("float", "double")),
           "zeta_bwd_pair_keys<int, unsigned int>", "zeta_bwd_pair_keys<long long, unsigned int>",
           "zeta_bwd_pair_keys<int, unsigned long long>",
           "zeta_bwd_pair_keys<long long, unsigned long long>",
@@ -43,7 +43,8 @@ _NAMES = ("zeta_bwd_query<float, long long>", "zeta_bwd_query<double, long long>
           "zeta_bwd_mean_write<float>", "zeta_bwd_mean_write<double>")
 #: zeta_bwd_query keeps each lane's slots in registers: at most this many slots (k + 1).
 MAX_SLOTS = 256
-#: zeta_bwd_query_half (16 lanes per query) takes up to this many slots, d_v and d_k.
+#: zeta_bwd_query_half (16 lanes per query) takes up to this many slots, d_v and d_k; its
+#: lanes hold 4 columns of g_i each up to d_v = 64, 16 above.
 HALF_MAX_SLOTS, HALF_MAX_DV, HALF_MAX_DK = 128, 256, 8
 
 
@@ -113,13 +114,14 @@ def query_pass(q, k, v, cand, mk, mv, with_mean, grad, visit, score, c, kernel="
     coef_k = rt.empty(cand.shape, dtype)
     dc = rt.empty(lead + (n,), np.float64)
     half_ok = (n_slots + with_mean <= HALF_MAX_SLOTS and d_v <= HALF_MAX_DV
-               and d_k <= HALF_MAX_DK)
+               and d_k <= HALF_MAX_DK and n < 2**31)  # it keeps key positions as int
     if kernel == "half" and not half_ok:
         raise ValueError(f"the 16-lane kernel takes up to {HALF_MAX_SLOTS} slots, d_v <= "
                          f"{HALF_MAX_DV} and d_k <= {HALF_MAX_DK}")
     half = half_ok if kernel == "auto" else kernel == "half"
-    name = "zeta_bwd_query_half" if half else "zeta_bwd_query"
-    rt.launch(_fn(f"{name}<{rt.ctype_name(dtype)}, {index}>"), (16 if half else 32) * rows * n,
+    name = (f"zeta_bwd_query_half<{rt.ctype_name(dtype)}, {index}, {4 if d_v <= 64 else 16}>"
+            if half else f"zeta_bwd_query<{rt.ctype_name(dtype)}, {index}>")
+    rt.launch(_fn(name), (16 if half else 32) * rows * n,
               (q, k, v, cand, mk, mv, np.int32(with_mean), grad, visit, rt.i64(rows),
                rt.i64(n), np.int32(d_k), np.int32(d_v), np.int32(n_slots),
                np.int32(_SCORE_IDS[score]), c, dq, dmean_k, dmean_v, coef_w, coef_k, dc))
