@@ -245,11 +245,13 @@ def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp) 
                        + (1,)))
         names.append("the outputs it holds are not those of these values v")
     tol = tolerance(v.dtype)
-    compared = [(a, d) for a, d, _ in checks] + [(k, None), (v, None)] + \
-        [(d, None) for a, d, which in checks if which is not None]
+    scaled = any(which is not None for _, _, which in checks)  # the mean term's checks
+    compared = [(a, d) for a, d, _ in checks] + \
+        ([(k, None), (v, None)] + [(d, None) for a, d, which in checks if which is not None]
+         if scaled else [])
     bounds = iter(max_abs(compared, xp))
     found = [next(bounds) for _ in checks]
-    scale_k, scale_v = next(bounds), next(bounds)
+    scale_k, scale_v = (next(bounds), next(bounds)) if scaled else (None, None)
     if not np.isfinite(found[0]):
         bad = xp.argwhere(~xp.isfinite(grad))[0]
         raise ValueError(f"grad_output contains NaN or Inf (first at index "
