@@ -17,9 +17,10 @@ beside the paper's claims. --steps, --batch, --lr, --backend and the other train
 apply to every run; the grid sets the sizes, the attention, d_K and the score itself.
 
   zeta-ref mqar --grid paper --backend cupy --jobs 8 --json mqar.json --out mqar/
-  zeta-ref mqar --grid paper --backend cupy --jobs 8 --json mqar.json --resume
-                                       # an interrupted grid: only the runs not in mqar.json
+  zeta-ref mqar --grid paper --backend cupy --jobs 8 --json mqar.json --resume  # the rest
   zeta-ref mqar --table mqar.json      # the tables again, from the JSON
+
+--resume (with --json) goes on from an interrupted grid: only the runs the file lacks.
 
 --json PATH writes every number (the results are rewritten after each run of a grid);
 --out DIR writes the learning curves as a PNG. A progress bar goes to stderr (--progress).
