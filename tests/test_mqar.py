@@ -424,3 +424,31 @@ def test_a_grid_resumes_from_its_json(tmp_path, zeta_ref_cli):
     assert code == 2 and "holds the grid 'smoke', not 'paper'" in err
     code, _, err = zeta_ref_cli(["mqar", "--resume"])
     assert code == 2 and "--resume needs --grid and --json" in err
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_stopped_grid_says_so_in_its_json(tmp_path, jobs):
+    """SIGTERM (what `timeout` sends) ends a grid: the JSON keeps the finished runs, and its
+    sitting is marked interrupted with its wall-clock time."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "g.json"
+    cmd = [sys.executable, "-m", "zeta_ref", "mqar", "--grid", "smoke", "--steps", "400",
+           "--batch", "4", "--vocab", "16", "--test-size", "8", "--jobs", str(jobs),
+           "--progress", "never", "--json", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not path.exists() and time.monotonic() < deadline:  # the first run has finished
+        time.sleep(0.2)
+    assert path.exists(), "no run finished in 120 s"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    results = json.loads(path.read_text())
+    (sitting,) = results["sessions"]
+    assert sitting["interrupted"] is True and sitting["wall_seconds"] > 0
+    assert 1 <= sitting["runs"] == len(results["runs"]) < len(make_grid("smoke", RunConfig(),
+                                                                         (0,)))
