@@ -371,10 +371,10 @@ def test_cupy_backend_is_refused_cleanly_without_a_gpu(zeta_ref_cli):
 
 def test_one_run_writes_json_and_curves(tmp_path, zeta_ref_cli):
     path = tmp_path / "r.json"
-    code, out, _ = zeta_ref_cli(["mqar", "--attention", "zeta", "--seq-len", "32", "--d-model", "16",
-                          "--vocab", "16", "--steps", "4", "--batch", "8", "--test-size", "16",
-                          "--log-every", "2", "--json", str(path), "--out",
-                          str(tmp_path / "o")])
+    code, out, _ = zeta_ref_cli(["mqar", "--attention", "zeta", "--seq-len", "32",
+                                 "--d-model", "16", "--vocab", "16", "--steps", "4", "--batch",
+                                 "8", "--test-size", "16", "--log-every", "2", "--json",
+                                 str(path), "--out", str(tmp_path / "o")])
     assert code == 0, out
     assert "test accuracy" in out and (tmp_path / "o" / "mqar_curves.png").stat().st_size > 0
     results = json.loads(path.read_text())

@@ -430,7 +430,8 @@ __global__ void zeta_bwd_keys(const T* __restrict__ q, const T* __restrict__ k,
                 x[u] = e < d_k ? q[query * d_k + e] : grad[query * d_v + (e - d_k)];
             }
 #pragma unroll
-            for (int u = 0; u < 4; ++u) acc += (double)pair_term(coef[u], x[u], ke, e < d_k, score);
+            for (int u = 0; u < 4; ++u)
+                acc += (double)pair_term(coef[u], x[u], ke, e < d_k, score);
         }
         for (; at < end; ++at) {
             long long p = pairs[at];
@@ -480,8 +481,9 @@ __global__ void zeta_bwd_values(const T* __restrict__ grad, const T* __restrict_
             long long p = pairs[at];
             T coef = coef_w[p], g[4];
             Quad<T>::load(grad + (p / n_slots) * d_v + e0, g);
+            // as pair_term: each product rounded, then added
 #pragma unroll
-            for (int u = 0; u < 4; ++u) acc[u] += (double)mul_rn(coef, g[u]);  // as pair_term: rounded, then added
+            for (int u = 0; u < 4; ++u) acc[u] += (double)mul_rn(coef, g[u]);
         }
 #pragma unroll
         for (int u = 0; u < 4; ++u) dv[key * d_v + e0 + u] = (T)acc[u];

@@ -140,8 +140,8 @@ def warm_up(runs) -> None:
     """Compile, once and here, every kernel the runs will use: a two-step run of a tiny model
     for each attention and score among ``runs``, on their backend. CuPy keeps what it
     compiles in its cache on disk, so the parallel processes load the kernels rather than
-    each compiling them at the same time (on a fresh machine, a minute or more of their
-    first steps)."""
+    each compiling them at the same time in their first steps (how long that takes on a
+    fresh machine has not been measured)."""
     from .train import train
 
     seen = set()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -118,8 +117,8 @@ def loss_of(model: MQARModel, tokens, query_pos, answers):
 
 
 def build(cfg, device="cpu"):
-    """The torch model of RunConfig ``cfg`` with the hand-written path's initial numbers, and
-    the zeta_ref backend its ZETA layers use."""
+    """The torch model of RunConfig ``cfg`` with the hand-written path's initial numbers; its
+    ZETA layers use the "cupy" backend on CUDA, else ``cfg.backend`` ("numpy" or "numba")."""
     mcfg = cfg.model_config()
     flat, _, log_gammas = M.init_params(mcfg, np.random.default_rng([cfg.seed, 0]), np,
                                         np.float64)
@@ -134,7 +133,7 @@ def train_torch(cfg, device="cpu", progress=None) -> dict:
     """Train the torch model on MQAR as :func:`zeta_ref.mqar.train.train` trains the
     hand-written one (same batches, schedule, evaluation), and return the same kind of
     result, with ``"engine": "torch"``."""
-    from .train import held_out_set, learning_rate
+    from .train import held_out_set, learning_rate, run_record
 
     t_start = time.perf_counter()
     model = build(cfg, device)
@@ -178,22 +177,12 @@ def train_torch(cfg, device="cpu", progress=None) -> dict:
             evals.append({"step": step + 1, "accuracy": evaluate_torch(cfg, model, test,
                                                                         tensors)})
             t_train = time.perf_counter()
-    gammas = {name.replace("_attn_log_gamma", ".attn.gamma"): math.exp(p.item())
-              for name, p in model.params.items() if name.endswith("log_gamma")}
-    return {
-        "label": cfg.label() + " (torch)",
-        "engine": "torch",
-        "config": asdict(cfg),
-        "curve": curve,
-        "evals": evals,
-        "accuracy": evals[-1]["accuracy"],
-        "final_loss": curve[-1]["loss"],
-        "gammas": gammas,
-        "chance": 1.0 / (cfg.vocab - cfg.vocab // 2),
-        "train_seconds": train_seconds,
-        "seconds_per_step": train_seconds / cfg.steps,
-        "total_seconds": time.perf_counter() - t_start,
-    }
+    log_gammas = {name.replace("_attn_log_gamma", ".attn.log_gamma"): p.item()
+                  for name, p in model.params.items() if name.endswith("log_gamma")}
+    result = run_record(cfg, curve, evals, log_gammas, train_seconds, t_start,
+                        engine="torch")
+    result["label"] += " (torch)"
+    return result
 
 
 def evaluate_torch(cfg, model, test, tensors) -> float:

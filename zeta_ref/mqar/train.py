@@ -220,8 +220,16 @@ def train(cfg: RunConfig, progress=None, state: dict | None = None) -> dict:
             t_train = time.perf_counter()
     if state is not None:
         state.update(model_config=mcfg, params=params, log_gammas=dict(log_gammas))
+    return run_record(cfg, curve, evals, log_gammas, train_seconds, t_start)
+
+
+def run_record(cfg: RunConfig, curve, evals, log_gammas: dict, train_seconds: float,
+               t_start: float, **extra) -> dict:
+    """One run's results as a JSON-ready dict (the form :func:`train` returns); ``log_gammas``
+    by parameter name ("h0.attn.log_gamma"), ``extra`` fields added as given."""
     return {
         "label": cfg.label(),
+        **extra,
         "config": asdict(cfg),
         "curve": curve,
         "evals": evals,

@@ -324,8 +324,9 @@ def _inverse_body(cand, w_in, dnear_in, n_chunks, counts, starts, entry_query, e
     selected by the pairs at places ``starts[r, j] .. starts[r, j + 1] - 1``, listed in
     (query, slot) order, each with its query i and its (w, dnear) side by side (so that pass 3
     reads them in order rather than scattered, and this pass writes each pair's in one go).
-    Each row's queries are cut into ``n_chunks`` chunks, counted and placed in parallel; counts (R, n_chunks, N) is scratch. The result is
-    the one stable order, whatever the number of chunks (only the speed depends on it).
+    Each row's queries are cut into ``n_chunks`` chunks, counted and placed in parallel;
+    counts (R, n_chunks, N) is scratch. The result is the one stable order, whatever the
+    number of chunks (only the speed depends on it).
     """
     r_count, n, n_slots = cand.shape
     per = (n + n_chunks - 1) // n_chunks  # queries per chunk
