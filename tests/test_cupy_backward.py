@@ -13,6 +13,8 @@ On the device machine: ``PYTHONPATH=$PWD python3 -m pytest -m gpu tests/test_cup
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -74,8 +76,9 @@ def test_the_stage_twin_matches_the_specification(score, causal, mean, dtype):
             assert a is None, name
         else:
             _close(a, b, name, scale=_scale(*want[:5]))
-    assert got[5] == pytest.approx(want[5], rel=1e-4 if dtype == np.float32 else 1e-10,
-                                   abs=1e-6 * _scale(*want[:5]))
+    assert isinstance(got[5], cp.ndarray) and got[5].shape == ()  # dgamma stays on the device
+    assert float(got[5]) == pytest.approx(want[5], rel=1e-4 if dtype == np.float32 else 1e-10,
+                                          abs=1e-6 * _scale(*want[:5]))
     if mean:
         want_k, want_v = spec.history_means_backward(want[3], want[4], causal)
         got_k, got_v = cupy_backward.history_means_backward(want[3], want[4], causal)
@@ -204,6 +207,46 @@ def test_through_the_composer(dtype):
     np.testing.assert_array_equal(again.dv, got.dv)
 
 
+def _with(x, index, value):
+    x = x.copy()
+    x[index] = value
+    return x
+
+
+#: Bad inputs of the backward pass: each makes (q, k, v, grad_output, intermediates) from good
+#: ones. On the GPU the checks of values run after the kernels are queued (one transfer); the
+#: error must be the specification's, word for word, and no kernel may read out of bounds.
+REFUSED = {
+    "q NaN": lambda q, k, v, g, im: (_with(q, (1, 7, 2), np.nan), k, v, g, im),
+    "k too large": lambda q, k, v, g, im: (q, _with(k, (0, 3, 0), 1e30), v, g, im),
+    "v inf": lambda q, k, v, g, im: (q, k, _with(v, (1, 0, 4), np.inf), g, im),
+    "grad NaN": lambda q, k, v, g, im: (q, k, v, _with(g, (0, 299, 7), np.nan), im),
+    "another q": lambda q, k, v, g, im: (q + 0.5, k, v, g, im),
+    "another v": lambda q, k, v, g, im: (q, k, _with(v, (1, 20, 0), 9.0), g, im),
+    "gradients overflow": lambda q, k, v, g, im: (q, k, v, np.full_like(g, 3e38), im),
+    **{f"candidate {bad}": (lambda bad: lambda q, k, v, g, im: (
+        q, k, v, g, replace(im, candidates=_with(im.candidates, (1, 299, 0), bad))))(bad)
+       for bad in (-2, 300, 2**40)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+@pytest.mark.parametrize("on_device", [False, True])
+def test_what_is_refused_is_refused_as_by_the_specification(name, on_device):
+    q, k, v, g = _inputs(6, (2,), 300, 3, 8, np.float32)
+    cfg = ZetaConfig(k=8)
+    _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    *arrays, im = REFUSED[name](q, k, v, g, inter)
+    with pytest.raises(ValueError) as want:
+        zeta_attention_backward(*arrays, cfg, intermediates=im)
+    if on_device:
+        arrays = [cp.asarray(x) for x in arrays]
+    with pytest.raises(ValueError) as got:
+        zeta_attention_backward(*arrays, cfg, intermediates=im, backend="cupy")
+    assert str(got.value) == str(want.value)
+    cp.cuda.Device().synchronize()  # and the device is still well (no fault was raised)
+
+
 def test_deterministic_whatever_the_visiting_order(monkeypatch):
     q, k, v, g = _inputs(5, (2, 4), 4000, 3, 64, np.float32)
     cfg = ZetaConfig(k=32)
@@ -217,7 +260,7 @@ def test_deterministic_whatever_the_visiting_order(monkeypatch):
     for x, y, z in zip(a[:5], b[:5], c[:5]):
         np.testing.assert_array_equal(x.get(), y.get())
         np.testing.assert_array_equal(x.get(), z.get())
-    assert a[5] == b[5] == c[5]
+    assert float(a[5]) == float(b[5]) == float(c[5])
     # poisoned output buffers change nothing: every entry is written
     def poisoned(real):
         def empty(shape, dtype):

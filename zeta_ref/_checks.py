@@ -136,14 +136,15 @@ def extremes(arrays, xp=np) -> list[tuple[float, float]]:
     return [(float(lo), float(hi)) for lo, hi in both.get()]
 
 
-def max_abs(pairs, xp=np) -> list[float]:
+def max_abs(pairs, xp=np, also=()) -> list[float]:
     """max |a - b| over each ``(a, b)`` of ``pairs`` (``b`` an array of a's shape, a number,
     or None for 0), in float64, as Python floats: NaN where a NaN is met, inf where an inf
-    is; 0.0 for an empty array.
+    is; 0.0 for an empty array. Then the numbers of ``also`` (0-d arrays or floats), as they
+    are.
 
     On a GPU one pass over each array (a fused reduction, no temporary the size of the
-    arrays) and one transfer for all of them, so a check of several large arrays costs one
-    synchronisation."""
+    arrays) and one transfer for all of them, ``also`` included, so a check of several large
+    arrays costs one synchronisation."""
     if xp is np:
         out = []
         for a, b in pairs:
@@ -152,10 +153,12 @@ def max_abs(pairs, xp=np) -> list[float]:
                 continue
             d = np.abs(a.astype(np.float64) - (0.0 if b is None else b))
             out.append(float(d.max()))
-        return out
+        return out + [float(x) for x in also]
     from .cupy._runtime import max_abs_all  # only for a GPU's arrays
 
-    return [float(x) for x in max_abs_all(list(pairs)).get()] if pairs else []
+    parts = ([max_abs_all(list(pairs))] if pairs else []) + \
+        [xp.asarray(x, dtype=xp.float64).reshape(1) for x in also]
+    return [float(x) for x in xp.concatenate(parts).get()] if parts else []
 
 
 def _check_finite(arr, name: str, lo: float, hi: float, xp=np) -> None:
@@ -166,9 +169,13 @@ def _check_finite(arr, name: str, lo: float, hi: float, xp=np) -> None:
         )
 
 
-def check_qkv(q, k, v, xp=np):
+def check_qkv(q, k, v, xp=np, values: bool = True):
     """Validate the three inputs of :func:`zeta_ref.zeta_attention`; return them as arrays of
-    ``xp`` (NumPy, or CuPy for the GPU backend: NumPy inputs are then copied to the device)."""
+    ``xp`` (NumPy, or CuPy for the GPU backend: NumPy inputs are then copied to the device).
+
+    ``values=False`` checks types and shapes only: the caller then checks the values itself
+    with :func:`check_qkv_values` (on a GPU, together with its other checks, in one
+    transfer)."""
     q = as_float_array(q, "q", xp=xp, check_finite=False)
     k = as_float_array(k, "k", xp=xp, check_finite=False)
     v = as_float_array(v, "v", xp=xp, check_finite=False)
@@ -191,13 +198,19 @@ def check_qkv(q, k, v, xp=np):
         raise ValueError(f"d_k and d_v must be >= 1; got q {q.shape} and v {v.shape}")
     if 0 in q.shape[:-2]:
         raise ValueError(f"leading dimensions must be non-empty; got q of shape {q.shape}")
-    (q_lo, q_hi), (k_lo, k_hi), (v_lo, v_hi) = extremes([q, k, v], xp)
-    for arr, name, lo, hi in ((q, "q", q_lo, q_hi), (k, "k", k_lo, k_hi), (v, "v", v_lo, v_hi)):
-        _check_finite(arr, name, lo, hi, xp)
-    check_magnitude(q, "q", largest=max(-q_lo, q_hi))
-    check_magnitude(k, "k", largest=max(-k_lo, k_hi))
-    check_magnitude(v, "v", value_limit(v.dtype, v.shape[-2]), largest=max(-v_lo, v_hi))
+    if values:
+        check_qkv_values(q, k, v, [max(-lo, hi) for lo, hi in extremes([q, k, v], xp)], xp)
     return q, k, v
+
+
+def check_qkv_values(q, k, v, largest, xp=np) -> None:
+    """The values of q, k and v are finite and small enough (:func:`check_magnitude`), given
+    ``largest``, the largest |x| of each (NaN or inf where they hold one)."""
+    for arr, name, big in ((q, "q", largest[0]), (k, "k", largest[1]), (v, "v", largest[2])):
+        _check_finite(arr, name, -big, big, xp)
+    check_magnitude(q, "q", largest=largest[0])
+    check_magnitude(k, "k", largest=largest[1])
+    check_magnitude(v, "v", value_limit(v.dtype, v.shape[-2]), largest=largest[2])
 
 
 def magnitude_limit(dtype, d: int) -> float:

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._checks import (as_float_array, as_host_array, check_bits_for_dim, check_gamma,
-                      check_qkv, max_abs, on_device)
+                      check_qkv, check_qkv_values, max_abs, on_device)
 from .attention import Intermediates, zeta_attention
 from .backends import backends, get_backend
 from .config import ZetaConfig
@@ -119,7 +119,13 @@ def zeta_attention_backward(q, k, v, grad_output, config: ZetaConfig | None = No
     xp = s.xp  # numpy, or cupy for a GPU backend
     # as the forward pass: host inputs give host results, device inputs device results
     to_host = xp is not np and not on_device(q)
-    q, k, v = check_qkv(q, k, v, xp=xp)
+    # On a GPU the checks of values (of q, k, v, grad_output and the intermediates) wait until
+    # the kernels are queued, so that their one transfer overlaps the work instead of stalling
+    # before it; the kernels take a candidate outside 0 .. N - 1 for an empty slot, so a bad
+    # selection is refused after, never read past the end of k or v. Nothing is returned
+    # unless every check passes.
+    late = xp is not np
+    q, k, v = check_qkv(q, k, v, xp=xp, values=not late)
     n, d_k = q.shape[-2], q.shape[-1]
     check_bits_for_dim(cfg.bits, d_k, name="config.bits")
     if cfg.score == "cauchy":
@@ -137,7 +143,9 @@ def zeta_attention_backward(q, k, v, grad_output, config: ZetaConfig | None = No
     mean_k = mean_v = None
     if cfg.history_mean:
         mean_k, mean_v = s.history_means(k, v, cfg.causal)  # (..., N, d_k), (..., N, d_v)
-    _check_values(grad, intermediates, cfg, q, k, v, candidates, mean_k, mean_v, s, xp)
+    checks = (grad, intermediates, cfg, q, k, v, candidates, mean_k, mean_v, s, xp)
+    if not late:
+        _check_values(*checks)
     # Visiting orders, for speed only (they cannot change a result). On the CPU the queries
     # and keys go in Z order, as in the forward pass: neighbours in Z order share most of
     # their candidates. On the GPU in position order: at B = 1, H = 8, N = 65536 on the H200
@@ -157,7 +165,11 @@ def zeta_attention_backward(q, k, v, grad_output, config: ZetaConfig | None = No
             dk_mean, dv_mean = s.history_means_backward(dmean_k, dmean_v, cfg.causal)
             dk = dk + dk_mean  # (..., N, d_k)
             dv = dv + dv_mean  # (..., N, d_v)
-    _check_finite_gradients((dq, dk, dv), float(dgamma), grad, xp)
+    if late:  # everything in one transfer: the inputs, the intermediates, the gradients
+        dgamma = _check_values(*checks, inputs=True, gradients=(dq, dk, dv), dgamma=dgamma)
+    else:
+        _check_finite_gradients(max_abs([(x, None) for x in (dq, dk, dv)], xp),
+                                float(dgamma), max_abs([(grad, None)], xp)[0], grad.dtype)
     if to_host:
         dq, dk, dv = (x.get() for x in (dq, dk, dv))
     return Gradients(dq=dq, dk=dk, dv=dv, dgamma=float(dgamma))
@@ -215,7 +227,8 @@ def _check_intermediates_kind(inter, cfg, q, v) -> None:
                              f"has shape {got}, these inputs need {shape}")
 
 
-def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp) -> None:
+def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp, *,
+                  inputs: bool = False, gradients=None, dgamma=None):
     """The values of grad_output are finite, and the intermediates ``inter`` (None: computed
     here, nothing more to check) belong to these inputs:
 
@@ -227,7 +240,14 @@ def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp) 
       intermediates' own weights and these values.
 
     Every check is a largest absolute value or difference (:func:`~zeta_ref._checks.max_abs`),
-    all of them taken in one pass over each array and, on a GPU, brought back in one transfer."""
+    all of them taken in one pass over each array and, on a GPU, brought back in one transfer.
+
+    After the gradients are computed (on a GPU), the same transfer takes the checks that
+    would otherwise have come first and last: ``inputs`` the values of q, k and v
+    (:func:`~zeta_ref._checks.check_qkv_values`), ``gradients`` (dq, dk, dv) and ``dgamma``
+    (a 0-d array or a float) that they are finite; then dgamma comes back as a float. The
+    errors come in the order they would have come in, q's first."""
+    first = [(x, None) for x in (q, k, v)] if inputs else []
     checks, names = [(grad, None, None)], [None]  # (actual, desired, scale index) or a bound
     if inter is not None:
         for name, x in (("q", q), ("k", k)):
@@ -246,10 +266,12 @@ def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp) 
         names.append("the outputs it holds are not those of these values v")
     tol = tolerance(v.dtype)
     scaled = any(which is not None for _, _, which in checks)  # the mean term's checks
-    compared = [(a, d) for a, d, _ in checks] + \
+    compared = first + [(a, d) for a, d, _ in checks] + \
         ([(k, None), (v, None)] + [(d, None) for a, d, which in checks if which is not None]
-         if scaled else [])
-    bounds = iter(max_abs(compared, xp))
+         if scaled else []) + [(x, None) for x in gradients or ()]
+    bounds = iter(max_abs(compared, xp, also=() if dgamma is None else (dgamma,)))
+    if inputs:
+        check_qkv_values(q, k, v, [next(bounds) for _ in first], xp)
     found = [next(bounds) for _ in checks]
     scale_k, scale_v = (next(bounds), next(bounds)) if scaled else (None, None)
     if not np.isfinite(found[0]):
@@ -269,6 +291,12 @@ def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp) 
             size = (scale_k, scale_v)[which]
             if not got <= INTERMEDIATES_SLACK * (tol["rtol"] * big + tol["atol"] * size):
                 raise ValueError(f"intermediates come from another input: {name}")
+    if gradients is None:
+        return None
+    grad_bounds = [next(bounds) for _ in gradients]
+    dgamma = next(bounds) if dgamma is not None else 0.0
+    _check_finite_gradients(grad_bounds, dgamma, found[0], grad.dtype)
+    return dgamma
 
 
 def _recomputed_outputs(inter, cfg, v, candidates, mean_v, xp):
@@ -277,8 +305,10 @@ def _recomputed_outputs(inter, cfg, v, candidates, mean_v, xp):
     these values, and the intermediates' own outputs of them, both in float64."""
     n, d_v, n_slots = v.shape[-2], v.shape[-1], candidates.shape[-1]
     total = int(np.prod(v.shape[:-1], dtype=np.int64))  # R N queries in all
-    pick = np.unique(np.linspace(0, total - 1, min(CHECKED_QUERIES, total)).astype(np.int64))
-    pick = xp.asarray(pick)  # (m,) flat query indices
+    # (m,) flat query indices, made where they are used (no copy to a GPU): every query, or
+    # CHECKED_QUERIES of them evenly spaced (at least 1 apart, so none twice)
+    pick = (xp.arange(total, dtype=np.int64) if total <= CHECKED_QUERIES else
+            xp.linspace(0, total - 1, CHECKED_QUERIES).astype(np.int64))
     cand = candidates.reshape(total, n_slots)[pick]  # (m, k)
     safe = xp.clip(cand, 0, n - 1)  # an out-of-range candidate is refused, not read
     rows = v.reshape(-1, n, d_v)[(pick // n)[:, None], safe]  # (m, k, d_v)
@@ -292,12 +322,11 @@ def _recomputed_outputs(inter, cfg, v, candidates, mean_v, xp):
     return out, theirs
 
 
-def _check_finite_gradients(arrays, dgamma: float, grad, xp) -> None:
-    """Gradients too large for the dtype are refused rather than returned as inf or NaN."""
-    if all(np.isfinite(bound) for bound in max_abs([(x, None) for x in arrays], xp)) \
-            and np.isfinite(dgamma):
+def _check_finite_gradients(bounds, dgamma: float, largest: float, dtype) -> None:
+    """Gradients too large for the dtype are refused rather than returned as inf or NaN.
+    ``bounds``: the largest |x| of dq, dk and dv; ``largest``: that of grad_output."""
+    if all(np.isfinite(bound) for bound in bounds) and np.isfinite(dgamma):
         return
-    largest = max_abs([(grad, None)], xp)[0]
-    raise ValueError(f"the gradients overflow {grad.dtype} (grad_output holds values up to "
+    raise ValueError(f"the gradients overflow {dtype} (grad_output holds values up to "
                      f"{largest:.3g} in magnitude); rescale grad_output"
-                     + (", or pass float64 inputs" if grad.dtype == np.float32 else ""))
+                     + (", or pass float64 inputs" if dtype == np.float32 else ""))

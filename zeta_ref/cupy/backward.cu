@@ -1,8 +1,11 @@
 // The backward pass of stage 6 on the GPU: gradients of Eq. 6 and of the mean term (D7-D9).
 // Mirrors zeta_ref/stages/backward.py (which derives steps b1 to b5); the selection is fixed.
 //
-// Three steps, none of which adds into memory another thread adds into (no atomics), so every
-// result is the same from run to run:
+// Three steps. No float is added into memory another thread adds into (the one atomic counts
+// integers), so every result is the same from run to run. A candidate outside 0 .. n - 1 is
+// taken for an empty slot, so that no kernel reads past the end of k or v: the composer
+// (zeta_ref/backward.py) refuses such a selection in its checks, which on the GPU run after
+// these kernels are queued.
 //
 // zeta_bwd_query   one warp per query i (taken in `visit` order: Z order from the composer).
 //   pass 1  lane s scores slot s (s, s + 32, ...): near_s, the logit or affinity, the maximum
@@ -14,7 +17,8 @@
 //           (dk_j += -coef_k (q_i - k_j) for the distances, coef_k q_i for "softmax"), and
 //           dc_i = sum of dnear_s (for dgamma)
 // zeta_bwd_pair_keys, then one stable cupy.argsort: the (query, slot) pairs ordered by the key
-//   they selected, and each key's in (query, slot) order.
+//   they selected, and each key's in (query, slot) order; zeta_bwd_key_counts counts each
+//   key's pairs, whose running sum says where each key's begin.
 // zeta_bwd_keys    one thread per (key j, column e) of [dk | dv], keys in Z order: walks the
 //   (query, slot) pairs that selected key j, in (query, slot) order, and sums their
 //   contributions in double, rounding once: the specification's scatter_rows.
@@ -67,7 +71,7 @@ __global__ void zeta_bwd_query(const T* __restrict__ q, const T* __restrict__ k,
 #pragma unroll
         for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) {
             int s = lane + 32 * u;
-            valid[u] = s < slots && (s == n_slots || ci[s] >= 0);
+            valid[u] = s < slots && (s == n_slots || (ci[s] >= 0 && ci[s] < n));
             near[u] = raw[u] = (T)0;
             if (!valid[u]) continue;
             const T* key = s < n_slots ? k + (r * n + (long long)ci[s]) * d_k : mean_k + at * d_k;
@@ -93,7 +97,7 @@ __global__ void zeta_bwd_query(const T* __restrict__ q, const T* __restrict__ k,
         for (int u = 0; u < ZETA_MAX_SLOT_ROUNDS; ++u) dw[u] = (T)0;
         for (int s = 0; s < slots; ++s) {
             int owner = s & 31, u = s >> 5;
-            bool ok = s == n_slots || ci[s] >= 0;  // the same for every lane
+            bool ok = s == n_slots || (ci[s] >= 0 && ci[s] < n);  // the same for every lane
             if (!ok) continue;
             const T* row = s < n_slots ? v + (r * n + (long long)ci[s]) * d_v : mean_v + at * d_v;
             T acc = (T)0;
@@ -257,7 +261,8 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
 #pragma unroll
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
             int s = l + 16 * u;
-            jj[u] = s < n_slots ? (int)ci[s] : (s == n_slots && with_mean ? -2 : -1);
+            jj[u] = s < n_slots ? (ci[s] >= 0 && ci[s] < n ? (int)ci[s] : -1)
+                                : (s == n_slots && with_mean ? -2 : -1);
             near[u] = a[u] = (T)0;
             if (jj[u] == -1) continue;
             const T* key = jj[u] >= 0 ? k + (r * n + jj[u]) * d_k : mean_k + at * d_k;
@@ -382,8 +387,18 @@ __global__ void zeta_bwd_pair_keys(const I* __restrict__ cand, long long rows, l
     for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < pairs;
          p += (long long)gridDim.x * blockDim.x) {
         long long r = p / (n * n_slots), j = (long long)cand[p];
-        keys[p] = (K)(j >= 0 ? r * n + j : rows * n);
+        keys[p] = (K)(j >= 0 && j < n ? r * n + j : rows * n);
     }
+}
+
+// counts[key] += 1 for the key of every pair (integer atomics: the counts are exact whatever
+// the order); their running sum gives where each key's pairs begin in the sorted list.
+template <typename K>
+__global__ void zeta_bwd_key_counts(const K* __restrict__ keys, long long pairs,
+                                    unsigned long long* __restrict__ counts) {
+    for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < pairs;
+         p += (long long)gridDim.x * blockDim.x)
+        atomicAdd(counts + keys[p], 1ull);
 }
 
 // One pair's share of dk_j[e] (x = q_i[e]: -coef_k (q_i - k_j)[e], or coef_k q_i[e] for
@@ -595,3 +610,8 @@ template __global__ void zeta_bwd_pair_keys<int, unsigned long long>(const int*,
                                                                      unsigned long long*);
 template __global__ void zeta_bwd_pair_keys<long long, unsigned long long>(
     const long long*, long long, long long, int, unsigned long long*);
+template __global__ void zeta_bwd_key_counts<unsigned int>(const unsigned int*, long long,
+                                                           unsigned long long*);
+template __global__ void zeta_bwd_key_counts<unsigned long long>(const unsigned long long*,
+                                                                 long long,
+                                                                 unsigned long long*);

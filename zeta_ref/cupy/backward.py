@@ -8,10 +8,12 @@ float results within :mod:`zeta_ref.tolerances` of it. The kernels are in ``back
    again, dq, the mean term's gradients, and two coefficients per candidate slot from which
    the key pass rebuilds that slot's share of dk and dv;
 2. the (query, slot) pairs sorted by the key they selected: one stable ``cupy.argsort`` of
-   the keys (32-bit where they fit), so each key's pairs come in (query, slot) order;
+   the keys (32-bit where they fit), so each key's pairs come in (query, slot) order, and
+   where each key's begin (``zeta_bwd_key_counts`` counts them, a running sum places them);
 3. ``zeta_bwd_keys``, a thread per (key, column) of dk (and of dv, where ``zeta_bwd_values``,
    a thread per (key, four columns), cannot take it): the sum of the key's shares in double,
-   rounded once, in that order. No atomics anywhere: the result is the same on every run.
+   rounded once, in that order. No float atomics (step 2 counts integers): the same result
+   on every run.
 
 The mean term's share (:func:`history_means_backward`) is a blocked scan from the end of the
 sequence, as the forward's mean is a blocked scan from its start (``zeta_scan_blocks`` of
@@ -38,6 +40,7 @@ _NAMES = ("zeta_bwd_query<float, long long>", "zeta_bwd_query<double, long long>
           "zeta_bwd_pair_keys<int, unsigned int>", "zeta_bwd_pair_keys<long long, unsigned int>",
           "zeta_bwd_pair_keys<int, unsigned long long>",
           "zeta_bwd_pair_keys<long long, unsigned long long>",
+          "zeta_bwd_key_counts<unsigned int>", "zeta_bwd_key_counts<unsigned long long>",
           "zeta_bwd_keys<float>", "zeta_bwd_keys<double>",
           "zeta_bwd_values<float>", "zeta_bwd_values<double>",
           "zeta_bwd_mean_sums<float>", "zeta_bwd_mean_sums<double>",
@@ -58,7 +61,8 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     """Gradients of stage 6 with the candidates fixed (CuPy twin).
 
     Parameters and results as :func:`zeta_ref.stages.backward.topk_attention_backward`;
-    arrays may be NumPy or CuPy, results are CuPy arrays (``dgamma`` a float). ``order`` (the
+    arrays may be NumPy or CuPy, results are CuPy arrays, ``dgamma`` too (0-d, float64: read
+    it when needed, as the composer does with its checks, in one transfer). ``order`` (the
     queries' Z order from the composer; position order when None) is the order in which the
     query pass visits them: it changes no result, only which rows the cache holds.
     ``key_order`` is checked and not used: the key pass runs in position order, measured
@@ -92,9 +96,9 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     # (4.0 against 4.7 ms at N = 65536, 8 rows; 2026-12-02)
     dk, dv = key_pass(q, k, grad, coef_w, coef_k, pairs, starts, visit_order(None, rows, n),
                       score)
-    dgamma = 0.0
+    dgamma = cp.zeros((), dtype=np.float64)
     if score == "cauchy":  # c = gamma^2 enters as near + c
-        dgamma = 2.0 * float(gamma) * float(dc.sum())
+        dgamma = 2.0 * float(gamma) * dc.sum()  # left on the device: reading it waits
     return (dq, dk, dv, dmean_k if with_mean else None, dmean_v if with_mean else None,
             dgamma)
 
@@ -133,7 +137,8 @@ def pair_lists(cand, rows: int, n: int):
     """Step 2: every (query, slot) pair p = (r * n + i) * k + s, sorted by the key it selected
     (one stable ``cupy.argsort`` of the keys, so that each key's pairs stay in (query, slot)
     order); ``starts[key]`` is where key ``r * n + j``'s begin (``starts[rows * n]``: the
-    empty slots). Returns (pairs, starts), int64."""
+    empty slots, and candidates outside 0 .. n - 1, which the composer refuses). Returns
+    (pairs, starts), int64."""
     n_slots = cand.shape[-1]
     index = "int" if cand.dtype == np.int32 else "long long"
     narrow = rows * n + 1 < 2**32  # the keys as 32-bit integers: a radix sort of half the bits
@@ -142,8 +147,15 @@ def pair_lists(cand, rows: int, n: int):
     rt.launch(_fn(f"zeta_bwd_pair_keys<{index}, {key_type}>"), cand.size,
               (cand, rt.i64(rows), rt.i64(n), np.int32(n_slots), keys))
     pairs = cp.argsort(keys)  # stable: ties (one key's pairs) keep their order, p's
-    starts = cp.searchsorted(keys[pairs], cp.arange(rows * n + 1, dtype=keys.dtype))
-    return pairs, starts.astype(np.int64, copy=False)
+    # starts: the running sum of each key's count of pairs (the last bucket, the empty slots,
+    # needs no start of its own)
+    counts = cp.zeros(rows * n + 1, dtype=np.int64)  # written as unsigned 64-bit counts
+    rt.launch(_fn(f"zeta_bwd_key_counts<{key_type}>"), keys.size,
+              (keys, rt.i64(keys.size), counts))
+    starts = rt.empty((rows * n + 1,), np.int64)
+    starts[0] = 0
+    cp.cumsum(counts[:-1], out=starts[1:])
+    return pairs, starts
 
 
 def key_pass(q, k, grad, coef_w, coef_k, pairs, starts, key_order, score, kernel="auto"):
