@@ -190,3 +190,28 @@ def zeta_ref_cli(capsys):
         return code, out, err
 
     return run
+
+
+def _mqar_reference_step(cfg, xp=np):
+    """The MQAR model's loss and gradients for one seeded batch, through its hand-written
+    backward (zeta_ref.mqar.model), in float64 on ``xp`` (NumPy or CuPy): (loss, gradients by
+    name as host arrays, log gammas' gradients, the batch)."""
+    from zeta_ref.mqar import model as M
+    from zeta_ref.mqar.task import make_batch
+
+    mcfg = cfg.model_config()
+    flat, params, log_gammas = M.init_params(mcfg, np.random.default_rng([cfg.seed, 0]), xp,
+                                             np.float64)
+    batch = make_batch(np.random.default_rng(5), cfg.batch, cfg.seq_len, cfg.pairs, cfg.vocab)
+    grads = M.views(xp.zeros_like(flat), M.param_shapes(mcfg))
+    loss, _, caches = M.forward(mcfg, params, log_gammas,
+                                *(xp.asarray(a) for a in (batch.tokens, batch.query_pos,
+                                                          batch.answers)), cfg.backend)
+    dlog_gammas = M.backward(mcfg, caches, grads)
+    host = {name: g.get() if hasattr(g, "get") else g for name, g in grads.items()}
+    return float(loss), host, dlog_gammas, batch
+
+
+@pytest.fixture
+def mqar_reference_step():
+    return _mqar_reference_step

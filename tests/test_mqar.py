@@ -452,3 +452,14 @@ def test_a_stopped_grid_says_so_in_its_json(tmp_path, jobs):
     assert sitting["interrupted"] is True and sitting["wall_seconds"] > 0
     assert 1 <= sitting["runs"] == len(results["runs"]) < len(make_grid("smoke", RunConfig(),
                                                                          (0,)))
+
+
+def test_a_grid_of_several_gpu_jobs_asks_for_mps(tmp_path):
+    from zeta_ref.tools.mqar import mps_note
+
+    missing = {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "none")}
+    note = mps_note("cupy", 8, missing)
+    assert note and "nvidia-cuda-mps-control -d" in note and "\n" not in note
+    assert mps_note("cupy", 8, {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)}) is None
+    assert mps_note("cupy", 1, missing) is None  # one job: nothing to share
+    assert mps_note("numba", 8, missing) is None  # the CPU

@@ -12,8 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from zeta_ref.mqar import model as M  # noqa: E402
-from zeta_ref.mqar.task import make_batch  # noqa: E402
 from zeta_ref.mqar.torch_model import build, loss_of, train_torch  # noqa: E402
 from zeta_ref.mqar.train import RunConfig, train  # noqa: E402
 
@@ -21,33 +19,25 @@ TINY = RunConfig(seq_len=32, d_model=16, vocab=64, steps=4, batch=6, test_size=1
                  dtype="float64", backend="numba", log_every=1, lr=3e-3)
 
 
-def _both(cfg):
+def _both(cfg, reference_step):
     """Loss and gradients of one batch through both paths (float64)."""
-    mcfg = cfg.model_config()
-    flat, params, log_gammas = M.init_params(mcfg, np.random.default_rng([cfg.seed, 0]), np,
-                                             np.float64)
-    batch = make_batch(np.random.default_rng(5), cfg.batch, cfg.seq_len, cfg.pairs, cfg.vocab)
-    gflat = np.zeros_like(flat)
-    grads = M.views(gflat, M.param_shapes(mcfg))
-    loss, _, caches = M.forward(mcfg, params, log_gammas, batch.tokens, batch.query_pos,
-                                batch.answers, cfg.backend)
-    dlog_gammas = M.backward(mcfg, caches, grads)
-
+    loss, grads, dlog_gammas, batch = reference_step(cfg)
     model = build(cfg)
     t_loss, _ = loss_of(model, *(torch.as_tensor(a) for a in
                                  (batch.tokens, batch.query_pos, batch.answers)))
     t_loss.backward()
-    return float(loss), grads, dlog_gammas, t_loss.item(), model
+    return loss, grads, dlog_gammas, t_loss.item(), model
 
 
 @pytest.mark.parametrize("attention, score, heads, mlp_ratio", [
     ("full", "cauchy", 1, 0), ("full", "cauchy", 2, 4), ("zeta", "cauchy", 1, 0),
     ("zeta", "cauchy", 2, 4), ("zeta", "neg_euclidean", 1, 0), ("zeta", "inv_euclidean", 1, 0),
     ("zeta", "softmax", 1, 0)])
-def test_the_two_paths_give_the_same_loss_and_gradients(attention, score, heads, mlp_ratio):
+def test_the_two_paths_give_the_same_loss_and_gradients(attention, score, heads, mlp_ratio,
+                                                        mqar_reference_step):
     cfg = replace(TINY, attention=attention, score=score, heads=heads, mlp_ratio=mlp_ratio,
                   d_k=2 if heads == 2 else 3)
-    loss, grads, dlog_gammas, t_loss, model = _both(cfg)
+    loss, grads, dlog_gammas, t_loss, model = _both(cfg, mqar_reference_step)
     assert t_loss == pytest.approx(loss, rel=1e-12)
     # one scale for all: some gradients are 0 up to rounding (bk for softmax attention,
     # whose scores do not change when a constant is added to every key)

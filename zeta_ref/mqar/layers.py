@@ -56,15 +56,23 @@ def embedding_forward(tokens, wte, wpe):
 def embedding_backward(dx, cache):
     """Gradients (dwte, dwpe) of :func:`embedding_forward` (tokens get none).
 
-    dwte[t] sums dx over every position holding token t: a scatter-add, done as one weighted
-    ``bincount`` over the flat index ``t * d + column`` (it sums in float64; on the GPU the
-    order of the additions is not fixed, so the last bits may differ run to run there).
+    dwte[t] sums dx over every position holding token t: a scatter-add in float64 over the
+    flat index ``t * d + column``, on the CPU one weighted ``bincount``, on the GPU
+    ``cupyx.scatter_add`` (atomic additions: their order is not fixed, so the last bits may
+    differ run to run there; CuPy's bincount would wait for the device twice a step, to
+    check and to size its output).
     """
     tokens, wte_shape, wpe_shape = cache
     xp = array_module(dx)
     b, n, d = dx.shape
     flat = (tokens.reshape(b * n, 1) * d + xp.arange(d)).reshape(-1)  # (B N d,)
-    dwte = xp.bincount(flat, weights=dx.reshape(-1), minlength=wte_shape[0] * d)  # (V d,)
+    if xp is np:
+        dwte = np.bincount(flat, weights=dx.reshape(-1), minlength=wte_shape[0] * d)
+    else:
+        import cupyx
+
+        dwte = xp.zeros(wte_shape[0] * d, dtype=np.float64)  # (V d,)
+        cupyx.scatter_add(dwte, flat, dx.reshape(-1).astype(np.float64))
     dwte = dwte.reshape(wte_shape).astype(dx.dtype)  # (V, d)
     dwpe = xp.zeros(wpe_shape, dtype=dx.dtype)  # (N_max, d)
     dwpe[:n] = dx.sum(axis=0)
