@@ -169,7 +169,8 @@ def zeta_attention_backward(q, k, v, grad_output, config: ZetaConfig | None = No
         dgamma = _check_values(*checks, inputs=True, gradients=(dq, dk, dv), dgamma=dgamma)
     else:
         _check_finite_gradients(max_abs([(x, None) for x in (dq, dk, dv)], xp),
-                                float(dgamma), max_abs([(grad, None)], xp)[0], grad.dtype)
+                                float(dgamma), lambda: max_abs([(grad, None)], xp)[0],
+                                grad.dtype)
     if to_host:
         dq, dk, dv = (x.get() for x in (dq, dk, dv))
     return Gradients(dq=dq, dk=dk, dv=dv, dgamma=float(dgamma))
@@ -295,7 +296,7 @@ def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp, 
         return None
     grad_bounds = [next(bounds) for _ in gradients]
     dgamma = next(bounds) if dgamma is not None else 0.0
-    _check_finite_gradients(grad_bounds, dgamma, found[0], grad.dtype)
+    _check_finite_gradients(grad_bounds, dgamma, lambda: found[0], grad.dtype)
     return dgamma
 
 
@@ -322,11 +323,12 @@ def _recomputed_outputs(inter, cfg, v, candidates, mean_v, xp):
     return out, theirs
 
 
-def _check_finite_gradients(bounds, dgamma: float, largest: float, dtype) -> None:
+def _check_finite_gradients(bounds, dgamma: float, largest, dtype) -> None:
     """Gradients too large for the dtype are refused rather than returned as inf or NaN.
-    ``bounds``: the largest |x| of dq, dk and dv; ``largest``: that of grad_output."""
+    ``bounds``: the largest |x| of dq, dk and dv; ``largest()``: that of grad_output, for
+    the message (called only then: on the CPU it is one more pass over grad_output)."""
     if all(np.isfinite(bound) for bound in bounds) and np.isfinite(dgamma):
         return
     raise ValueError(f"the gradients overflow {dtype} (grad_output holds values up to "
-                     f"{largest:.3g} in magnitude); rescale grad_output"
+                     f"{largest():.3g} in magnitude); rescale grad_output"
                      + (", or pass float64 inputs" if dtype == np.float32 else ""))
