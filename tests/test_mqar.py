@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -302,6 +303,37 @@ def test_same_seed_same_numbers(attention):
     assert c["curve"] != a["curve"]
 
 
+@pytest.mark.parametrize("attention", ["full", "zeta"])
+def test_a_run_stopped_and_resumed_gives_the_same_numbers(attention, tmp_path):
+    """Stopped three times (inside a loss window, just after an evaluation, at once) and
+    resumed from its checkpoint, a run ends with the numbers of one never stopped, bit for bit; the
+    checkpoint is gone at the end and the result says where it went on from."""
+    small = {**TINY, "test_size": 64, "batch": 16, "log_every": 4}
+    cfg = RunConfig(attention=attention, steps=12, seed=3, eval_every=6, **small)
+    whole = train(cfg)
+    path = str(tmp_path / "run.npz")
+    assert train(cfg, checkpoint=path, should_stop=lambda step: step == 5) is None
+    assert os.path.exists(path)
+    # every call moves the run on: one step at least, then saved at step 7
+    assert train(cfg, checkpoint=path, should_stop=lambda step: True) is None
+    assert train(cfg, checkpoint=path, should_stop=lambda step: step == 9) is None
+    rest = train(cfg, checkpoint=path, should_stop=lambda step: False)
+    assert not os.path.exists(path)
+    for key in ("curve", "evals", "accuracy", "final_loss", "gammas"):
+        assert rest[key] == whole[key], key
+    assert rest["resumed_at"] == [5, 6, 9] and "resumed_at" not in whole
+    assert rest["train_seconds"] > 0 and rest["total_seconds"] >= rest["train_seconds"]
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    small = {**TINY, "test_size": 16, "batch": 8}
+    path = str(tmp_path / "run.npz")
+    assert train(RunConfig(steps=4, seed=0, **small), checkpoint=path,
+                 should_stop=lambda step: step == 2) is None
+    with pytest.raises(ValueError, match="belongs to another configuration"):
+        train(RunConfig(steps=4, seed=1, **small), checkpoint=path)
+
+
 # ------------------------------------------------------------------ the grid and its table
 
 
@@ -351,6 +383,11 @@ def test_table_renders_from_results_only():
     (["--seed", "-1"], "--seed must be in [0, 4294967295]; got -1"),
     (["--d-k", "64"], "--d-k must be <= 63"),
     (["--table", "/nonexistent/x.json"], "--table /nonexistent/x.json: no such file"),
+    (["--grid", "smoke", "--time-limit", "60"], "--time-limit needs --grid and --json"),
+    (["--grid", "smoke", "--json", "/tmp/x.json", "--time-limit", "0"],
+     "--time-limit must be a number of seconds > 0; got 0.0"),
+    (["--grid", "smoke", "--json", "/tmp/x.json", "--time-limit", "nan"],
+     "--time-limit must be a number of seconds > 0; got nan"),
 ])
 def test_option_errors_are_one_line(argv, message, zeta_ref_cli):
     code, out, err = zeta_ref_cli(["mqar"] + argv)
@@ -452,6 +489,69 @@ def test_a_stopped_grid_says_so_in_its_json(tmp_path, jobs):
     assert sitting["interrupted"] is True and sitting["wall_seconds"] > 0
     assert 1 <= sitting["runs"] == len(results["runs"]) < len(make_grid("smoke", RunConfig(),
                                                                          (0,)))
+
+
+@pytest.fixture(scope="module")
+def smoke_grid_whole(tmp_path_factory):
+    """The smoke grid of the time-limit tests, run in one go: {label: result}."""
+    from zeta_ref.tools import cli
+
+    path = tmp_path_factory.mktemp("whole") / "whole.json"
+    assert cli.main(TIME_LIMIT_ARGV + ["--jobs", "1", "--json", str(path)]) == 0
+    return {r["label"]: r for r in json.loads(path.read_text())["runs"]}
+
+
+TIME_LIMIT_ARGV = ["mqar", "--grid", "smoke", "--steps", "40", "--batch", "4", "--vocab", "16",
+                   "--test-size", "8", "--eval-every", "20", "--log-every", "10",
+                   "--progress", "never"]
+
+
+def _same_numbers(results, whole):
+    assert sorted(r["label"] for r in results["runs"]) == sorted(whole)
+    for r in results["runs"]:
+        for key in ("curve", "evals", "accuracy", "final_loss", "gammas"):
+            assert r[key] == whole[r["label"]][key], (r["label"], key)
+
+
+def test_a_grid_with_a_time_limit_loses_no_work(tmp_path, zeta_ref_cli, smoke_grid_whole):
+    """--time-limit ends a sitting on time, the run in flight saved; sittings with --resume
+    finish the grid with the numbers of a grid run in one go (one job, in this process)."""
+    path = tmp_path / "g.json"
+    sittings = 0
+    while True:
+        code, out, err = zeta_ref_cli(TIME_LIMIT_ARGV + [
+            "--jobs", "1", "--json", str(path), "--time-limit", "0.3"]
+            + (["--resume"] if sittings else []))
+        assert code == 0, err
+        sittings += 1
+        session = json.loads(path.read_text())["sessions"][-1]
+        assert session["time_limit"] == 0.3
+        if not session["stopped"]:
+            break
+        assert "--time-limit:" in err and "--resume" in err
+        assert sittings < 300, "the grid does not advance"
+    results = json.loads(path.read_text())
+    assert sittings > 1 and len(results["sessions"]) == sittings
+    assert os.listdir(str(path) + ".checkpoints") == []
+    assert any(r.get("resumed_at") for r in results["runs"])
+    _same_numbers(results, smoke_grid_whole)
+
+
+def test_a_grid_in_processes_stops_at_its_time_limit(tmp_path, zeta_ref_cli, smoke_grid_whole):
+    """With two jobs and a limit already past when they start: each of the first two runs
+    takes a step and saves it, the others wait; --resume finishes with the same numbers."""
+    path = tmp_path / "g.json"
+    argv = TIME_LIMIT_ARGV + ["--jobs", "2", "--json", str(path)]
+    code, _, err = zeta_ref_cli(argv + ["--time-limit", "0.01"])
+    assert code == 0, err
+    results = json.loads(path.read_text())
+    assert results["runs"] == [] and results["sessions"][0]["stopped"] == len(smoke_grid_whole)
+    assert len(os.listdir(str(path) + ".checkpoints")) == 2
+    code, _, err = zeta_ref_cli(argv + ["--resume"])
+    assert code == 0 and "(2 of them from their checkpoints)" in err, err
+    results = json.loads(path.read_text())
+    assert sum(bool(r.get("resumed_at")) for r in results["runs"]) == 2
+    _same_numbers(results, smoke_grid_whole)
 
 
 def test_a_grid_of_several_gpu_jobs_asks_for_mps(tmp_path):

@@ -14,7 +14,10 @@ minute-long version (two tiny sizes, one seed, a few steps) that checks the mach
 
 :func:`run_grid` runs the configurations in ``jobs`` parallel processes (spawned, so that each
 has its own CUDA context on a GPU) and rewrites the JSON file after every finished run, so an
-interrupted grid keeps what it finished. :func:`render_table` turns that JSON into the tables
+interrupted grid keeps what it finished. With a ``time_limit`` a sitting ends on time without
+losing work: at the limit every run in flight saves a checkpoint beside the JSON
+(:func:`checkpoint_path`) and stops, no new run starts, and the next sitting's runs go on
+from those checkpoints. :func:`render_table` turns that JSON into the tables
 of docs/experiments.md: the paper's claim beside the measured accuracy, with verdicts computed
 from the numbers.
 """
@@ -34,9 +37,9 @@ MAIN_D_MODELS = (64, 128, 256)
 ABLATION_SIZE = (256, 256)  # (N, d)
 ABLATION_D_KS = (1, 2, 3, 8)
 ABLATION_SCORES = ("cauchy", "neg_euclidean", "inv_euclidean")
-#: Defaults of the paper grid, per run (sized for 25 minutes on one H200 with 8 jobs; see
+#: Defaults of the paper grid, per run (sized for 25 minutes on one H200 with 14 jobs; see
 #: docs/experiments.md for the estimate).
-PAPER_DEFAULTS = {"steps": 4000, "batch": 128, "lr": 1e-3, "test_size": 1000,
+PAPER_DEFAULTS = {"steps": 3000, "batch": 128, "lr": 1e-3, "test_size": 1000,
                   "eval_every": 1000}
 
 
@@ -104,9 +107,26 @@ def _cost(cfg: RunConfig) -> float:
     return cfg.steps * per_step * (3.0 if cfg.attention == "zeta" else 1.0)
 
 
+def checkpoint_path(folder: str, group: str, cfg: RunConfig) -> str:
+    """Where the run (``group``, ``cfg``) saves its checkpoint in ``folder``: a file named by
+    a hash of the group and the whole config, so that a sitting finds its own runs' files."""
+    import hashlib
+
+    key = json.dumps([group, asdict(cfg)], sort_keys=True).encode()
+    return os.path.join(folder, hashlib.sha256(key).hexdigest()[:20] + ".npz")
+
+
+def checkpoint_folder(json_path: str) -> str:
+    """The folder of a grid's checkpoints: beside its JSON, named after it."""
+    return json_path + ".checkpoints"
+
+
 def _run_one(payload):
-    """Worker: one run (in a spawned process: imports happen here)."""
-    group, fields, threads = payload
+    """Worker: one run (in a spawned process: imports happen here). With a deadline (seconds
+    since the epoch) the run saves its checkpoint and stops there, and the worker returns
+    ``{"stopped": label}`` instead of a result; a run that was not started by then does not
+    start, unless ``starts`` (the sitting's first runs: every sitting moves on)."""
+    group, fields, threads, checkpoint, deadline, starts = payload
     if threads:
         try:
             import numba
@@ -114,10 +134,18 @@ def _run_one(payload):
             numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         except ImportError:
             pass
+    import time
+
     from .train import RunConfig as Config
     from .train import train
 
-    result = train(Config(**fields))
+    cfg = Config(**fields)
+    if deadline is not None and not starts and time.time() >= deadline:  # too late: not at all
+        return {"stopped": cfg.label(), "group": group}
+    result = train(cfg, checkpoint=checkpoint,
+                   should_stop=None if deadline is None else lambda step: time.time() >= deadline)
+    if result is None:
+        return {"stopped": cfg.label(), "group": group}
     result["group"] = group
     return result
 
@@ -163,7 +191,8 @@ def write_json(results: dict, path: str) -> None:
 
 
 def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progress=None,
-             on_result=None, previous: dict | None = None) -> dict:
+             on_result=None, previous: dict | None = None,
+             time_limit: float | None = None) -> dict:
     """Run every (group, config) of ``runs``, ``jobs`` at a time; return the results.
 
     ``header``: what the JSON records besides the runs (machine, command, date). The JSON is
@@ -175,10 +204,24 @@ def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progre
     its finished runs are kept and not run again (see :func:`pending`), and its header stays.
     Every call appends to ``"sessions"`` when it started, how many runs it finished and its
     wall-clock seconds, so a grid run in several sittings still says how long it took.
+
+    ``time_limit`` (seconds, needs ``json_path``): the sitting ends on time. At the limit,
+    counted from this call, the runs in flight save checkpoints (in
+    :func:`checkpoint_folder`) and stop, the runs not yet started do not start (but the
+    first ``jobs`` runs always take a step: every sitting moves the grid on), and the
+    session records how many stopped; every run, here or in a later call, goes on from its
+    checkpoint where one exists.
     """
     import time
 
     started, t0 = _now(), time.perf_counter()
+    folder = None
+    if json_path is not None:
+        folder = checkpoint_folder(json_path)
+        os.makedirs(folder, exist_ok=True)
+    elif time_limit is not None:
+        raise ValueError("time_limit needs json_path (the checkpoints go beside it)")
+    deadline = None if time_limit is None else time.time() + time_limit
     if previous is None:
         results = dict(header, runs=[], sessions=[])
     else:
@@ -188,11 +231,20 @@ def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progre
         runs = pending(runs, results["runs"])
     session = {"started": started, "command": header.get("command"), "runs": 0,
                "wall_seconds": 0.0}
+    if time_limit is not None:
+        session.update(time_limit=time_limit, stopped=0)
     results["sessions"].append(session)
     ordered = sorted(runs, key=lambda gc: -_cost(gc[1]))
     cpu_threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
 
+    def payload(index, group, cfg, threads):
+        checkpoint = None if folder is None else checkpoint_path(folder, group, cfg)
+        return group, asdict(cfg), threads, checkpoint, deadline, index < jobs
+
     def done(result):
+        if "stopped" in result:  # saved at the time limit (or never started)
+            session["stopped"] += 1
+            return
         results["runs"].append(result)
         session["runs"] += 1
         session["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -211,10 +263,11 @@ def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progre
     old_handler = signal.signal(signal.SIGTERM, stop)
     try:
         if jobs == 1:
-            for group, cfg in ordered:
-                done(_run_one((group, asdict(cfg), 0)))
+            for i, (group, cfg) in enumerate(ordered):
+                done(_run_one(payload(i, group, cfg, 0)))
         else:
-            _in_processes(ordered, jobs, cpu_threads, done)
+            _in_processes([payload(i, group, cfg, cpu_threads)
+                           for i, (group, cfg) in enumerate(ordered)], jobs, done)
     except KeyboardInterrupt:
         session["interrupted"] = True  # the runs in flight are lost; their time counts
         raise
@@ -226,16 +279,16 @@ def run_grid(runs, jobs: int, header: dict, json_path: str | None = None, progre
     return results
 
 
-def _in_processes(ordered, jobs: int, cpu_threads: int, done) -> None:
-    """The runs in ``jobs`` spawned processes, the kernels compiled once first."""
+def _in_processes(payloads, jobs: int, done) -> None:
+    """The runs (:func:`_run_one`'s payloads) in ``jobs`` spawned processes, the kernels
+    compiled once first."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    warm_up(ordered)
+    warm_up([(group, RunConfig(**fields)) for group, fields, *_ in payloads])
     with ProcessPoolExecutor(max_workers=jobs,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_one, (group, asdict(cfg), cpu_threads))
-                   for group, cfg in ordered]
+        futures = [pool.submit(_run_one, p) for p in payloads]
         try:
             for future in as_completed(futures):
                 done(future.result())

@@ -19,17 +19,27 @@ Reproducible: the same :class:`RunConfig` gives the same numbers on the same bac
 GPU, up to the order of the float64 additions of the embedding's gradient, see
 :func:`zeta_ref.mqar.layers.embedding_backward`). Three generators, all derived from
 ``seed``: the parameters' initialisation, the training stream and the test set.
+
+A run can stop part way and go on later (a grid run in sittings, :mod:`zeta_ref.mqar.grid`):
+``train(cfg, checkpoint=PATH, should_stop=...)`` saves everything the remaining steps depend
+on (the parameters, both Adams' moments, the training stream's generator, the loss window,
+the curve and the evaluations so far) to PATH when ``should_stop`` says so, and a later call
+with the same PATH goes on from there. The resumed run gives the numbers of one that was
+never stopped (tested bit for bit on the CPU).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import model as M
+from .layers import array_module
 from .task import FILLERS, QUERY_DISTS, check_task, default_pairs, make_batch
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -102,8 +112,11 @@ class RunConfig:
     def model_config(self) -> M.ModelConfig:
         from zeta_ref import ZetaConfig
 
+        # the reference's bits per coordinate, fewer where d_K of them would not fit a
+        # 63-bit code (d_K = 8: 7 bits)
+        bits = min(ZetaConfig().bits, 63 // self.d_k)
         zeta = ZetaConfig(k=self.k, score=self.score, gamma=self.gamma,
-                          history_mean=self.history_mean)
+                          history_mean=self.history_mean, bits=bits)
         return M.ModelConfig(vocab=self.vocab, seq_len=self.seq_len, d_model=self.d_model,
                              layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio,
                              attention=self.attention, d_k=self.d_k, zeta=zeta,
@@ -163,7 +176,8 @@ def evaluate(cfg: RunConfig, mcfg, params, log_gammas, test, xp, backend) -> flo
     return int(correct) / test.answers.size
 
 
-def train(cfg: RunConfig, progress=None, state: dict | None = None) -> dict:
+def train(cfg: RunConfig, progress=None, state: dict | None = None,
+          checkpoint: str | None = None, should_stop=None) -> dict | None:
     """Train one model on MQAR and score it; return the results as a JSON-ready dict.
 
     ``progress``: an optional tqdm-like bar (``update(n)``, ``set_postfix_str(s)``).
@@ -171,10 +185,17 @@ def train(cfg: RunConfig, progress=None, state: dict | None = None) -> dict:
     it (notebook 7): "model_config" (the ModelConfig), "params" (the named parameters, arrays
     of the backend's namespace) and "log_gammas" (the host log gammas, by name).
 
+    ``checkpoint``: a file (.npz) to go on from where it exists, and to save to when
+    ``should_stop(step)`` returns true (asked before every step but the first of the call,
+    so that every call moves the run on; ``step`` counts from 0): then the run returns None,
+    and a later call with the same ``checkpoint`` takes up the remaining steps. The file is
+    removed when the run finishes.
+
     The result holds the config, the learning curve (the mean training loss of every
     ``log_every`` steps), the test accuracy at each evaluation and at the end, the final
     gammas (ZETA with the Cauchy score), and the time taken (training steps alone, and
-    in all).
+    in all; a resumed run counts every sitting's time and lists the steps it went on from
+    as "resumed_at").
     """
     t_start = time.perf_counter()
     xp = array_namespace(cfg.backend)
@@ -191,8 +212,26 @@ def train(cfg: RunConfig, progress=None, state: dict | None = None) -> dict:
 
     curve, evals = [], []
     loss_sum, count, train_seconds = xp.zeros((), dtype=dtype), 0, 0.0
+    first, resumed_at = 0, []
+    if checkpoint is not None and os.path.exists(checkpoint):
+        saved = load_checkpoint(checkpoint, cfg, flat, adam, host_adam, log_gammas, stream)
+        first, curve, evals, count = saved["step"], saved["curve"], saved["evals"], saved["count"]
+        loss_sum = xp.full((), saved["loss_sum"], dtype=dtype)
+        train_seconds = saved["train_seconds"]
+        t_start -= saved["total_seconds"]  # the earlier sittings' time counts
+        resumed_at = saved["resumed_at"] + [first]
+        if progress is not None:
+            progress.update(first)
     t_train = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
+        if step > first and checkpoint is not None and should_stop is not None \
+                and should_stop(step):
+            save_checkpoint(checkpoint, cfg, step, flat, adam, host_adam, log_gammas,
+                            stream, curve=curve, evals=evals, count=count,
+                            loss_sum=float(loss_sum), resumed_at=resumed_at,
+                            train_seconds=train_seconds + time.perf_counter() - t_train,
+                            total_seconds=time.perf_counter() - t_start)
+            return None
         batch = make_batch(stream, cfg.batch, cfg.seq_len, cfg.pairs, cfg.vocab,
                            query_dist=cfg.query_dist, power_a=cfg.power_a, filler=cfg.filler)
         tokens, query_pos, answers = _to_device(batch, xp)
@@ -220,7 +259,54 @@ def train(cfg: RunConfig, progress=None, state: dict | None = None) -> dict:
             t_train = time.perf_counter()
     if state is not None:
         state.update(model_config=mcfg, params=params, log_gammas=dict(log_gammas))
-    return run_record(cfg, curve, evals, log_gammas, train_seconds, t_start)
+    if checkpoint is not None and os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    extra = {"resumed_at": resumed_at} if resumed_at else {}
+    return run_record(cfg, curve, evals, log_gammas, train_seconds, t_start, **extra)
+
+
+def _host(array) -> np.ndarray:
+    """A host copy of a NumPy or CuPy array."""
+    return np.asarray(array) if array_module(array) is np else array.get()
+
+
+def save_checkpoint(path: str, cfg: RunConfig, step: int, flat, adam, host_adam,
+                    log_gammas: dict, stream: np.random.Generator, **progress) -> None:
+    """Save a run stopped before ``step`` to ``path`` (an .npz, written whole or not at all):
+    the parameters and Adam's moments as arrays; the step, Adam's step counts, the host
+    Adam's state, the log gammas, the stream generator's state and ``progress`` (curve,
+    evaluations, loss window, times) as JSON beside them."""
+    meta = {"config": asdict(cfg), "step": step, "adam_t": adam.t,
+            "host_adam": {"m": host_adam.m, "v": host_adam.v, "t": host_adam.t},
+            "log_gammas": log_gammas, "stream": stream.bit_generator.state, **progress}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, flat=_host(flat), m=_host(adam.m), v=_host(adam.v),
+             meta=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, cfg: RunConfig, flat, adam, host_adam, log_gammas: dict,
+                    stream: np.random.Generator) -> dict:
+    """Put the state saved by :func:`save_checkpoint` back into the run's objects (in place:
+    the named parameters are views of ``flat``); return the saved progress. A checkpoint of
+    another configuration is refused."""
+    with np.load(path) as saved:
+        meta = json.loads(str(saved["meta"]))
+        if meta["config"] != json.loads(json.dumps(asdict(cfg))):
+            raise ValueError(f"checkpoint {path} belongs to another configuration: "
+                             f"{meta['config']} (this run: {asdict(cfg)})")
+        for target, name in ((flat, "flat"), (adam.m, "m"), (adam.v, "v")):
+            if saved[name].shape != target.shape or saved[name].dtype != target.dtype:
+                raise ValueError(f"checkpoint {path}: {name} is {saved[name].dtype} "
+                                 f"{saved[name].shape}, the run needs {target.dtype} "
+                                 f"{target.shape}")
+            target[...] = array_module(target).asarray(saved[name])  # to the device if CuPy
+    adam.t = meta["adam_t"]
+    host_adam.m, host_adam.v = meta["host_adam"]["m"], meta["host_adam"]["v"]
+    host_adam.t = meta["host_adam"]["t"]
+    log_gammas.update(meta["log_gammas"])
+    stream.bit_generator.state = meta["stream"]
+    return meta
 
 
 def run_record(cfg: RunConfig, curve, evals, log_gammas: dict, train_seconds: float,

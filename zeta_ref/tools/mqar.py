@@ -21,6 +21,9 @@ apply to every run; the grid sets the sizes, the attention, d_K and the score it
   zeta-ref mqar --table mqar.json      # the tables again, from the JSON
 
 --resume (with --json) goes on from an interrupted grid: only the runs the file lacks.
+--time-limit SECONDS ends a sitting on time: at the limit the runs in flight save
+checkpoints beside the JSON (PATH.checkpoints/) and stop, and the next --resume goes on from
+them, so a grid split into sittings loses no work.
 
 --json PATH writes every number (the results are rewritten after each run of a grid);
 --out DIR writes the learning curves as a PNG. A progress bar goes to stderr (--progress).
@@ -100,7 +103,7 @@ def add_arguments(parser):
                        help="leave out ZETA's mean term (D8)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=None,
-                       help="Adam steps (default 1000; with --grid paper 4000)")
+                       help="Adam steps (default 1000; with --grid paper 3000)")
     train.add_argument("--batch", type=int, default=None,
                        help="sequences per step (default 64; with --grid paper 128)")
     train.add_argument("--lr", type=float, default=1e-3,
@@ -138,6 +141,9 @@ def add_arguments(parser):
     grid.add_argument("--resume", action="store_true",
                       help="with --json: keep the runs that file already holds (a grid "
                            "interrupted, or run in several sittings) and run only the others")
+    grid.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                      help="with --grid and --json: end this sitting after SECONDS; the runs "
+                           "in flight save checkpoints and --resume goes on from them")
     grid.add_argument("--dry-run", action="store_true",
                       help="list a grid's runs and stop")
     grid.add_argument("--table", metavar="JSON",
@@ -228,6 +234,13 @@ def validate(args):
         _check_torch(args.backend)
     if args.resume and (args.grid is None or not args.json):
         raise OptionError("--resume needs --grid and --json (the results file to go on from)")
+    if args.time_limit is not None:
+        if args.grid is None or not args.json:
+            raise OptionError("--time-limit needs --grid and --json (the checkpoints go "
+                              "beside the results file)")
+        if not args.time_limit > 0 or args.time_limit == float("inf"):
+            raise OptionError(f"--time-limit must be a number of seconds > 0; got "
+                              f"{args.time_limit}")
     if args.grid is None:
         for name in ("seeds", "dry_run"):
             if getattr(args, name):
@@ -443,20 +456,32 @@ def run(args):
         previous = getattr(args, "previous", None)  # --resume: what the JSON holds already
         todo = runs if previous is None else pending(runs, previous["runs"])
         if previous is not None:
+            from zeta_ref.mqar.grid import checkpoint_folder, checkpoint_path
+
+            folder = checkpoint_folder(args.json)
+            saved = sum(os.path.exists(checkpoint_path(folder, group, cfg))
+                        for group, cfg in todo)
             print(f"--resume: {len(runs) - len(todo)} of the {len(runs)} runs are in "
-                  f"{args.json} already; running the other {len(todo)}", file=sys.stderr)
+                  f"{args.json} already; running the other {len(todo)}"
+                  + (f" ({saved} of them from their checkpoints)" if saved else ""),
+                  file=sys.stderr)
         note = mps_note(args.backend, args.jobs)
         if note:
             print(note, file=sys.stderr)
         with progress_bar(len(todo), args.progress) as bar:
             bar.unit = "run"
             results = run_grid(runs, args.jobs, header, json_path=args.json, progress=bar,
-                               previous=previous,
+                               previous=previous, time_limit=args.time_limit,
                                on_result=lambda r: bar.write(
                                    f"{r['label']}: {100 * r['accuracy']:.1f} % "
                                    f"({1000 * r['seconds_per_step']:.1f} ms/step)",
                                    file=sys.stderr))
         print(render_table(results))
+        stopped = results["sessions"][-1].get("stopped")
+        if stopped:
+            print(f"--time-limit: {stopped} runs unfinished, their progress saved in "
+                  f"{args.json}.checkpoints/; go on with the same command and --resume",
+                  file=sys.stderr)
     if args.json:
         print(f"wrote {args.json}")
     if args.out:
