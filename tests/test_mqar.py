@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -341,12 +342,14 @@ def test_paper_grid_holds_the_papers_configurations():
     runs = make_grid("paper", RunConfig(backend="numba"), (0, 1))
     main = [c for g, c in runs if g == "main"]
     ablation = [c for g, c in runs if g == "ablation"]
-    assert len(main) == 2 * 3 * 3 * 2 and len(ablation) == 2 * (4 * 3 - 1)
+    assert len(main) == 2 * 3 * 3 * 2 and len(ablation) == 2 * (4 * 4 - 1)
     assert {(c.seq_len, c.pairs) for c in main} == {(64, 4), (128, 8), (256, 16)}
     assert {c.d_model for c in main} == {64, 128, 256}
     assert {(c.d_k, c.score, c.k) for c in main if c.attention == "zeta"} == {(3, "cauchy", 32)}
+    # the paper's three scores, and the dot product as a control
     assert {(c.d_k, c.score) for c in ablation} | {(3, "cauchy")} == {
-        (d, s) for d in (1, 2, 3, 8) for s in ("cauchy", "neg_euclidean", "inv_euclidean")}
+        (d, s) for d in (1, 2, 3, 8)
+        for s in ("cauchy", "neg_euclidean", "inv_euclidean", "softmax")}
 
 
 def test_table_renders_from_results_only():
@@ -358,12 +361,21 @@ def test_table_renders_from_results_only():
             for a, s in ((1.0, 0), (0.6, 1))]
     runs += [fake("main", 0.5, seq_len=64, d_model=256, attention="zeta", seed=0)]
     runs += [fake("ablation", a, seq_len=64, d_model=256, attention="zeta", d_k=1, score=s)
-             for a, s in ((0.8, "cauchy"), (0.9, "neg_euclidean"))]
+             for a, s in ((0.8, "cauchy"), (0.9, "neg_euclidean"), (1.0, "softmax"))]
+    # P = 4: below 2 / P = 50 % no score has left the plateau, and no verdict is given
+    runs += [fake("ablation", a, seq_len=64, d_model=256, attention="zeta", d_k=2, score=s)
+             for a, s in ((0.3, "cauchy"), (0.2, "inv_euclidean"), (0.9, "softmax"))]
     table = render_table({"runs": runs})
     # ZETA ran seed 0 only: the gap compares seed 0 with seed 0 (not with full's mean, 80 %)
     assert ("| 64 | 4 | 256 | 80.0 % (100.0, 60.0) | 50.0 % | 100 % for both | "
             "-50.0 points (seeds 0 only) |") in table
-    assert "| 1 | 80.0 % | 90.0 % | slightly below d_K >= 2; Cauchy best | no |" in table
+    assert ("| d_K | cauchy | neg_euclidean | inv_euclidean | softmax (not in the paper) | "
+            "paper's claim | Cauchy best? |") in table
+    # the control is not the paper's: Cauchy's verdict is against neg_euclidean alone
+    assert "| 1 | 80.0 % | 90.0 % | — | 100.0 % | slightly below d_K >= 2; Cauchy best | no |" \
+        in table
+    assert ("| 2 | 30.0 % | — | 20.0 % | 90.0 % | near perfect; Cauchy best | "
+            "— (none left the plateau) |") in table
     assert render_table({"runs": []}) == "(no runs in these results)"
 
 
@@ -563,3 +575,48 @@ def test_a_grid_of_several_gpu_jobs_asks_for_mps(tmp_path):
     assert mps_note("cupy", 8, {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path)}) is None
     assert mps_note("cupy", 1, missing) is None  # one job: nothing to share
     assert mps_note("numba", 8, missing) is None  # the CPU
+
+
+# ------------------------------------------------------------------ the recall-circuit probe
+
+
+def _probe_model(attention, k=32, seed=0):
+    cfg = RunConfig(attention=attention, k=k, seq_len=64, d_model=32, vocab=64, seed=seed,
+                    backend="numba")
+    mcfg = cfg.model_config()
+    _, params, log_gammas = M.init_params(mcfg, np.random.default_rng(seed), np, np.float64)
+    batch = make_batch(np.random.default_rng(seed + 1), 8, 64, cfg.pairs, 64)
+    return mcfg, params, log_gammas, batch
+
+
+def test_probe_targets_are_the_recall_circuits_positions():
+    from zeta_ref.mqar.probe import _circuit_targets
+    batch = make_batch(np.random.default_rng(5), 16, 64, 4, 64)
+    (r1, p1, t1), (r2, p2, t2) = _circuit_targets(batch.tokens, batch.query_pos, 4)
+    # layer 1: a value position looks one back, at its key
+    assert np.array_equal(p1 - 1, t1) and np.all(p1 % 2 == 1) and np.all(p1 < 8)
+    # layer 2: the token before the target is the key the query position holds, and the
+    # target holds the answer
+    assert np.array_equal(batch.tokens[r2, t2 - 1], batch.tokens[r2, p2])
+    assert np.array_equal(batch.tokens[r2, t2], batch.answers.reshape(-1))
+
+
+def test_probe_reports_full_attention_and_zeta_consistently():
+    from zeta_ref.mqar.probe import recall_circuit
+    mcfg, params, lg, batch = _probe_model("full")
+    full = recall_circuit(mcfg, params, lg, batch)
+    for step in ("layer1", "layer2"):
+        r = full[step]
+        assert r["in_candidates"] == 1.0 and r["mean_term_weight"] == 0.0
+        assert 0 < r["target_weight"] <= r["largest_weight"] <= 1
+    # k >= N: every visible key is a candidate; k = 1: the window holds one key, often not
+    # the one the circuit needs
+    wide = recall_circuit(*_probe_model("zeta", k=64))
+    narrow = recall_circuit(*_probe_model("zeta", k=1))
+    assert wide["layer1"]["in_candidates"] == wide["layer2"]["in_candidates"] == 1.0
+    assert narrow["layer2"]["in_candidates"] < 1.0
+    for r in (*wide.values(), *narrow.values()):
+        assert 0 < r["mean_term_weight"] < 1 and 0 <= r["target_weight"] <= r["largest_weight"]
+        assert 0 <= r["target_first"] <= 1
+    with pytest.raises(ValueError, match="two-layer"):
+        recall_circuit(replace(mcfg, layers=1), params, lg, batch)

@@ -16,6 +16,8 @@ One stage, one module:
 - :mod:`~zeta_ref.mqar.train`: one run (:class:`RunConfig`, :func:`train`);
 - :mod:`~zeta_ref.mqar.grid`: the paper's grid, run in parallel processes, and the table of
   results against the paper's claims.
+- :mod:`~zeta_ref.mqar.probe`: where a trained model's attention goes, step by step of the
+  recall circuit (is the key it needs a ZETA candidate, and what weight does it get).
 
 ``zeta-ref mqar`` (:mod:`zeta_ref.tools.mqar`) runs it from the command line.
 """

@@ -103,7 +103,7 @@ def add_arguments(parser):
                        help="leave out ZETA's mean term (D8)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=None,
-                       help="Adam steps (default 1000; with --grid paper 3000)")
+                       help="Adam steps (default 1000; with --grid paper 1500)")
     train.add_argument("--batch", type=int, default=None,
                        help="sequences per step (default 64; with --grid paper 128)")
     train.add_argument("--lr", type=float, default=1e-3,
@@ -128,7 +128,7 @@ def add_arguments(parser):
                        help="held-out test sequences (default 1000)")
     train.add_argument("--eval-every", type=int, default=None,
                        help="steps between test evaluations; 0: only at the end "
-                            "(default 0; with --grid paper 1000)")
+                            "(default 0; with --grid paper 500)")
     train.add_argument("--log-every", type=int, default=50,
                        help="steps between loss readings (default 50)")
     grid = parser.add_argument_group("grids")
