@@ -40,6 +40,11 @@ def array_module(x):
     return np
 
 
+def to_host(x) -> np.ndarray:
+    """A host (NumPy) copy of a NumPy or CuPy array."""
+    return np.asarray(x) if array_module(x) is np else x.get()
+
+
 # ------------------------------------------------------------------ embedding
 
 

@@ -23,10 +23,6 @@ from . import layers as L
 from . import model as M
 
 
-def _host(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
 def _circuit_targets(tokens: np.ndarray, query_pos: np.ndarray, pairs: int):
     """(rows, positions, targets) of both steps of the circuit, as host int arrays.
 
@@ -52,18 +48,18 @@ def _step_report(layer_cache, rows, pos, target) -> dict:
     core = layer_cache[5]
     attn = layer_cache[3]
     if core == "full":
-        p = _host(attn[3])[:, 0]  # (B, N, N) softmax weights of head 0
+        p = L.to_host(attn[3])[:, 0]  # (B, N, N) softmax weights of head 0
         weights = p[rows, pos]  # (M, N): over every key position
         w_target = weights[np.arange(len(rows)), target]
         report = {"in_candidates": 1.0, "mean_term_weight": 0.0}
     else:
         inter = attn[4]
-        cand = _host(inter.candidates)[:, 0][rows, pos]  # (M, k)
-        weights = _host(inter.weights)[:, 0][rows, pos]  # (M, k)
+        cand = L.to_host(inter.candidates)[:, 0][rows, pos]  # (M, k)
+        weights = L.to_host(inter.weights)[:, 0][rows, pos]  # (M, k)
         hit = cand == target[:, None]
         w_target = (weights * hit).sum(axis=-1)  # 0 where the target is not a candidate
         report = {"in_candidates": float(hit.any(axis=-1).mean()),
-                  "mean_term_weight": float(_host(inter.mean_weight)[:, 0][rows, pos].mean())}
+                  "mean_term_weight": float(L.to_host(inter.mean_weight)[:, 0][rows, pos].mean())}
         # rank among the candidates, only where it is one
         weights, w_target = weights[hit.any(axis=-1)], w_target[hit.any(axis=-1)]
     rank = (weights > w_target[:, None]).sum(axis=-1)

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import model as M
-from .layers import array_module
+from .layers import array_module, to_host
 from .task import FILLERS, QUERY_DISTS, check_task, default_pairs, make_batch
 
 BACKENDS = ("numpy", "numba", "cupy")
@@ -265,11 +265,6 @@ def train(cfg: RunConfig, progress=None, state: dict | None = None,
     return run_record(cfg, curve, evals, log_gammas, train_seconds, t_start, **extra)
 
 
-def _host(array) -> np.ndarray:
-    """A host copy of a NumPy or CuPy array."""
-    return np.asarray(array) if array_module(array) is np else array.get()
-
-
 def save_checkpoint(path: str, cfg: RunConfig, step: int, flat, adam, host_adam,
                     log_gammas: dict, stream: np.random.Generator, **progress) -> None:
     """Save a run stopped before ``step`` to ``path`` (an .npz, written whole or not at all):
@@ -280,7 +275,7 @@ def save_checkpoint(path: str, cfg: RunConfig, step: int, flat, adam, host_adam,
             "host_adam": {"m": host_adam.m, "v": host_adam.v, "t": host_adam.t},
             "log_gammas": log_gammas, "stream": stream.bit_generator.state, **progress}
     tmp = path + ".tmp.npz"
-    np.savez(tmp, flat=_host(flat), m=_host(adam.m), v=_host(adam.v),
+    np.savez(tmp, flat=to_host(flat), m=to_host(adam.m), v=to_host(adam.v),
              meta=np.array(json.dumps(meta)))
     os.replace(tmp, path)
 

@@ -61,6 +61,8 @@ def mps_note(backend: str, jobs: int, environ=None) -> str | None:
 
 
 def add_arguments(parser):
+    from zeta_ref.mqar.grid import PAPER_DEFAULTS
+
     task = parser.add_argument_group("the task")
     task.add_argument("--seq-len", type=int, default=None,
                       help="sequence length N (default 64)")
@@ -103,9 +105,11 @@ def add_arguments(parser):
                        help="leave out ZETA's mean term (D8)")
     train = parser.add_argument_group("training")
     train.add_argument("--steps", type=int, default=None,
-                       help="Adam steps (default 1000; with --grid paper 1500)")
+                       help="Adam steps (default 1000; with --grid paper "
+                            f"{PAPER_DEFAULTS['steps']})")
     train.add_argument("--batch", type=int, default=None,
-                       help="sequences per step (default 64; with --grid paper 128)")
+                       help="sequences per step (default 64; with --grid paper "
+                            f"{PAPER_DEFAULTS['batch']})")
     train.add_argument("--lr", type=float, default=1e-3,
                        help="peak learning rate: linear warm-up, cosine decay to a tenth "
                             "(default 1e-3)")
@@ -128,7 +132,7 @@ def add_arguments(parser):
                        help="held-out test sequences (default 1000)")
     train.add_argument("--eval-every", type=int, default=None,
                        help="steps between test evaluations; 0: only at the end "
-                            "(default 0; with --grid paper 500)")
+                            f"(default 0; with --grid paper {PAPER_DEFAULTS['eval_every']})")
     train.add_argument("--log-every", type=int, default=50,
                        help="steps between loss readings (default 50)")
     grid = parser.add_argument_group("grids")
