@@ -29,14 +29,16 @@ def _both(cfg, reference_step):
     return loss, grads, dlog_gammas, t_loss.item(), model
 
 
-@pytest.mark.parametrize("attention, score, heads, mlp_ratio", [
-    ("full", "cauchy", 1, 0), ("full", "cauchy", 2, 4), ("zeta", "cauchy", 1, 0),
-    ("zeta", "cauchy", 2, 4), ("zeta", "neg_euclidean", 1, 0), ("zeta", "inv_euclidean", 1, 0),
-    ("zeta", "softmax", 1, 0)])
+@pytest.mark.parametrize("attention, score, heads, mlp_ratio, qk_projection", [
+    ("full", "cauchy", 1, 0, "linear"), ("full", "cauchy", 2, 4, "linear"),
+    ("zeta", "cauchy", 1, 0, "linear"), ("zeta", "cauchy", 2, 4, "linear"),
+    ("zeta", "neg_euclidean", 1, 0, "linear"), ("zeta", "inv_euclidean", 1, 0, "linear"),
+    ("zeta", "softmax", 1, 0, "linear"), ("zeta", "cauchy", 2, 0, "mlp"),
+    ("full", "cauchy", 1, 0, "mlp")])
 def test_the_two_paths_give_the_same_loss_and_gradients(attention, score, heads, mlp_ratio,
-                                                        mqar_reference_step):
+                                                        qk_projection, mqar_reference_step):
     cfg = replace(TINY, attention=attention, score=score, heads=heads, mlp_ratio=mlp_ratio,
-                  d_k=2 if heads == 2 else 3)
+                  d_k=2 if heads == 2 else 3, qk_projection=qk_projection)
     loss, grads, dlog_gammas, t_loss, model = _both(cfg, mqar_reference_step)
     assert t_loss == pytest.approx(loss, rel=1e-12)
     # one scale for all: some gradients are 0 up to rounding (bk for softmax attention,

@@ -244,17 +244,40 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(b, n, h * w)
 
 
+def qk_forward(x, p: dict, which: str):
+    """Queries (``which`` "q") or keys ("k") of an attention layer: ``x @ w{which} + b{which}``,
+    or, where ``p`` also holds ``w{which}1`` and ``b{which}1`` (ModelConfig's
+    qk_projection="mlp"), the two-layer MLP ``gelu(x @ w{which}1 + b{which}1) @ w{which} +
+    b{which}``. Returns the projection and the cache for :func:`qk_backward`."""
+    if f"w{which}1" in p:
+        y, c = mlp_forward(x, p[f"w{which}1"], p[f"b{which}1"], p[f"w{which}"], p[f"b{which}"])
+        return y, ("mlp", which, c)
+    y, c = linear_forward(x, p[f"w{which}"], p[f"b{which}"])
+    return y, ("linear", which, c)
+
+
+def qk_backward(dy, cache):
+    """Gradients (dx, grads by parameter name) of :func:`qk_forward`."""
+    kind, which, c = cache
+    if kind == "mlp":
+        dx, dw1, db1, dw2, db2 = mlp_backward(dy, c)
+        return dx, {f"w{which}1": dw1, f"b{which}1": db1, f"w{which}": dw2, f"b{which}": db2}
+    dx, dw, db = linear_backward(dy, c)
+    return dx, {f"w{which}": dw, f"b{which}": db}
+
+
 def attention_layer_forward(x, p: dict, heads: int, core: str, *, log_gamma: float = 0.0,
                             zeta_config=None, backend: str = "numpy"):
     """One attention layer: project, attend per head, project back.
 
     x: (B, N, d). ``p`` holds wq, bq, wk, bk (d -> H w_qk), wv, bv (d -> d) and wo, bo
-    (d -> d). ``core`` "full": causal softmax attention, w_qk = hd = d / H. ``core`` "zeta":
-    ZETA, q and k projected to w_qk = d_K per head (the paper's low-dimensional keys), values
-    at the head width hd.
+    (d -> d); with wq1, bq1, wk1, bk1 (d -> d) too, q and k come from two-layer MLPs
+    (:func:`qk_forward`). ``core`` "full": causal softmax attention, w_qk = hd = d / H.
+    ``core`` "zeta": ZETA, q and k projected to w_qk = d_K per head (the paper's
+    low-dimensional keys), values at the head width hd.
     """
-    q, cq = linear_forward(x, p["wq"], p["bq"])  # (B, N, H w_qk)
-    k, ck = linear_forward(x, p["wk"], p["bk"])  # (B, N, H w_qk)
+    q, cq = qk_forward(x, p, "q")  # (B, N, H w_qk)
+    k, ck = qk_forward(x, p, "k")  # (B, N, H w_qk)
     v, cv = linear_forward(x, p["wv"], p["bv"])  # (B, N, d)
     qh, kh, vh = (split_heads(t, heads) for t in (q, k, v))  # (B, H, N, w)
     if core == "full":
@@ -277,11 +300,10 @@ def attention_layer_backward(dy, cache):
         dlog_gamma = 0.0
     else:
         dqh, dkh, dvh, dlog_gamma = zeta_attention_backward(do, ca)
-    dx_q, dwq, dbq = linear_backward(merge_heads(dqh), cq)
-    dx_k, dwk, dbk = linear_backward(merge_heads(dkh), ck)
+    dx_q, grads_q = qk_backward(merge_heads(dqh), cq)
+    dx_k, grads_k = qk_backward(merge_heads(dkh), ck)
     dx_v, dwv, dbv = linear_backward(merge_heads(dvh), cv)
-    grads = {"wq": dwq, "bq": dbq, "wk": dwk, "bk": dbk, "wv": dwv, "bv": dbv,
-             "wo": dwo, "bo": dbo}
+    grads = {**grads_q, **grads_k, "wv": dwv, "bv": dbv, "wo": dwo, "bo": dbo}
     return dx_q + dx_k + dx_v, grads, dlog_gamma
 
 

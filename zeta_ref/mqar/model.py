@@ -44,6 +44,7 @@ from . import layers as L
 
 ATTENTIONS = ("full", "zeta")
 POSITION_INITS = ("sinusoidal", "normal")
+QK_PROJECTIONS = ("linear", "mlp")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class ModelConfig:
         How the (learned) position embedding starts: the sinusoids of the original
         transformer, or small random numbers like every other weight (GPT-2). See
         :func:`init_params`.
+    qk_projection : {"linear", "mlp"}, default "linear"
+        How each attention layer makes its queries and keys: one linear map (d -> H w_qk), or
+        a two-layer MLP (d -> d, GELU, d -> H w_qk; parameters attn.wq1, attn.bq1 and
+        attn.wk1, attn.bk1 for the first layer), which one secondary account of the paper
+        gives ZETA (docs/experiments.md). Values are always one linear map.
     """
 
     vocab: int
@@ -87,10 +93,14 @@ class ModelConfig:
     d_k: int = 3
     zeta: object = field(default=None)
     positions: str = "normal"
+    qk_projection: str = "linear"
 
     def __post_init__(self):
         if self.positions not in POSITION_INITS:
             raise ValueError(f"positions must be one of {POSITION_INITS}; got {self.positions!r}")
+        if self.qk_projection not in QK_PROJECTIONS:
+            raise ValueError(f"qk_projection must be one of {QK_PROJECTIONS}; "
+                             f"got {self.qk_projection!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}; got {self.attention!r}")
         if self.d_model % self.heads:
@@ -121,8 +131,11 @@ def param_shapes(cfg: ModelConfig) -> dict:
     shapes = {"wte": (cfg.vocab, d), "wpe": (cfg.seq_len, d)}
     for layer in range(cfg.layers):
         pre = f"h{layer}."
-        shapes.update({pre + "ln1.w": (d,), pre + "ln1.b": (d,),
-                       pre + "attn.wq": (d, hw), pre + "attn.bq": (hw,),
+        shapes.update({pre + "ln1.w": (d,), pre + "ln1.b": (d,)})
+        if cfg.qk_projection == "mlp":  # the first layer of the q and k MLPs
+            shapes.update({pre + "attn.wq1": (d, d), pre + "attn.bq1": (d,),
+                           pre + "attn.wk1": (d, d), pre + "attn.bk1": (d,)})
+        shapes.update({pre + "attn.wq": (d, hw), pre + "attn.bq": (hw,),
                        pre + "attn.wk": (d, hw), pre + "attn.bk": (hw,),
                        pre + "attn.wv": (d, d), pre + "attn.bv": (d,),
                        pre + "attn.wo": (d, d), pre + "attn.bo": (d,)})
@@ -161,7 +174,7 @@ def init_params(cfg: ModelConfig, rng: np.random.Generator, xp=np, dtype=np.floa
         leaf = name.rsplit(".", 1)[-1]
         if name == "wpe" and cfg.positions == "sinusoidal":
             p[...] = 0.02 * math.sqrt(2.0) * sinusoids(cfg.seq_len, cfg.d_model)
-        elif name in ("wte", "wpe") or leaf in ("wq", "wk", "wv", "w1"):
+        elif name in ("wte", "wpe") or leaf in ("wq", "wk", "wv", "w1", "wq1", "wk1"):
             p[...] = rng.normal(0.0, 0.02, size=p.shape)
         elif leaf in ("wo", "w2"):
             p[...] = rng.normal(0.0, resid_std, size=p.shape)

@@ -79,6 +79,13 @@ class MQARModel(torch.nn.Module):
         return torch.nn.functional.layer_norm(x, x.shape[-1:], self.p(name + ".w"),
                                               self.p(name + ".b"), eps=1e-5)
 
+    def _qk(self, x, pre, which):
+        """Queries or keys: one linear map, or the two-layer MLP of qk_projection="mlp"."""
+        if self.cfg.qk_projection == "mlp":
+            hidden = x @ self.p(pre + f"w{which}1") + self.p(pre + f"b{which}1")
+            x = torch.nn.functional.gelu(hidden, approximate="tanh")
+        return x @ self.p(pre + f"w{which}") + self.p(pre + f"b{which}")
+
     def _attention(self, x, pre):
         cfg = self.cfg
         b, n, d = x.shape
@@ -87,8 +94,8 @@ class MQARModel(torch.nn.Module):
         def split(t):  # (B, N, H w) -> (B, H, N, w)
             return t.reshape(b, n, heads, -1).transpose(1, 2)
 
-        q = split(x @ self.p(pre + "wq") + self.p(pre + "bq"))
-        k = split(x @ self.p(pre + "wk") + self.p(pre + "bk"))
+        q = split(self._qk(x, pre, "q"))
+        k = split(self._qk(x, pre, "k"))
         v = split(x @ self.p(pre + "wv") + self.p(pre + "bv"))
         if cfg.attention == "full":
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)

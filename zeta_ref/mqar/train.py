@@ -52,7 +52,8 @@ class RunConfig:
 
     Task: ``seq_len`` (N), ``pairs`` (P; None gives N / 16, :func:`default_pairs`), ``vocab``
     (V), ``query_dist`` and ``power_a`` (where the queries go), ``filler``.
-    Model: ``d_model``, ``layers``, ``heads``, ``mlp_ratio``, ``attention`` ("full" or
+    Model: ``d_model``, ``layers``, ``heads``, ``mlp_ratio``, ``positions``,
+    ``qk_projection`` (see :class:`~zeta_ref.mqar.model.ModelConfig`), ``attention`` ("full" or
     "zeta"), and for ZETA ``d_k``, ``k``, ``score``, ``gamma`` (initial) and
     ``history_mean`` (D8); the other ZETA settings are the reference's defaults.
     Training: ``steps``, ``batch``, ``lr`` (peak), ``warmup`` (steps; None: 10 % of the
@@ -72,6 +73,7 @@ class RunConfig:
     heads: int = 1
     mlp_ratio: int = 0
     positions: str = "normal"
+    qk_projection: str = "linear"
     attention: str = "full"
     d_k: int = 3
     k: int = 32
@@ -120,13 +122,14 @@ class RunConfig:
         return M.ModelConfig(vocab=self.vocab, seq_len=self.seq_len, d_model=self.d_model,
                              layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio,
                              attention=self.attention, d_k=self.d_k, zeta=zeta,
-                             positions=self.positions)
+                             positions=self.positions, qk_projection=self.qk_projection)
 
     def label(self) -> str:
         """A short name: 'zeta dK=3 cauchy k=32 N=64 d=64 seed=0'."""
         att = (f"zeta dK={self.d_k} {self.score} k={self.k}" if self.attention == "zeta"
                else "full")
-        return f"{att} N={self.seq_len} d={self.d_model} seed={self.seed}"
+        qk = " qk=mlp" if self.qk_projection == "mlp" else ""
+        return f"{att}{qk} N={self.seq_len} d={self.d_model} seed={self.seed}"
 
 
 def array_namespace(backend: str):

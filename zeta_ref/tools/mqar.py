@@ -90,6 +90,10 @@ def add_arguments(parser):
                             "MQAR models (default 0)")
     model.add_argument("--positions", choices=("normal", "sinusoidal"), default="normal",
                        help="how the learned position embedding starts (default normal)")
+    model.add_argument("--qk-projection", choices=("linear", "mlp"), default="linear",
+                       help="queries and keys from one linear map, or from a two-layer MLP "
+                            "(d -> d, GELU, d -> d_K per head) as one account of the paper "
+                            "has it (default linear)")
     model.add_argument("--attention", choices=("full", "zeta"), default=None,
                        help="full causal softmax attention or ZETA (default full)")
     model.add_argument("--d-k", type=int, default=None,
@@ -174,7 +178,8 @@ def _base_config(args):
         seq_len=args.seq_len or 64, d_model=args.d_model or 64, pairs=args.pairs,
         vocab=args.vocab, query_dist=args.query_dist, power_a=args.power_a,
         filler=args.filler, layers=args.layers, heads=args.heads, mlp_ratio=args.mlp_ratio,
-        positions=args.positions, attention=args.attention or "full",
+        positions=args.positions, qk_projection=args.qk_projection,
+        attention=args.attention or "full",
         d_k=3 if args.d_k is None else args.d_k, k=32 if args.k is None else args.k,
         score=args.score or "cauchy", gamma=args.gamma,
         history_mean=not args.no_history_mean,
