@@ -172,6 +172,43 @@ def test_wide_selections_and_odd_widths(k_top, window, d_v):
     assert_close(cp.asnumpy(out), im_np.output)
 
 
+@pytest.mark.parametrize("d_v", (4, 64, 100, 128, 192, 256))
+@pytest.mark.parametrize("k_top", (15, 20, 32, 50, 127))
+def test_fast_kernel_every_instance(d_v, k_top):
+    """Every template instance of the fast attention kernel (1, 2, 3, 4 or 8 slots per lane;
+    1, 2 or 4 stripes of 64 columns, the last one partial or not) with empty slots (strict
+    causality: query 0 sees no key, the first k queries fewer than k), for int64 and int32
+    candidates, against the specification."""
+    q, k, v = _inputs(21, (2,), 300, 3, d_v, np.float32)
+    cfg = ZetaConfig(k=k_top, causal="strict")
+    _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    assert (im.candidates == -1).any()
+    s = zeta_ref.get_backend("cupy").stages()
+    for cand in (im.candidates, im.candidates.astype(np.int32)):
+        out, w, w_mean = s.topk_attention(q, k, v, cand, cfg.score, cfg.gamma, im.mean_k,
+                                          im.mean_v, kernel="fast")
+        _compare(out, im.output, "output")
+        _compare(w, im.weights, "weights")
+        _compare(w_mean, im.mean_weight, "mean_weight")
+
+
+@pytest.mark.parametrize("bad, where", [(np.nan, 0), (np.inf, 1), (-np.inf, 2), (1e30, 0),
+                                        (1e30, 1), (1e38, 2)])
+@pytest.mark.parametrize("on_gpu", (False, True))
+def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, where, on_gpu):
+    """The fused pass checks the values of q, k and v after queuing its kernels: the same
+    error, word for word, as the specification's check before any work, and no output."""
+    x = list(_inputs(6, (2,), 500, 3, 32, np.float32))
+    x[where][1, 17, 1] = bad
+    with pytest.raises(ValueError) as want:
+        zeta_attention(*x, backend="numpy")
+    inputs = [cp.asarray(a) for a in x] if on_gpu else x
+    for cfg in (ZetaConfig(), ZetaConfig(k=16, window=48)):
+        with pytest.raises(ValueError) as got:
+            zeta_attention(*inputs, cfg, backend="cupy")
+        assert str(got.value) == str(want.value)
+
+
 def test_cupy_in_gives_cupy_out_on_the_same_device():
     q, k, v = (cp.asarray(x) for x in _inputs(3, (2,), 300, 3, 16, np.float32))
     out = zeta_attention(q, k, v, backend="cupy")

@@ -26,7 +26,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from ._checks import check_bits_for_dim, check_gamma, check_qkv, on_device
+from ._checks import (check_bits_for_dim, check_gamma, check_qkv, check_qkv_values, max_abs,
+                      on_device)
 from .backends import get_backend
 from .config import ZetaConfig
 from .stages.window import pool_lengths
@@ -147,7 +148,11 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     xp = s.xp  # numpy, or cupy for the GPU backend
     # a GPU backend gives NumPy results for NumPy inputs, device arrays for device arrays
     to_host = xp is not np and not on_device(q)
-    q, k, v = check_qkv(q, k, v, xp=xp)
+    # The fused pass on a GPU checks the values of q, k and v after its kernels are queued:
+    # one transfer at the end instead of a wait before the work (its kernels are safe on any
+    # values, NaN and inf included; what they compute is dropped when a check fails).
+    late = xp is not np and not return_intermediates and s.forward is not None
+    q, k, v = check_qkv(q, k, v, xp=xp, values=not late)
     n, d_k = q.shape[-2], q.shape[-1]
     check_bits_for_dim(cfg.bits, d_k, name="config.bits")
     # k and W beyond N would only add slots that are always empty: capped at N
@@ -159,6 +164,8 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
 
     if not return_intermediates and s.forward is not None:
         output = s.forward(q, k, v, cfg)  # the fused pass: the same result, fewer arrays
+        if late:
+            check_qkv_values(q, k, v, max_abs([(x, None) for x in (q, k, v)], xp), xp)
         return output.get() if to_host else output
 
     # stage 2: quantise queries and keys the same way (D1, D2, D12, D13)

@@ -14,10 +14,13 @@
 //            exp(logit_s - max logit) with logit = -near / sqrt(d_k) ("softmax") or -near
 //   w_s    = a_s / sum a;  out_i = sum_s w_s v_{j_s} + w_k vbar_i
 // zeta_topk_plain: one thread per query, any d_k, d_v and dtype: the obviously right version.
-// zeta_topk_fast (float, d_v a multiple of 4 up to 256): 16 threads per query, two queries per
-// warp. Lane l scores slots l, l + 16, ...; shuffles give the maximum and the sum; then every
-// candidate's value row is read as 16 float4 (one 256-byte row per 16 lanes, coalesced), four
-// candidates in flight. Queries are taken in `order` (Z order), so neighbouring queries, which
+// zeta_topk_fast (float, d_v a multiple of 4 up to 256, int32 candidates): 16 threads per
+// query, two queries per warp. Lane l scores slots l, l + 16, ...; shuffles give the maximum
+// and the sum; each lane stages its slots' (key, weight) in shared memory, and then all 16
+// lanes walk the slots in order, reading each slot's pair once (the same address for all 16:
+// one broadcast) and the candidate's value row as 16 float4 (one 256-byte row per 16 lanes,
+// coalesced), 64 NX columns a row, NX a template argument so that no lane tests a stripe the
+// row does not have. Queries are taken in `order` (Z order), so neighbouring queries, which
 // share most candidates, read value rows the L2 cache already holds.
 #include "zeta_common.cuh"
 
@@ -176,10 +179,13 @@ __global__ void zeta_topk_plain(const T* __restrict__ q, const T* __restrict__ k
 
 // ---------------------------------------------------------------- 16 threads per query
 #define ZETA_FAST_MAX_DV 256
+// threads per block of the fast kernel (the launcher's rt.THREADS): 16 queries per block
+#define ZETA_FAST_THREADS 256
 
-template <typename I, int U>
+// U: slots per lane (k + 1 <= 16 U); NX: 64-column stripes of a value row (d_v <= 64 NX).
+template <int U, int NX>
 __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restrict__ k,
-                               const float* __restrict__ v, const I* __restrict__ cand,
+                               const float* __restrict__ v, const int* __restrict__ cand,
                                const float* __restrict__ mean_k, const float* __restrict__ mean_v,
                                int with_mean, const unsigned long long* __restrict__ visit,
                                unsigned long long visit_mask, long long rows, long long n,
@@ -188,6 +194,10 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
                                float* __restrict__ weights, int with_weights,
                                float* __restrict__ mean_weight) {
     const unsigned full = 0xffffffffu;
+    // each query's (key, weight) per slot, written by the lane that scored the slot and read
+    // by all 16 lanes of its query (a broadcast read from shared memory)
+    __shared__ int2 staged[ZETA_FAST_THREADS / 16][16 * U];
+    int2* mine = staged[threadIdx.x >> 4];
     int lane = threadIdx.x & 15;
     long long group = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 4;
     long long n_groups = ((long long)gridDim.x * blockDim.x) >> 4;
@@ -197,18 +207,23 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
     long long rounds = (total_q + n_groups - 1) / n_groups;
     bool exp_score = score == 1 || score == 2;
     int slots = n_slots + (with_mean ? 1 : 0);
+    // lane l owns columns 64 x + 4 l .. 64 x + 4 l + 3 of every value row
+    bool has[NX];
+#pragma unroll
+    for (int x = 0; x < NX; ++x) has[x] = 64 * x + 4 * lane < d_v;
     for (long long round = 0; round < rounds; ++round) {
         long long task = group + round * n_groups;
         bool live = task < total_q;
         if (!live) task = total_q - 1;
         long long r = task / n, i = (long long)(visit[task] & visit_mask), at = r * n + i;
         const float* qi = q + at * d_k;
-        const I* c = cand + at * n_slots;
+        const int* c = cand + at * n_slots;
         const float* keys = k + r * n * d_k;
-        const float* vals = v + r * n * d_v;
-        // scores, once: lane l takes slots l, l + 16, ... (slot n_slots is the mean term)
-        float sc[U];  // U = slots per lane, a template argument: k + 1 <= 16 U
-        int jj[U];    // the slot's key; -1 empty (D9), -2 the mean term
+        const float* vals = v + r * n * d_v + 4 * lane;
+        // step 1, the scores, once: lane l takes slots l, l + 16, ... (slot n_slots is the
+        // mean term)
+        float sc[U];
+        int jj[U];  // the slot's key; -1 empty (D9), -2 the mean term
         float top = -__int_as_float(0x7f800000);  // -inf
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -216,7 +231,7 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
             jj[u] = -1;
             sc[u] = 0.0f;
             if (s < slots) {
-                jj[u] = s < n_slots ? (int)c[s] : -2;
+                jj[u] = s < n_slots ? c[s] : -2;
                 if (jj[u] != -1) {
                     const float* key = jj[u] >= 0 ? keys + (long long)jj[u] * d_k
                                                   : mean_k + at * d_k;
@@ -225,6 +240,7 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
                 }
             }
         }
+        // step 2: the largest logit and the sum of the affinities over the 16 lanes
         for (int m = 8; m > 0; m >>= 1) top = fmaxf(top, __shfl_xor_sync(full, top, m, 16));
         if (!exp_score || isinf(top)) top = 0.0f;  // -inf: nothing valid
         float total = 0.0f;
@@ -235,46 +251,55 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
         }
         for (int m = 8; m > 0; m >>= 1) total += __shfl_xor_sync(full, total, m, 16);
         if (!(total > 0.0f)) total = 1.0f;
+        // step 3: the weights, written out and staged for the weighted sum
         float w_mean = 0.0f;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             int s = lane + 16 * u;
-            sc[u] = jj[u] != -1 ? sc[u] / total : 0.0f;  // the weight
-            if (live && with_weights && s < n_slots) weights[at * n_slots + s] = sc[u];
-            if (s == n_slots && with_mean) w_mean = sc[u];
+            float w = jj[u] != -1 ? sc[u] / total : 0.0f;
+            if (s < n_slots) {
+                if (live && with_weights) weights[at * n_slots + s] = w;
+                mine[s] = make_int2(jj[u], __float_as_int(w));
+            }
+            if (s == n_slots && with_mean) w_mean = w;
         }
-        // the weighted sum: lane l owns columns 4l .. 4l + 3 of every 64-column stripe
-        float4 acc[ZETA_FAST_MAX_DV / 64];
+        for (int m = 8; m > 0; m >>= 1) w_mean += __shfl_xor_sync(full, w_mean, m, 16);
+        __syncwarp(full);
+        // step 4: the weighted sum, slot by slot in slot order, the mean term last. An empty
+        // slot loads nothing and adds 0 (acc + 0 * 0 is acc, bit for bit).
+        float4 acc[NX];
 #pragma unroll
-        for (int u = 0; u < ZETA_FAST_MAX_DV / 64; ++u) acc[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int x = 0; x < NX; ++x) acc[x] = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int t = 0; t < n_slots; ++t) {
+            int2 e = mine[t];
+            float wt = __int_as_float(e.y);
+            bool ok = e.x >= 0;
+            const float* row = vals + (long long)(ok ? e.x : 0) * d_v;
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (16 * u >= slots) break;
-            int in_chunk = slots - 16 * u < 16 ? slots - 16 * u : 16;
-#pragma unroll 4
-            for (int t = 0; t < in_chunk; ++t) {
-                float wt = __shfl_sync(full, sc[u], t, 16);
-                int jt = __shfl_sync(full, jj[u], t, 16);
-                if (jt == -1) continue;
-                const float* row = jt >= 0 ? vals + (long long)jt * d_v : mean_v + at * d_v;
+            for (int x = 0; x < NX; ++x) {
+                float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (ok && has[x]) y = __ldg(reinterpret_cast<const float4*>(row + 64 * x));
+                acc[x].x += wt * y.x; acc[x].y += wt * y.y;
+                acc[x].z += wt * y.z; acc[x].w += wt * y.w;
+            }
+        }
+        if (with_mean) {
+            const float* row = mean_v + at * d_v + 4 * lane;
 #pragma unroll
-                for (int x = 0; x < ZETA_FAST_MAX_DV / 64; ++x) {
-                    int col = 64 * x + 4 * lane;
-                    if (col < d_v) {
-                        float4 y = *reinterpret_cast<const float4*>(row + col);
-                        acc[x].x += wt * y.x; acc[x].y += wt * y.y;
-                        acc[x].z += wt * y.z; acc[x].w += wt * y.w;
-                    }
+            for (int x = 0; x < NX; ++x) {
+                if (has[x]) {
+                    float4 y = *reinterpret_cast<const float4*>(row + 64 * x);
+                    acc[x].x += w_mean * y.x; acc[x].y += w_mean * y.y;
+                    acc[x].z += w_mean * y.z; acc[x].w += w_mean * y.w;
                 }
             }
         }
-        for (int m = 8; m > 0; m >>= 1) w_mean += __shfl_xor_sync(full, w_mean, m, 16);
+        __syncwarp(full);  // every lane has read `mine` before the next round writes it
         if (live) {
 #pragma unroll
-            for (int u = 0; u < ZETA_FAST_MAX_DV / 64; ++u) {
-                int col = 64 * u + 4 * lane;
-                if (col < d_v) *reinterpret_cast<float4*>(out + at * d_v + col) = acc[u];
-            }
+            for (int x = 0; x < NX; ++x)
+                if (has[x]) *reinterpret_cast<float4*>(out + at * d_v + 64 * x + 4 * lane) = acc[x];
             if (lane == 0) mean_weight[at] = w_mean;
         }
     }
@@ -297,18 +322,14 @@ ZETA_TOPK_PLAIN(float, long long)
 ZETA_TOPK_PLAIN(double, long long)
 ZETA_TOPK_PLAIN(float, int)
 ZETA_TOPK_PLAIN(double, int)
-#define ZETA_TOPK_FAST(I, U)                                                                   \
-    template __global__ void zeta_topk_fast<I, U>(                                             \
-        const float*, const float*, const float*, const I*, const float*, const float*, int,   \
+#define ZETA_TOPK_FAST(U, NX)                                                                  \
+    template __global__ void zeta_topk_fast<U, NX>(                                            \
+        const float*, const float*, const float*, const int*, const float*, const float*, int, \
         const unsigned long long*, unsigned long long, long long, long long, int, int, int,    \
         int, float, float, float*, float*, int, float*);
-ZETA_TOPK_FAST(int, 1)
-ZETA_TOPK_FAST(int, 2)
-ZETA_TOPK_FAST(int, 3)
-ZETA_TOPK_FAST(int, 4)
-ZETA_TOPK_FAST(int, 8)
-ZETA_TOPK_FAST(long long, 1)
-ZETA_TOPK_FAST(long long, 2)
-ZETA_TOPK_FAST(long long, 3)
-ZETA_TOPK_FAST(long long, 4)
-ZETA_TOPK_FAST(long long, 8)
+#define ZETA_TOPK_FAST_U(U) ZETA_TOPK_FAST(U, 1) ZETA_TOPK_FAST(U, 2) ZETA_TOPK_FAST(U, 4)
+ZETA_TOPK_FAST_U(1)
+ZETA_TOPK_FAST_U(2)
+ZETA_TOPK_FAST_U(3)
+ZETA_TOPK_FAST_U(4)
+ZETA_TOPK_FAST_U(8)

@@ -7,9 +7,9 @@ kernels are in ``topk_softmax.cu``.
 The mean term is a blocked scan in double precision: block sums, a scan of the block sums,
 then the running sum through each block (never ``cupy.cumsum`` over (R, N, d), which alone
 would cost more than the attention). ``topk_attention`` takes the fast kernel (16 threads per
-query, float4 loads) for float32 values whose width is a multiple of 4 up to 256, and the
-plain one-thread-per-query kernel otherwise; both read the candidates, keys and values in the
-visiting order given (Z order from the composer), which changes no result.
+query, float4 loads, int32 candidates) for float32 values whose width is a multiple of 4 up to
+256, and the plain one-thread-per-query kernel otherwise; both read the candidates, keys and
+values in the visiting order given (Z order from the composer), which changes no result.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ _NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks
           "zeta_means_write<float>", "zeta_means_write<double>",
           "zeta_topk_plain<float, long long>", "zeta_topk_plain<double, long long>",
           "zeta_topk_plain<float, int>", "zeta_topk_plain<double, int>",
-          "zeta_topk_fast<int, 1>", "zeta_topk_fast<int, 2>", "zeta_topk_fast<int, 3>",
-          "zeta_topk_fast<int, 4>", "zeta_topk_fast<int, 8>", "zeta_topk_fast<long long, 1>",
-          "zeta_topk_fast<long long, 2>", "zeta_topk_fast<long long, 3>",
-          "zeta_topk_fast<long long, 4>", "zeta_topk_fast<long long, 8>")
+          "zeta_topk_fast<1, 1>", "zeta_topk_fast<1, 2>", "zeta_topk_fast<1, 4>",
+          "zeta_topk_fast<2, 1>", "zeta_topk_fast<2, 2>", "zeta_topk_fast<2, 4>",
+          "zeta_topk_fast<3, 1>", "zeta_topk_fast<3, 2>", "zeta_topk_fast<3, 4>",
+          "zeta_topk_fast<4, 1>", "zeta_topk_fast<4, 2>", "zeta_topk_fast<4, 4>",
+          "zeta_topk_fast<8, 1>", "zeta_topk_fast<8, 2>", "zeta_topk_fast<8, 4>")
+#: Threads per block of the fast kernel (ZETA_FAST_THREADS of the source): 16 queries a block.
+FAST_THREADS = 256
 #: The fast kernel keeps a row of up to this many floats per 16 threads in registers ...
 FAST_MAX_DV = 256
 #: ... and the scores of up to this many slots (k + the mean term).
@@ -125,7 +128,7 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
     weights = rt.empty(lead + (n, n_slots) if with_weights else (1,), dtype)
     mean_weight = rt.empty(lead + (n,), dtype)
     fast_ok = (dtype == np.float32 and d_v % 4 == 0 and d_v <= FAST_MAX_DV
-               and n_slots + 1 <= FAST_MAX_SLOTS
+               and n_slots + 1 <= FAST_MAX_SLOTS and n <= np.iinfo(np.int32).max
                and v.data.ptr % 16 == 0 and mv.data.ptr % 16 == 0)  # float4 loads
     if kernel == "fast" and not fast_ok:
         raise ValueError("the fast kernel takes float32 values of width 4, 8, ... 256 and "
@@ -142,10 +145,13 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
               rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v))
     tail = (np.int32(_SCORE_IDS[score]), add, root_d, out, weights,
             np.int32(with_weights), mean_weight)
-    if use_fast:
+    if use_fast:  # int32 candidates (the fused pass's already are)
         per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + 1)
-        rt.launch(_fn(f"zeta_topk_fast<{index}, {per_lane}>"), 16 * rows * n,
-                  common + (np.int32(n_slots),) + tail)
+        stripes = next(x for x in (1, 2, 4) if 64 * x >= d_v)
+        cand32 = cand if cand.dtype == np.int32 else cand.astype(np.int32)
+        rt.launch(_fn(f"zeta_topk_fast<{per_lane}, {stripes}>"), 16 * rows * n,
+                  (q, k, v, cand32) + common[4:] + (np.int32(n_slots),) + tail,
+                  threads=FAST_THREADS)
     else:
         rt.launch(_fn(f"zeta_topk_plain<{rt.ctype_name(dtype)}, {index}>"), rows * n,
                   common + (rt.i64(n_slots),) + tail)
