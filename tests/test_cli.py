@@ -169,3 +169,24 @@ def test_describe_os_error():
     assert cli.describe_os_error(OSError(errno.ENOENT, "No such file", "a/b")) == \
         "No such file: a/b"
     assert cli.describe_os_error(OSError("plain")) == "plain"
+
+
+def test_mqar_choices_are_the_ones_the_experiment_accepts():
+    """`zeta-ref mqar` spells its choices out (its help imports no model code); each list must
+    be the one zeta_ref.mqar (or the config) checks, so that no choice the CLI offers is
+    refused later and none the experiment has is missing."""
+    import argparse
+
+    from zeta_ref.config import SCORES
+    from zeta_ref.mqar.model import ATTENTIONS, POSITION_INITS, QK_PROJECTIONS
+    from zeta_ref.mqar.task import FILLERS, QUERY_DISTS
+    from zeta_ref.mqar.train import BACKENDS
+    from zeta_ref.tools.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {a.dest: set(a.choices) for a in sub.choices["mqar"]._actions if a.choices}
+    want = {"query_dist": QUERY_DISTS, "filler": FILLERS, "positions": POSITION_INITS,
+            "qk_projection": QK_PROJECTIONS, "attention": ATTENTIONS, "score": SCORES,
+            "backend": BACKENDS}
+    for dest, allowed in want.items():
+        assert choices[dest] == set(allowed), dest
