@@ -8,7 +8,9 @@ trained model answers 2048 fresh sequences:
 - for every two key tokens that share a sequence, how often their queries get the same
   answer (the "co-grouping" of the keys: near 0 or near 1 for every pair of keys means the
   model sorts the keys into fixed groups it cannot tell apart within), and the groups: the
-  keys joined wherever two share an answer in half their sequences or more.
+  keys joined wherever two share an answer in half their sequences or more;
+- for ZETA, the weight layer 2 gives, at a query position, to the value position of the pair
+  asked, of another pair whose key is in the same group, and of a pair of the other group.
 
     python docs/data/mqar_second_plateau.py zeta 0 out.json   # attention, seed, output
 """
@@ -28,8 +30,8 @@ cfg = RunConfig(seq_len=32, d_model=64, pairs=4, vocab=32, batch=128, lr=1e-3, s
 state = {}
 res = train(cfg, state=state)
 b = make_batch(np.random.default_rng(123), 2048, 32, 4, 32)
-_, logits, _ = M.forward(state["model_config"], state["params"], state["log_gammas"],
-                         b.tokens, b.query_pos, b.answers, "numba")
+_, logits, caches = M.forward(state["model_config"], state["params"], state["log_gammas"],
+                              b.tokens, b.query_pos, b.answers, "numba")
 pred = np.asarray(logits).argmax(axis=-1)  # (B, P): the answer at each query
 ok = pred == b.answers
 keys, values = b.tokens[:, 0:8:2], b.tokens[:, 1:8:2]  # (B, P) in context order
@@ -67,6 +69,25 @@ for first in tokens:
 key_groups = [[t for t in tokens if group_of[t] == g] for g in sorted(set(group_of.values()))]
 within = [share[x, y] for g in key_groups for x in g for y in g if x != y]
 across = [share[x, y] for g in key_groups for h in key_groups if g is not h for x in g for y in h]
+# layer 2 (ZETA): the weight a query position gives the value position of the pair it asks,
+# of the other pairs of its key's group, and of the pairs of the other group (each averaged
+# over the pairs of that kind)
+layer2 = None
+if att == "zeta":
+    inter = caches["h1.attn"][3][4]
+    cand, weight = np.asarray(inter.candidates)[:, 0], np.asarray(inter.weights)[:, 0]
+    gid = {t: i for i, g in enumerate(key_groups) for t in g}
+    kinds = {"asked": [], "same_group": [], "other_group": []}
+    for s in range(pred.shape[0]):
+        for q in range(4):
+            at, j_asked = b.query_pos[s, q], asked[s, q]
+            on = [float(weight[s, at][cand[s, at] == 2 * j + 1].sum()) for j in range(4)]
+            kinds["asked"].append(on[j_asked])
+            for j in range(4):
+                if j != j_asked:
+                    same_group = gid[keys[s, j]] == gid[keys[s, j_asked]]
+                    kinds["same_group" if same_group else "other_group"].append(on[j])
+    layer2 = {kind: float(np.mean(v)) for kind, v in kinds.items() if v}
 wrong = ~ok
 out = {
     "command": "python docs/data/mqar_second_plateau.py " + " ".join(sys.argv[1:3]),
@@ -87,8 +108,10 @@ out = {
     "co_grouping_within_groups_min_mean": [float(min(within, default=0)),
                                            float(np.mean(within)) if within else 0.0],
     "co_grouping_across_groups_max": float(max(across, default=0)),
+    "layer2_weight_on_value_positions": layer2,
 }
 json.dump(out, open(path, "w"), indent=1)
 print(json.dumps({k: out[k] for k in ("accuracy", "sequences_by_right_answers_0_to_4",
                                       "key_pairs_by_co_grouping_in_tenths", "key_groups",
-                                      "co_grouping_across_groups_max")}))
+                                      "co_grouping_across_groups_max",
+                                      "layer2_weight_on_value_positions")}))
