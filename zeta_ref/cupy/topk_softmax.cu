@@ -305,6 +305,19 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
     }
 }
 
+// ---------------------------------------------------------------- int64 candidates as int32
+// The fast kernels (here and in backward.cu) read int32 candidates: out[p] = cand[p] where it
+// is a position 0 .. n - 1, else -1 (empty), so that no int64 value wraps onto a real key.
+extern "C" __global__ void zeta_narrow_candidates(const long long* __restrict__ cand,
+                                                  long long size, long long n,
+                                                  int* __restrict__ out) {
+    for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p < size;
+         p += (long long)gridDim.x * blockDim.x) {
+        long long j = cand[p];
+        out[p] = j >= 0 && j < n ? (int)j : -1;
+    }
+}
+
 #define ZETA_MEANS(T)                                                                          \
     template __global__ void zeta_block_sums<T>(const T*, const T*, long long, long long, int, \
                                                 int, long long, double*);                      \

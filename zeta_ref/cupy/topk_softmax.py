@@ -24,6 +24,7 @@ from .window import visit_order
 #: The score ids that topk_softmax.cu's ``raw_score`` branches on.
 _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
 _NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks",
+          "zeta_narrow_candidates",
           "zeta_means_write<float>", "zeta_means_write<double>",
           "zeta_topk_plain<float, long long>", "zeta_topk_plain<double, long long>",
           "zeta_topk_plain<float, int>", "zeta_topk_plain<double, int>",
@@ -108,6 +109,17 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
                        kernel)
 
 
+def narrow_candidates(cand, n: int):
+    """``cand`` as int32 for the fast kernels (``n < 2**31``): int32 as it is; int64 through
+    ``zeta_narrow_candidates``, which keeps 0 .. n - 1 and makes anything else -1 (empty), so
+    that no value wraps onto a real key."""
+    if cand.dtype == np.int32:
+        return cand
+    out = rt.empty(cand.shape, np.int32)
+    rt.launch(_fn("zeta_narrow_candidates"), cand.size, (cand, rt.i64(cand.size), rt.i64(n), out))
+    return out
+
+
 #: A visiting mask that keeps a whole int64 position.
 ALL_BITS = np.uint64(2**64 - 1)
 
@@ -140,18 +152,18 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
     # "softmax"; each score reads only its own
     c = score_constant(score, gamma, d_k)
     add, root_d = (ctype(0), ctype(c)) if score in EXP_SCORES else (ctype(c), ctype(1))
+    if use_fast:  # int32 candidates (the fused pass's already are)
+        cand = narrow_candidates(cand, n)
     index = "int" if cand.dtype == np.int32 else "long long"
     common = (q, k, v, cand, mk, mv, np.int32(with_mean), visit, np.uint64(visit_mask),
               rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v))
     tail = (np.int32(_SCORE_IDS[score]), add, root_d, out, weights,
             np.int32(with_weights), mean_weight)
-    if use_fast:  # int32 candidates (the fused pass's already are)
+    if use_fast:
         per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + 1)
         stripes = next(x for x in (1, 2, 4) if 64 * x >= d_v)
-        cand32 = cand if cand.dtype == np.int32 else cand.astype(np.int32)
         rt.launch(_fn(f"zeta_topk_fast<{per_lane}, {stripes}>"), 16 * rows * n,
-                  (q, k, v, cand32) + common[4:] + (np.int32(n_slots),) + tail,
-                  threads=FAST_THREADS)
+                  common + (np.int32(n_slots),) + tail, threads=FAST_THREADS)
     else:
         rt.launch(_fn(f"zeta_topk_plain<{rt.ctype_name(dtype)}, {index}>"), rows * n,
                   common + (rt.i64(n_slots),) + tail)
