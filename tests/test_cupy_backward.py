@@ -117,10 +117,12 @@ def test_other_widths(d_k, d_v):
 
 
 @pytest.mark.parametrize("score", SCORES)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_two_query_kernels_agree(score, dtype):
-    """The 16-lane kernel and the warp-per-query kernel: the same results within tolerance
-    (their sums over slots and columns run in other orders)."""
+@pytest.mark.parametrize("dtype, kernel", [(np.float32, "half"), (np.float64, "half"),
+                                           (np.float32, "fast")])
+def test_the_query_kernels_agree(score, dtype, kernel):
+    """The 16-lane kernels (float4 rows for float32, and the general one) and the
+    warp-per-query kernel: the same results within tolerance (their sums over slots and
+    columns run in other orders)."""
     q, k, v, g = _inputs(6, (3,), 500, 3, 40, dtype)
     cfg = ZetaConfig(k=12, window=24, score=score)
     _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
@@ -129,13 +131,50 @@ def test_the_two_query_kernels_agree(score, dtype):
                                                  cp.asarray(g)]
     visit = cp.tile(cp.arange(500, dtype=cp.int64), (3, 1))
     c = dtype(zeta_ref.stages.topk_softmax.score_constant(score, cfg.gamma, 3))
-    half = cupy_backward.query_pass(*args, visit, score, c, kernel="half")
+    got = cupy_backward.query_pass(*args, visit, score, c, kernel=kernel)
     warp = cupy_backward.query_pass(*args, visit, score, c, kernel="warp")
     names = ("dq", "dmean_k", "dmean_v", "coef_w", "coef_k", "dc")
-    for name, a, b in zip(names, half, warp):
+    for name, a, b in zip(names, got, warp):
         if name == "dc" and score != "cauchy":
             continue  # only "cauchy" uses it; for the exp scores it is 0 up to cancellation
         assert_close(a.get(), b.get(), scale=float(cp.abs(b).max()), dtype=dtype, err_msg=name)
+
+
+def _forced(kernel):
+    """query_pass with ``kernel`` forced (it raises where that kernel cannot take the sizes)."""
+    real = cupy_backward.query_pass
+
+    def query_pass(*args, **kwargs):
+        return real(*args, **{**kwargs, "kernel": kernel})
+    return query_pass
+
+
+@pytest.mark.parametrize("d_v", (4, 64, 100, 128, 192, 256))
+@pytest.mark.parametrize("k_top", (15, 20, 32, 50, 127))
+def test_fast_query_kernel_every_instance(monkeypatch, d_v, k_top):
+    """Every template instance of zeta_bwd_query_fast (1, 2, 3, 4 or 8 slots per lane; 1, 2 or
+    4 stripes of 64 columns, the last one partial or not) with empty slots (strict causality:
+    query 0 sees no key), int64 and int32 candidates, against the specification; and without
+    the mean term at 16 and 32 slots (whole rounds of 16)."""
+    q, k, v, g = _inputs(21, (2,), 300, 3, d_v, np.float32)
+    monkeypatch.setattr(cupy_backward, "query_pass", _forced("fast"))
+    for k_use, mean in ((k_top, True), (16 if k_top < 32 else 32, False)):
+        cfg = ZetaConfig(k=k_use, causal="strict", history_mean=mean)
+        _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
+        assert (im.candidates == -1).any()
+        mk, mv = history_means(k, v, cfg.causal) if mean else (None, None)
+        want = spec.topk_attention_backward(q, k, v, im.candidates, cfg.score, cfg.gamma, mk,
+                                            mv, g)
+        for cand in (im.candidates, im.candidates.astype(np.int32)):
+            got = cupy_backward.topk_attention_backward(q, k, v, cand, cfg.score, cfg.gamma,
+                                                        mk, mv, g)
+            for name, a, b in zip(("dq", "dk", "dv", "dmean_k", "dmean_v"), got[:5], want[:5]):
+                if b is None:
+                    assert a is None, name
+                else:
+                    _close(a, b, f"{name} k={k_use} mean={mean}", scale=_scale(*want[:5]))
+            assert float(got[5]) == pytest.approx(want[5], rel=1e-4,
+                                                  abs=1e-6 * _scale(*want[:5]))
 
 
 @pytest.mark.parametrize("d_v", [4, 36, 64])

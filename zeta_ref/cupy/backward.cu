@@ -16,6 +16,9 @@
 //           candidate slot two coefficients: coef_w = w_s (dv_j += w_s g_i) and coef_k
 //           (dk_j += -coef_k (q_i - k_j) for the distances, coef_k q_i for "softmax"), and
 //           dc_i = sum of dnear_s (for dgamma)
+// zeta_bwd_query_half and zeta_bwd_query_fast compute the same with 16 lanes per query (two
+//   queries a warp); the fast one, for float32, reads rows 16 bytes at a time and stages each
+//   slot's key in shared memory (the launcher takes it wherever it can).
 // zeta_bwd_pair_keys, then one stable cupy.argsort: the (query, slot) pairs ordered by the key
 //   they selected, and each key's in (query, slot) order; zeta_bwd_key_counts counts each
 //   key's pairs, whose running sum says where each key's begin.
@@ -229,6 +232,50 @@ __device__ __forceinline__ T row_dot(const T (&gl)[COLS], const T* row, int l, i
     return acc;
 }
 
+// Pass 4 of the 16-lane kernels for one slot s of the lane (j: its key, -2 the mean term, -1
+// empty), from its weight w, affinity a and dw = <g_i, v_s>: dt = w (dw - rho) and dnear (b3,
+// b4), then coef_k (see the header). Adds the slot's share of dq_i and dc_i to the lane's sums;
+// where `write`, stores the slot's two coefficients (a candidate) or dmean_k (the mean term).
+template <typename T>
+__device__ __forceinline__ void slot_backward(int s, int j, T w, T a, T dw, T rho,
+                                              bool exp_score, int score, T c, const T* qi,
+                                              const T* key, int d_k, int n_slots, long long at,
+                                              bool write, T (&dq_lane)[8], double& dc_lane,
+                                              T* coef_w, T* coef_k, T* dmean_k) {
+    bool valid = j != -1;
+    T dt = w * (dw - rho);
+    T dnear = !valid ? (T)0 : (exp_score ? -(dt / c) : -(dt * a));
+    T ck = score == 1 ? -dnear : dnear + dnear;
+    if (valid) {
+        dc_lane += (double)dnear;
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+            if (e < d_k) dq_lane[e] += score == 1 ? ck * key[e] : ck * (qi[e] - key[e]);
+    }
+    if (!write) return;
+    if (s < n_slots) {
+        coef_w[at * n_slots + s] = valid ? w : (T)0;
+        coef_k[at * n_slots + s] = valid ? ck : (T)0;
+    } else {
+        for (int e = 0; e < d_k; ++e)
+            dmean_k[at * d_k + e] = score == 1 ? ck * qi[e] : -(ck * (qi[e] - key[e]));
+    }
+}
+
+// dq_i and dc_i: the lanes' sums added over the 16 lanes (fixed trees), written by lane 0.
+template <typename T>
+__device__ __forceinline__ void write_dq_dc(T (&dq_lane)[8], double dc_lane, int d_k, int l,
+                                            bool write, long long at, T* dq, double* dc) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        if (e >= d_k) break;
+        T sum = half_sum(dq_lane[e]);
+        if (write && l == 0) dq[at * d_k + e] = sum;
+    }
+    double dc_sum = half_sum(dc_lane);
+    if (write && l == 0) dc[at] = dc_sum;
+}
+
 template <typename T, typename I, int COLS>
 __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict__ k,
                                     const T* __restrict__ v, const I* __restrict__ cand,
@@ -337,26 +384,10 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
         for (int u = 0; u < ZETA_HALF_ROUNDS; ++u) {
             int s = l + 16 * u;
             if (!(s < slots)) continue;
-            bool valid = jj[u] != -1;
-            T dt = w[u] * (dw[u] - rho);
-            T dnear = !valid ? (T)0 : (exp_score ? -(dt / c) : -(dt * a[u]));
-            T ck = score == 1 ? -dnear : dnear + dnear;
             const T* key = jj[u] >= 0 ? k + (r * n + jj[u]) * d_k : mean_k + at * d_k;
-            if (valid) {
-                dc_lane += (double)dnear;
-#pragma unroll
-                for (int e = 0; e < 8; ++e)
-                    if (e < d_k) dq_lane[e] += score == 1 ? ck * key[e] : ck * (qi[e] - key[e]);
-            }
-            if (!active) continue;
-            if (s < n_slots) {
-                coef_w[at * n_slots + s] = valid ? w[u] : (T)0;
-                coef_k[at * n_slots + s] = valid ? ck : (T)0;
-            } else {
-                w_mean = w[u];
-                for (int e = 0; e < d_k; ++e)
-                    dmean_k[at * d_k + e] = score == 1 ? ck * qi[e] : -(ck * (qi[e] - key[e]));
-            }
+            slot_backward(s, jj[u], w[u], a[u], dw[u], rho, exp_score, score, c, qi, key, d_k,
+                          n_slots, at, active, dq_lane, dc_lane, coef_w, coef_k, dmean_k);
+            if (s == n_slots) w_mean = w[u];
         }
         if (with_mean) {  // dmean_v = w_mean g_i, each lane its columns
             w_mean = __shfl_sync(0xffffffffu, w_mean, n_slots & 15, 16);
@@ -366,14 +397,158 @@ __global__ void zeta_bwd_query_half(const T* __restrict__ q, const T* __restrict
                 if (active && e < d_v) dmean_v[at * d_v + e] = w_mean * gl[m];
             }
         }
+        write_dq_dc(dq_lane, dc_lane, d_k, l, active, at, dq, dc);
+    }
+}
+
+// ---------------------------------------------------------------- 16 lanes, rows as float4
+// zeta_bwd_query_fast<U, NX>: the computation of zeta_bwd_query_half, shaped as the forward
+// pass's zeta_topk_fast, for float32, int32 candidates and d_v a multiple of 4 up to 256.
+// U: slots per lane (k + 1 <= 16 U); NX: 64-column stripes of a row (d_v <= 64 NX); both
+// template arguments, so that no lane keeps registers for slots or columns that are not
+// there. Lane l holds columns 64 x + 4 l .. 64 x + 4 l + 3 of g_i (a float4 per stripe) and
+// reads the same columns of each value row, 16 bytes a load (one 256-byte row per 16 lanes).
+// The slot's key is staged in shared memory by the lane that owns the slot and read by all
+// 16 lanes at once (a broadcast), instead of a shuffle per slot; an empty slot loads nothing
+// and adds 0.
+#define ZETA_BWD_FAST_THREADS 256  // threads per block (the launcher's FAST_THREADS)
+
+// Registers: capped for 4 blocks an SM (64 a thread, a few bytes spilled) where U NX <= 4, and
+// for 2 (128 a thread) above. Measured at 3 slots a lane and 1 stripe (B = 1, H = 8, N = 65536,
+// the H200): 1.04 ms capped against 1.25 ms uncapped (79 registers), the same bits
+// (docs/data/backward_query_ab.json); the cap of 2 for the larger instances is not measured.
+template <int U, int NX>
+__global__ void __launch_bounds__(ZETA_BWD_FAST_THREADS, U * NX <= 4 ? 4 : 2)
+zeta_bwd_query_fast(const float* __restrict__ q, const float* __restrict__ k,
+                    const float* __restrict__ v, const int* __restrict__ cand,
+                    const float* __restrict__ mean_k, const float* __restrict__ mean_v,
+                    int with_mean, const float* __restrict__ grad,
+                    const long long* __restrict__ visit, long long rows, long long n, int d_k,
+                    int d_v, int n_slots, int score, float c, float* __restrict__ dq,
+                    float* __restrict__ dmean_k, float* __restrict__ dmean_v,
+                    float* __restrict__ coef_w, float* __restrict__ coef_k,
+                    double* __restrict__ dc) {
+    __shared__ int staged[ZETA_BWD_FAST_THREADS / 16][16 * U];
+    int* mine = staged[threadIdx.x >> 4];  // this query's key per slot: -1 empty, -2 the mean
+    int l = threadIdx.x & 15;
+    long long group = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 4;
+    long long n_groups = ((long long)gridDim.x * blockDim.x) >> 4;
+    // every lane runs the same number of rounds (the shuffles need all 32); a half-warp past
+    // the end computes on a copy of the last query and writes nothing
+    long long total_q = rows * n;
+    long long rounds = (total_q + n_groups - 1) / n_groups;
+    bool exp_score = score == 1 || score == 2;
+    int slots = n_slots + (with_mean ? 1 : 0);
+    bool has[NX];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            if (e >= d_k) break;
-            T sum = half_sum(dq_lane[e]);
-            if (active && l == 0) dq[at * d_k + e] = sum;
+    for (int x = 0; x < NX; ++x) has[x] = 64 * x + 4 * l < d_v;
+    for (long long round = 0; round < rounds; ++round) {
+        long long task = group + round * n_groups;
+        bool live = task < total_q;
+        if (!live) task = total_q - 1;
+        long long r = task / n, i = visit[task], at = r * n + i;
+        const float* qi = q + at * d_k;
+        const int* ci = cand + at * n_slots;
+        const float* keys = k + r * n * d_k;
+        const float* vals = v + r * n * d_v + 4 * l;
+        const float* mean_row = mean_v + (with_mean ? at * d_v : 0) + 4 * l;
+        // pass 1: the lane's slots l, l + 16, ...: which key (a candidate outside 0 .. n - 1
+        // is taken for empty), nearness, raw score (logit or affinity), the largest logit
+        float near[U], a[U];
+        int jj[U];
+        float top = -__int_as_float(0x7f800000);  // -inf
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int s = l + 16 * u;
+            jj[u] = -1;
+            near[u] = a[u] = 0.0f;
+            if (s < n_slots) jj[u] = ci[s] >= 0 && ci[s] < n ? ci[s] : -1;
+            else if (s == n_slots && with_mean) jj[u] = -2;
+            mine[s] = jj[u];
+            if (jj[u] == -1) continue;
+            const float* key = jj[u] >= 0 ? keys + (long long)jj[u] * d_k : mean_k + at * d_k;
+            near[u] = near_of(qi, key, d_k, score);
+            a[u] = exp_score ? -near[u] / c : 1.0f / (near[u] + c);
+            top = fmaxf(top, a[u]);
         }
-        double dc_sum = half_sum(dc_lane);
-        if (active && l == 0) dc[at] = dc_sum;
+        float big = exp_score ? half_max(top) : 0.0f;
+        // pass 2: the affinities and their sum
+        float part = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (jj[u] != -1 && exp_score) a[u] = expf(a[u] - big);
+            part += jj[u] != -1 ? a[u] : 0.0f;
+        }
+        float total = half_sum(part);
+        if (!(total > 0.0f)) total = 1.0f;  // nothing valid: every weight and gradient is 0
+        __syncwarp();  // `mine` written before it is read
+        // pass 3: dw_s = <g_i, v_s>, sixteen slots at a time: each lane its columns of the
+        // sixteen rows, then one transposing sum leaves slot 16 u + l's total in lane l
+        float4 gl[NX];
+#pragma unroll
+        for (int x = 0; x < NX; ++x) {
+            gl[x] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (has[x])
+                gl[x] = *reinterpret_cast<const float4*>(grad + at * d_v + 64 * x + 4 * l);
+        }
+        float dw[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            dw[u] = 0.0f;
+            if (16 * u >= slots) continue;  // the same in every lane
+            float p[16];
+#pragma unroll
+            for (int t = 0; t < 16; ++t) {
+                int j = mine[16 * u + t];
+                bool ok = j != -1;
+                const float* row = j >= 0 ? vals + (long long)j * d_v : mean_row;
+                float acc = 0.0f;
+#pragma unroll
+                for (int x = 0; x < NX; ++x) {
+                    float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
+                    if (ok && has[x]) y = __ldg(reinterpret_cast<const float4*>(row + 64 * x));
+                    acc += gl[x].x * y.x + gl[x].y * y.y + gl[x].z * y.z + gl[x].w * y.w;
+                }
+                p[t] = acc;
+            }
+            dw[u] = half_transpose_sum(p, l);
+        }
+        __syncwarp();  // every lane has read `mine` before the next round writes it
+        // pass 4: rho = sum_s w_s dw_s; dt_s, dnear_s (b3, b4); the coefficients, dq, the
+        // mean term's gradients, dc
+        float w[U];
+        float part_rho = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            w[u] = jj[u] != -1 ? a[u] / total : 0.0f;
+            part_rho += w[u] * dw[u];
+        }
+        float rho = half_sum(part_rho);
+        float dq_lane[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dq_lane[e] = 0.0f;
+        double dc_lane = 0.0;
+        float w_mean = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int s = l + 16 * u;
+            if (!(s < slots)) continue;
+            const float* key = jj[u] >= 0 ? keys + (long long)jj[u] * d_k : mean_k + at * d_k;
+            slot_backward(s, jj[u], w[u], a[u], dw[u], rho, exp_score, score, c, qi, key, d_k,
+                          n_slots, at, live, dq_lane, dc_lane, coef_w, coef_k, dmean_k);
+            if (s == n_slots) w_mean = w[u];
+        }
+        if (with_mean) {  // dmean_v = w_mean g_i, each lane its columns
+            w_mean = __shfl_sync(0xffffffffu, w_mean, n_slots & 15, 16);
+#pragma unroll
+            for (int x = 0; x < NX; ++x) {
+                float4 o = make_float4(w_mean * gl[x].x, w_mean * gl[x].y, w_mean * gl[x].z,
+                                       w_mean * gl[x].w);
+                if (live && has[x])
+                    *reinterpret_cast<float4*>(dmean_v + at * d_v + 64 * x + 4 * l) = o;
+            }
+        }
+        write_dq_dc(dq_lane, dc_lane, d_k, l, live, at, dq, dc);
     }
 }
 
@@ -584,6 +759,17 @@ ZETA_BWD_HALF(float, long long, 16)
 ZETA_BWD_HALF(double, long long, 16)
 ZETA_BWD_HALF(float, int, 16)
 ZETA_BWD_HALF(double, int, 16)
+#define ZETA_BWD_FAST(U, NX)                                                                   \
+    template __global__ void zeta_bwd_query_fast<U, NX>(                                       \
+        const float*, const float*, const float*, const int*, const float*, const float*, int, \
+        const float*, const long long*, long long, long long, int, int, int, int, float,       \
+        float*, float*, float*, float*, float*, double*);
+#define ZETA_BWD_FAST_U(U) ZETA_BWD_FAST(U, 1) ZETA_BWD_FAST(U, 2) ZETA_BWD_FAST(U, 4)
+ZETA_BWD_FAST_U(1)
+ZETA_BWD_FAST_U(2)
+ZETA_BWD_FAST_U(3)
+ZETA_BWD_FAST_U(4)
+ZETA_BWD_FAST_U(8)
 #define ZETA_BWD_REST(T)                                                                       \
     template __global__ void zeta_bwd_keys<T>(const T*, const T*, const T*, const T*,          \
                                               const T*, const long long*, const long long*,    \

@@ -3,7 +3,8 @@
 Same signatures and results as the specification (CuPy arrays out; ``dgamma`` a Python float),
 float results within :mod:`zeta_ref.tolerances` of it. The kernels are in ``backward.cu``:
 
-1. ``zeta_bwd_query_half`` (16 lanes per query) or ``zeta_bwd_query`` (a warp per query), in
+1. ``zeta_bwd_query_fast`` (float32: 16 lanes per query, rows read 16 bytes at a time),
+   ``zeta_bwd_query_half`` (16 lanes per query) or ``zeta_bwd_query`` (a warp per query), in
    the visiting order given (position order from the composer on the GPU): the weights
    again, dq, the mean term's gradients, and two coefficients per candidate slot from which
    the key pass rebuilds that slot's share of dk and dv;
@@ -29,7 +30,7 @@ import cupy as cp
 from ..config import SCORES
 from ..stages.topk_softmax import score_constant
 from . import _runtime as rt
-from .topk_softmax import _SCORE_IDS, scan_block
+from .topk_softmax import _SCORE_IDS, narrow_candidates, scan_block
 from .topk_softmax import _fn as _topk_fn
 from .window import visit_order
 
@@ -44,12 +45,15 @@ _NAMES = ("zeta_bwd_query<float, long long>", "zeta_bwd_query<double, long long>
           "zeta_bwd_keys<float>", "zeta_bwd_keys<double>",
           "zeta_bwd_values<float>", "zeta_bwd_values<double>",
           "zeta_bwd_mean_sums<float>", "zeta_bwd_mean_sums<double>",
-          "zeta_bwd_mean_write<float>", "zeta_bwd_mean_write<double>")
+          "zeta_bwd_mean_write<float>", "zeta_bwd_mean_write<double>",
+          *(f"zeta_bwd_query_fast<{u}, {x}>" for u in (1, 2, 3, 4, 8) for x in (1, 2, 4)))
 #: zeta_bwd_query keeps each lane's slots in registers: at most this many slots (k + 1).
 MAX_SLOTS = 256
 #: zeta_bwd_query_half (16 lanes per query) takes up to this many slots, d_v and d_k; its
 #: lanes hold 4 columns of g_i each up to d_v = 64, 16 above.
 HALF_MAX_SLOTS, HALF_MAX_DV, HALF_MAX_DK = 128, 256, 8
+#: Threads per block of zeta_bwd_query_fast (ZETA_BWD_FAST_THREADS of the source).
+FAST_THREADS = 256
 
 
 def _fn(name):
@@ -104,10 +108,11 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
 
 
 def query_pass(q, k, v, cand, mk, mv, with_mean, grad, visit, score, c, kernel="auto"):
-    """Step 1: ``zeta_bwd_query_half`` (16 lanes per query) where the sizes allow, else
-    ``zeta_bwd_query`` (a warp per query); ``kernel`` ("auto", "half", "warp") picks one for
-    the tests. Returns dq, dmean_k, dmean_v (dummies of one row without the mean term), the
-    two coefficients per slot, and dc per query."""
+    """Step 1: ``zeta_bwd_query_fast`` (16 lanes per query, rows read 16 bytes at a time) for
+    float32 and d_v a multiple of 4, else ``zeta_bwd_query_half`` (16 lanes per query) where
+    the sizes allow, else ``zeta_bwd_query`` (a warp per query); ``kernel`` ("auto", "fast",
+    "half", "warp") picks one for the tests. Returns dq, dmean_k, dmean_v (dummies of one row
+    without the mean term), the two coefficients per slot, and dc per query."""
     dtype = q.dtype
     lead, n, d_k, d_v = q.shape[:-2], q.shape[-2], q.shape[-1], v.shape[-1]
     rows, n_slots = q.size // (n * d_k), cand.shape[-1]
@@ -120,16 +125,29 @@ def query_pass(q, k, v, cand, mk, mv, with_mean, grad, visit, score, c, kernel="
     dc = rt.empty(lead + (n,), np.float64)
     half_ok = (n_slots + with_mean <= HALF_MAX_SLOTS and d_v <= HALF_MAX_DV
                and d_k <= HALF_MAX_DK and n < 2**31)  # it keeps key positions as int
+    fast_ok = (half_ok and dtype == np.float32 and d_v % 4 == 0  # float4 rows of v, grad,
+               and all(a.data.ptr % 16 == 0 for a in (v, mv, grad, dmean_v)))  # dmean_v
     if kernel == "half" and not half_ok:
         raise ValueError(f"the 16-lane kernel takes up to {HALF_MAX_SLOTS} slots, d_v <= "
                          f"{HALF_MAX_DV} and d_k <= {HALF_MAX_DK}")
-    half = half_ok if kernel == "auto" else kernel == "half"
+    if kernel == "fast" and not fast_ok:
+        raise ValueError(f"the fast kernel takes float32, d_v a multiple of 4 up to "
+                         f"{HALF_MAX_DV}, up to {HALF_MAX_SLOTS} slots and d_k <= {HALF_MAX_DK}")
+    chosen = kernel if kernel != "auto" else "fast" if fast_ok else "half" if half_ok else "warp"
+    sizes = (rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), np.int32(n_slots),
+             np.int32(_SCORE_IDS[score]), c, dq, dmean_k, dmean_v, coef_w, coef_k, dc)
+    if chosen == "fast":
+        per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + with_mean)
+        stripes = next(x for x in (1, 2, 4) if 64 * x >= d_v)
+        cand32 = narrow_candidates(cand, n)  # n < 2**31
+        rt.launch(_fn(f"zeta_bwd_query_fast<{per_lane}, {stripes}>"), 16 * rows * n,
+                  (q, k, v, cand32, mk, mv, np.int32(with_mean), grad, visit) + sizes,
+                  threads=FAST_THREADS)
+        return dq, dmean_k, dmean_v, coef_w, coef_k, dc
     name = (f"zeta_bwd_query_half<{rt.ctype_name(dtype)}, {index}, {4 if d_v <= 64 else 16}>"
-            if half else f"zeta_bwd_query<{rt.ctype_name(dtype)}, {index}>")
-    rt.launch(_fn(name), (16 if half else 32) * rows * n,
-              (q, k, v, cand, mk, mv, np.int32(with_mean), grad, visit, rt.i64(rows),
-               rt.i64(n), np.int32(d_k), np.int32(d_v), np.int32(n_slots),
-               np.int32(_SCORE_IDS[score]), c, dq, dmean_k, dmean_v, coef_w, coef_k, dc))
+            if chosen == "half" else f"zeta_bwd_query<{rt.ctype_name(dtype)}, {index}>")
+    rt.launch(_fn(name), (16 if chosen == "half" else 32) * rows * n,
+              (q, k, v, cand, mk, mv, np.int32(with_mean), grad, visit) + sizes)
     return dq, dmean_k, dmean_v, coef_w, coef_k, dc
 
 
