@@ -90,8 +90,9 @@ def test_the_stage_twin_matches_the_specification(score, causal, mean, dtype):
                                               (300, 64, 100), (300, 200, None),
                                               (5000, 32, 64)])
 @pytest.mark.parametrize("index", [np.int32, np.int64])
-def test_awkward_sizes_empty_slots_and_index_dtypes(n, k_top, window, index):
-    q, k, v, g = _inputs(2, (2,), n, 3, 20, np.float64)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])  # float32: the float4 query kernel
+def test_awkward_sizes_empty_slots_and_index_dtypes(n, k_top, window, index, dtype):
+    q, k, v, g = _inputs(2, (2,), n, 3, 20, dtype)
     cfg = ZetaConfig(k=k_top, window=window, causal="strict", chunk_size=7)
     _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
     cand = inter.candidates.astype(index)
