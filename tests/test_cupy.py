@@ -159,6 +159,22 @@ def test_long_rows_exact_and_fused(causal, window, dtype):
     assert_close(zeta_attention(q, k, v, cfg, backend="cupy"), im_np.output)
 
 
+@pytest.mark.parametrize("lanes", (0, 8, 16, 32))
+@pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
+def test_every_window_kernel_gives_the_specification_candidates(monkeypatch, lanes, causal):
+    """The fused pass's window without a re-rank, one thread a query (0) or a group of 8, 16
+    or 32: the candidates of the specification, bit for bit, at N = 1, 2, 33 (k >= N), 700
+    (ties) and 3000 (several pool levels), k = 1, 2, 7 and 32 (odd halves, D11 at the pool's
+    ends)."""
+    monkeypatch.setattr(fused, "WINDOW_LANES", lanes)
+    for n, k_top in ((1, 32), (2, 1), (33, 32), (700, 7), (700, 2), (3000, 32), (3000, 1)):
+        q, k, v = _inputs(31 + n, (2,), n, 3, 8, np.float32, coarse=n == 700)  # ties at 700
+        cfg = ZetaConfig(k=k_top, causal=causal, chunk_size=max(1, n // 5))
+        _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
+        _, cand = fused.forward(*(cp.asarray(x) for x in (q, k, v)), cfg, return_candidates=True)
+        np.testing.assert_array_equal(cp.asnumpy(cand), im.candidates, err_msg=f"N={n} k={k_top}")
+
+
 @pytest.mark.parametrize("k_top, window, d_v", [(150, None, 64), (127, 300, 64), (40, 90, 260),
                                                  (20, 20, 6)])
 def test_wide_selections_and_odd_widths(k_top, window, d_v):

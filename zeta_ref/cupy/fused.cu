@@ -21,6 +21,9 @@
 //                      key, its pool length from the causal mode (D4, D5), the walk of
 //                      window_walk.cuh and, for W > k, the re-rank heap; writes int32
 //                      candidates (R, N, k).
+// zeta_fused_window_group  the same for W = k (no re-rank) by a group of 8, 16 or 32 threads
+//                      a query (window_walk.cuh's group_window): each step of the search and
+//                      of the walk reads that many neighbouring pool entries at once.
 #include "window_walk.cuh"
 
 #define ZETA_TILE 1024
@@ -72,19 +75,32 @@ extern "C" __global__ void zeta_level_counts(const unsigned long long* __restric
         counts[(r * tiles + tile) * n_levels + t] = hist[t];
 }
 
-// offsets[(r, tile, t)] = the keys of level <= t in row r's tiles before `tile`.
+// offsets[(r, tile, t)] = the keys of level <= t in row r's tiles before `tile`. One warp per
+// (row, level): 32 tiles at a time, a shuffle scan of their counts (integers: exact in any order).
 extern "C" __global__ void zeta_level_offsets(const int* __restrict__ counts, long long rows,
                                               long long tiles, int n_levels,
                                               long long* __restrict__ offsets) {
-    for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-         task < rows * n_levels; task += (long long)gridDim.x * blockDim.x) {
+    int lane = threadIdx.x & 31;
+    long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
+    for (long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+         task < rows * n_levels; task += warps) {
         long long r = task / n_levels;
         int t = (int)(task % n_levels);
-        long long run = 0;
-        for (long long tile = 0; tile < tiles; ++tile) {
-            const int* c = counts + (r * tiles + tile) * n_levels;
-            offsets[(r * tiles + tile) * n_levels + t] = run;
-            for (int u = 0; u <= t; ++u) run += c[u];
+        long long run = 0;  // the keys of level <= t in the groups of 32 tiles before
+        for (long long t0 = 0; t0 < tiles; t0 += 32) {
+            long long tile = t0 + lane;
+            long long mine = 0;
+            if (tile < tiles) {
+                const int* c = counts + (r * tiles + tile) * n_levels;
+                for (int u = 0; u <= t; ++u) mine += c[u];
+            }
+            long long inc = mine;
+            for (int m = 1; m < 32; m <<= 1) {
+                long long up = __shfl_up_sync(0xffffffffu, inc, m);
+                if (lane >= m) inc += up;
+            }
+            if (tile < tiles) offsets[(r * tiles + tile) * n_levels + t] = run + inc - mine;
+            run += __shfl_sync(0xffffffffu, inc, 31);
         }
     }
 }
@@ -132,6 +148,26 @@ __device__ __forceinline__ long long pool_length(long long i, long long n, int c
     return n;
 }
 
+// The prefix pool of a query whose pool length is L, the smallest holding positions 0 .. L - 1:
+// the smallest level t with S_0 2^t >= L, or n_levels, the top level (all N keys).
+__device__ __forceinline__ int pool_level(long long L, int n_levels, int s0_bits) {
+    int t = 0;
+    while (t < n_levels && ((long long)1 << (s0_bits + t)) < L) ++t;
+    return t;
+}
+
+// Row r's prefix pool of level t: level t of `levels`, or for t = n_levels the row's sorted
+// keys themselves (all N).
+__device__ __forceinline__ PackedPool prefix_pool(const unsigned long long* sorted,
+                                                  const unsigned long long* levels,
+                                                  const long long* level_offset, int n_levels,
+                                                  int s0_bits, long long r, long long n, int t,
+                                                  Packing pk) {
+    if (t == n_levels) return PackedPool{sorted + r * n, n, pk.row_bits(r), pk};
+    long long size = (long long)1 << (s0_bits + t);
+    return PackedPool{levels + level_offset[t] + r * size, size, pk.row_bits(r), pk};
+}
+
 template <typename T, int RERANK>
 __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
                                   const unsigned long long* __restrict__ levels,
@@ -152,13 +188,8 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
         unsigned long long qz = pk.code(qkey);
         long long L = pool_length(i, n, causal, chunk);
         int* out = cand + at * k_top;
-        // the smallest prefix pool holding positions 0 .. L - 1 (the top level: all N keys)
-        int t = 0;
-        while (t < n_levels && ((long long)1 << (s0_bits + t)) < L) ++t;
-        PackedPool pool = t < n_levels
-            ? PackedPool{levels + level_offset[t] + r * ((long long)1 << (s0_bits + t)),
-                         (long long)1 << (s0_bits + t), pk.row_bits(r), pk}
-            : PackedPool{sorted + r * n, n, pk.row_bits(r), pk};
+        PackedPool pool = prefix_pool(sorted, levels, level_offset, n_levels, s0_bits, r, n,
+                                      pool_level(L, n_levels, s0_bits), pk);
         if (RERANK) {
             NearestK<T> heap{heap_near + at * k_top, heap_pos + at * k_top,
                              heap_slot + at * k_top, k_top, 0, q + at * d, k + r * n * d, d,
@@ -175,6 +206,42 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
         }
     }
 }
+
+// The same without a re-rank (W = k), LANES threads a query (window_walk.cuh's group_window):
+// the search and the walks read LANES neighbouring entries a step instead of one.
+template <int LANES>
+__global__ void zeta_fused_window_group(const unsigned long long* __restrict__ sorted,
+                                        const unsigned long long* __restrict__ levels,
+                                        const long long* __restrict__ level_offset,
+                                        int n_levels, int s0_bits, int code_bits, int pos_bits,
+                                        long long rows, long long n, int causal,
+                                        long long chunk, long long width,
+                                        int* __restrict__ cand) {
+    Packing pk{code_bits, pos_bits};
+    Group<LANES> g;
+    long long groups = ((long long)gridDim.x * blockDim.x) / LANES;
+    for (long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / LANES;
+         task < rows * n; task += groups) {
+        long long r = task / n;
+        unsigned long long qkey = sorted[rows * n + task];  // queries: rows R .. 2R-1
+        long long i = pk.pos(qkey), at = r * n + i;
+        long long L = pool_length(i, n, causal, chunk);
+        int* out = cand + at * width;
+        PackedPool pool = prefix_pool(sorted, levels, level_offset, n_levels, s0_bits, r, n,
+                                      pool_level(L, n_levels, s0_bits), pk);
+        long long found = L > 0 ? group_window(pool, L, pk.code(qkey), width, g, out) : 0;
+        for (long long s = found + g.lane; s < width; s += LANES) out[s] = -1;  // D9
+    }
+}
+template __global__ void zeta_fused_window_group<8>(
+    const unsigned long long*, const unsigned long long*, const long long*, int, int, int, int,
+    long long, long long, int, long long, long long, int*);
+template __global__ void zeta_fused_window_group<16>(
+    const unsigned long long*, const unsigned long long*, const long long*, int, int, int, int,
+    long long, long long, int, long long, long long, int*);
+template __global__ void zeta_fused_window_group<32>(
+    const unsigned long long*, const unsigned long long*, const long long*, int, int, int, int,
+    long long, long long, int, long long, long long, int*);
 
 #define ZETA_FUSED(T)                                                                          \
     template __global__ void zeta_fused_keys<T>(const T*, const T*, long long, long long, int,  \

@@ -5,17 +5,21 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
 
 1. ``zeta_fused_keys``: queries and keys quantised, interleaved and packed with their row and
    position into uint64 sort keys, one kernel (stages 2, 3; ``fused.cu``).
-2. one radix sort of all 2 R N keys (``cupy.sort``): every row's keys in Z order, and every
-   row's queries in Z order, which is the order the next steps visit them in (stage 4).
+2. one radix sort of all 2 R N keys (``cupy.sort``'s, in place): every row's keys in Z order,
+   and every row's queries in Z order, which is the order the next steps visit them in
+   (stage 4).
 3. the prefix pools, three kernels for all levels of all rows.
-4. ``zeta_fused_window``: every query's window and, for W > k, its k nearest keys, kept as it
-   walks: int32 candidates (R, N, k), no (N, W) array (stage 5).
+4. ``zeta_fused_window_group``: every query's window, 8 threads a query, each step of the
+   search and of the walk reading 8 neighbouring pool entries at once; with W > k,
+   ``zeta_fused_window``, a thread a query keeping the k nearest as it walks. Either writes
+   int32 candidates (R, N, k), no (N, W) array (stage 5).
 5. the mean term's blocked scan, three kernels for keys and values together (D8).
 6. the attention kernel, 16 threads per query, queries in Z order (stage 6).
 
 It computes what the stage-by-stage path computes: the same candidates, bit for bit, and the
-same outputs within the tolerances (tests/test_cupy.py checks both). When a row, a code and a
-position do not fit in 64 bits together, it runs the stage functions instead.
+same outputs within the tolerances (tests/test_cupy.py checks both); the visiting order
+changes no result. When a row, a code and a position do not fit in 64 bits together, it runs
+the stage functions instead.
 """
 
 from __future__ import annotations
@@ -38,11 +42,22 @@ _CAUSAL_IDS = {"inclusive": 0, "strict": 1, "none": 2}
 _NAMES = ("zeta_fused_keys<float>", "zeta_fused_keys<double>", "zeta_level_counts",
           "zeta_level_offsets", "zeta_level_scatter", "zeta_fused_window<float, 0>",
           "zeta_fused_window<float, 1>", "zeta_fused_window<double, 0>",
-          "zeta_fused_window<double, 1>")
+          "zeta_fused_window<double, 1>", "zeta_fused_window_group<8>",
+          "zeta_fused_window_group<16>", "zeta_fused_window_group<32>")
+#: Threads a query of the window kernel without a re-rank (8, 16 or 32; 0: one thread).
+WINDOW_LANES = 8
 
 
 def _fn(name):
     return rt.kernel("fused", name, _NAMES)
+
+
+def level_count(n: int) -> int:
+    """T, the number of prefix pools below the top one (sizes S_0, 2 S_0, ... below N)."""
+    n_levels = 0
+    while (1 << (S0_BITS + n_levels)) < n:
+        n_levels += 1
+    return n_levels
 
 
 def packing(rows: int, n: int, code_bits: int):
@@ -54,9 +69,7 @@ def packing(rows: int, n: int, code_bits: int):
 
 def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int):
     """The prefix pools below the top one, from the sorted keys: (levels, level_offset, T)."""
-    n_levels = 0
-    while (1 << (S0_BITS + n_levels)) < n:
-        n_levels += 1
+    n_levels = level_count(n)
     sizes = [1 << (S0_BITS + t) for t in range(n_levels)]
     offsets = np.concatenate([[0], np.cumsum([rows * s for s in sizes])]).astype(np.int64)
     levels = rt.empty(max(int(offsets[-1]), 1), np.uint64)
@@ -69,7 +82,7 @@ def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int)
         _fn("zeta_level_counts")((tiles, rows), (TILE,),
                                  (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
                                  + packed + (counts,))
-        rt.launch(_fn("zeta_level_offsets"), rows * n_levels,
+        rt.launch(_fn("zeta_level_offsets"), 32 * rows * n_levels,  # a warp per (row, level)
                   (counts, rt.i64(rows), rt.i64(tiles), np.int32(n_levels), starts))
         _fn("zeta_level_scatter")((tiles, rows), (TILE,),
                                   (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
@@ -92,6 +105,7 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     pos_bits, fits = packing(rows, n, code_bits)
     if not fits:
         return _by_stages(q, k, v, cfg, return_candidates)
+    causal, chunk = np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
 
     def mark():
         if marks is not None:
@@ -108,22 +122,26 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
               + (np.int32(code_bits), np.int32(pos_bits), keys))
     mark()
     # stage 4: one sort for every row of keys and of queries
-    keys = cp.sort(keys)
+    keys.sort()  # in place (cupy.sort would copy the keys first)
     mark()
     levels, level_offset, n_levels = prefix_levels(keys, rows, n, code_bits, pos_bits)
     mark()
     # stage 5: window (and re-rank) per query, in Z order, into int32 candidates
     cand = rt.empty(lead + (n, k_top), np.int32)  # (..., N, k)
     rerank = width > k_top
-    heap = ((rt.empty(rows * n * k_top, q.dtype), rt.empty(rows * n * k_top, np.int64),
-             rt.empty(rows * n * k_top, np.int64)) if rerank
-            else (rt.empty(1, q.dtype), rt.empty(1, np.int64), rt.empty(1, np.int64)))
-    rt.launch(_fn(f"zeta_fused_window<{rt.ctype_name(q.dtype)}, {int(rerank)}>"), rows * n,
-              (keys, levels, level_offset, np.int32(n_levels), np.int32(S0_BITS),
-               np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n),
-               np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n)),
-               rt.i64(width), rt.i64(k_top), q, k, np.int32(d_k),
-               np.int32(cfg.score == "softmax")) + heap + (cand,))
+    pools = (keys, levels, level_offset, np.int32(n_levels), np.int32(S0_BITS),
+             np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk,
+             rt.i64(width))
+    if not rerank and WINDOW_LANES:  # a group of threads a query: the window is the selection
+        rt.launch(_fn(f"zeta_fused_window_group<{WINDOW_LANES}>"), WINDOW_LANES * rows * n,
+                  pools + (cand,))
+    else:
+        heap = ((rt.empty(rows * n * k_top, q.dtype), rt.empty(rows * n * k_top, np.int64),
+                 rt.empty(rows * n * k_top, np.int64)) if rerank
+                else (rt.empty(1, q.dtype), rt.empty(1, np.int64), rt.empty(1, np.int64)))
+        rt.launch(_fn(f"zeta_fused_window<{rt.ctype_name(q.dtype)}, {int(rerank)}>"), rows * n,
+                  pools + (rt.i64(k_top), q, k, np.int32(d_k),
+                           np.int32(cfg.score == "softmax")) + heap + (cand,))
     mark()
     # stage 6: the mean term, then the weights and the output
     mean_k = mean_v = None

@@ -51,7 +51,7 @@ def sort_keys(key_codes, *, code_bits: int | None = None):
         keys = rt.empty(codes.size, np.uint64)  # (R * N,)
         rt.launch(rt.kernel("sort", "zeta_pack", _NAMES), codes.size,
                   (codes, rt.i64(rows), rt.i64(n), np.int32(code_bits), np.int32(pos_bits), keys))
-        keys = cp.sort(keys)  # one radix sort for every row
+        keys.sort()  # one radix sort for every row, in place
         rt.launch(rt.kernel("sort", "zeta_unpack", _NAMES), codes.size,
                   (keys, rt.i64(codes.size), np.int32(code_bits), np.int32(pos_bits), perm,
                    sorted_codes))

@@ -5,7 +5,7 @@
 //   zeta_block_sums   thread per (row, block of positions, column): the block's column sum
 //   zeta_scan_blocks  thread per (row, column): exclusive prefix of the block sums, and total
 //   zeta_means_write  thread per (row, block, column): running sum through the block, divided
-//                     by i + 1 (causal), written in T; zeta_means_whole: total / N ("none")
+//                     by i + 1 (causal), or the total / N ("none"), written in T
 //
 // The weights and the output, per query i with candidates j_1 .. j_k (-1 = empty, D9) and the
 // mean term as slot k:
@@ -21,7 +21,8 @@
 // one broadcast) and the candidate's value row as 16 float4 (one 256-byte row per 16 lanes,
 // coalesced), 64 NX columns a row, NX a template argument so that no lane tests a stripe the
 // row does not have. Queries are taken in `order` (Z order), so neighbouring queries, which
-// share most candidates, read value rows the L2 cache already holds.
+// share most candidates, read value rows the L2 cache already holds; a block takes several
+// runs of 16 neighbouring queries one after the other.
 #include "zeta_common.cuh"
 
 #define ZETA_INV_EUCLIDEAN_EPS 1e-6
@@ -82,6 +83,9 @@ extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long
 }
 
 // The means: causal, the running sum through the block / (i + 1); whole ("none"), total / n.
+// Column e's entries are `stride` apart (d1 or d2); eight are loaded before any is added, so
+// that the loads overlap and only the additions form a chain (the same additions, in the same
+// order, as one at a time).
 template <typename T>
 __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__ x2,
                                  const double* __restrict__ prefix,
@@ -95,12 +99,29 @@ __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__
         int e = (int)(task % d);
         long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        int stride = e < d1 ? d1 : d2;
+        const T* src = e < d1 ? x1 + r * n * d1 + e : x2 + r * n * d2 + (e - d1);
+        T* dst = e < d1 ? out1 + r * n * d1 + e : out2 + r * n * d2 + (e - d1);
+        if (whole) {
+            T mean = (T)(totals[r * d + e] / (double)n);
+            for (long long i = i0; i < i1; ++i) dst[i * stride] = mean;
+            continue;
+        }
         double run = prefix[task];
-        for (long long i = i0; i < i1; ++i) {
-            run += (double)column(x1, x2, r, i, n, d1, d2, e);
-            T mean = (T)((whole ? totals[r * d + e] : run) / (double)(whole ? n : i + 1));
-            if (e < d1) out1[(r * n + i) * d1 + e] = mean;
-            else out2[(r * n + i) * d2 + (e - d1)] = mean;
+        long long i = i0;
+        for (; i + 8 <= i1; i += 8) {
+            T x[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) x[u] = src[(i + u) * stride];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                run += (double)x[u];
+                dst[(i + u) * stride] = (T)(run / (double)(i + u + 1));
+            }
+        }
+        for (; i < i1; ++i) {
+            run += (double)src[i * stride];
+            dst[i * stride] = (T)(run / (double)(i + 1));
         }
     }
 }
@@ -192,19 +213,20 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
                                int d_k, int d_v, int n_slots,
                                int score, float add, float root_d, float* __restrict__ out,
                                float* __restrict__ weights, int with_weights,
-                               float* __restrict__ mean_weight) {
+                               float* __restrict__ mean_weight, int rounds) {
     const unsigned full = 0xffffffffu;
     // each query's (key, weight) per slot, written by the lane that scored the slot and read
     // by all 16 lanes of its query (a broadcast read from shared memory)
     __shared__ int2 staged[ZETA_FAST_THREADS / 16][16 * U];
     int2* mine = staged[threadIdx.x >> 4];
     int lane = threadIdx.x & 15;
-    long long group = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 4;
-    long long n_groups = ((long long)gridDim.x * blockDim.x) >> 4;
-    // every lane of the warp runs the same number of rounds, so the shuffles always have all
-    // 32 lanes; a half-warp past the end computes on a copy of the last query and writes nothing
+    // a block takes `rounds` runs of 16 queries one after the other, neighbours in the visiting
+    // order, so that a run may find in the L1 cache rows the run before read. Every lane of the
+    // warp runs every round, so the shuffles always have all 32 lanes; a half-warp past the end
+    // computes on a copy of the last query and writes nothing
+    const long long per_run = ZETA_FAST_THREADS / 16;
+    long long first = blockIdx.x * per_run * rounds + (threadIdx.x >> 4);
     long long total_q = rows * n;
-    long long rounds = (total_q + n_groups - 1) / n_groups;
     bool exp_score = score == 1 || score == 2;
     int slots = n_slots + (with_mean ? 1 : 0);
     // lane l owns columns 64 x + 4 l .. 64 x + 4 l + 3 of every value row
@@ -212,7 +234,7 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
 #pragma unroll
     for (int x = 0; x < NX; ++x) has[x] = 64 * x + 4 * lane < d_v;
     for (long long round = 0; round < rounds; ++round) {
-        long long task = group + round * n_groups;
+        long long task = first + round * per_run;
         bool live = task < total_q;
         if (!live) task = total_q - 1;
         long long r = task / n, i = (long long)(visit[task] & visit_mask), at = r * n + i;
@@ -339,7 +361,7 @@ ZETA_TOPK_PLAIN(double, int)
     template __global__ void zeta_topk_fast<U, NX>(                                            \
         const float*, const float*, const float*, const int*, const float*, const float*, int, \
         const unsigned long long*, unsigned long long, long long, long long, int, int, int,    \
-        int, float, float, float*, float*, int, float*);
+        int, float, float, float*, float*, int, float*, int);
 #define ZETA_TOPK_FAST_U(U) ZETA_TOPK_FAST(U, 1) ZETA_TOPK_FAST(U, 2) ZETA_TOPK_FAST(U, 4)
 ZETA_TOPK_FAST_U(1)
 ZETA_TOPK_FAST_U(2)

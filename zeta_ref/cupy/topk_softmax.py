@@ -35,6 +35,12 @@ _NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks
           "zeta_topk_fast<8, 1>", "zeta_topk_fast<8, 2>", "zeta_topk_fast<8, 4>")
 #: Threads per block of the fast kernel (ZETA_FAST_THREADS of the source): 16 queries a block.
 FAST_THREADS = 256
+#: Runs of 16 neighbouring queries (in the visiting order) a block of the fast kernel takes one
+#: after the other, at least.
+FAST_ROUNDS = 4
+#: Blocks of a launch at most (the grid's limit is 2^31 - 1; this keeps a launch's bookkeeping
+#: small); a block takes more runs where the queries need it.
+MAX_BLOCKS = 1 << 20
 #: The fast kernel keeps a row of up to this many floats per 16 threads in registers ...
 FAST_MAX_DV = 256
 #: ... and the scores of up to this many slots (k + the mean term).
@@ -162,8 +168,11 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
     if use_fast:
         per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + 1)
         stripes = next(x for x in (1, 2, 4) if 64 * x >= d_v)
-        rt.launch(_fn(f"zeta_topk_fast<{per_lane}, {stripes}>"), 16 * rows * n,
-                  common + (np.int32(n_slots),) + tail, threads=FAST_THREADS)
+        per_run = FAST_THREADS // 16  # queries a block takes at once
+        runs = max(FAST_ROUNDS, -(-rows * n // (per_run * MAX_BLOCKS)))  # runs a block takes
+        blocks = max(1, -(-rows * n // (per_run * runs)))
+        _fn(f"zeta_topk_fast<{per_lane}, {stripes}>")(
+            (blocks,), (FAST_THREADS,), common + (np.int32(n_slots),) + tail + (np.int32(runs),))
     else:
         rt.launch(_fn(f"zeta_topk_plain<{rt.ctype_name(dtype)}, {index}>"), rows * n,
                   common + (rt.i64(n_slots),) + tail)

@@ -29,8 +29,10 @@ struct SplitPool {
     long long m;
     __device__ long long position(long long e) const { return pos[e]; }
     __device__ long long find(unsigned long long qz) const { return lower_bound(codes, m, qz); }
+    __device__ bool before(long long e, unsigned long long qz) const { return codes[e] < qz; }
 };
 
+// A packed sort key of fused.cu: row | code | position, from the top bit down.
 struct Packing {
     int code_bits, pos_bits;
     __device__ long long pos(unsigned long long key) const {
@@ -54,6 +56,10 @@ struct PackedPool {
     // the first key whose code is >= qz: the first key >= (row, qz, position 0)
     __device__ long long find(unsigned long long qz) const {
         return lower_bound(keys, m, row | (qz << pk.pos_bits));
+    }
+    // is key e before every key of code qz? (what find counts)
+    __device__ bool before(long long e, unsigned long long qz) const {
+        return keys[e] < (row | (qz << pk.pos_bits));
     }
 };
 
@@ -167,3 +173,96 @@ __device__ void emit_kept(NearestK<T>& heap, I* out) {
     for (long long h = heap.size; h < heap.k; ++h) out[h] = (I)-1;
 }
 
+
+// ---------------------------------------------------------------- the same, LANES threads a query
+// walk_window's steps done by a group of LANES threads (8, 16 or 32 of one warp) for one query,
+// with the same result. Every lane of the group runs every step (the group's bits of a ballot
+// say which lanes' entries pass), so each step reads LANES neighbouring pool entries at once:
+//   the search:  LANES probes spread over [lo, hi); the ones before qz are a prefix of the
+//                lanes, and the answer lies between the last of them and the next, so the
+//                range shrinks LANES-fold a round (4 rounds for 2^16 keys at 32 lanes);
+//   the walks:   LANES entries a step outward from the query's place, counting visible keys
+//                until the walk has as many as it wants (the order of walk_window: left up to
+//                W / 2, right up to W - left, left again up to W - right: D11);
+//   the output:  the visible keys between the farthest left and right ones taken, in Z order,
+//                each lane's slot its rank among the group's visible entries of the step.
+template <int LANES>
+struct Group {
+    int lane, base;     // the lane in the group; the group's first lane in the warp
+    unsigned mask;      // the group's lanes, for the *_sync intrinsics
+    __device__ Group() {
+        int w = threadIdx.x & 31;
+        lane = w & (LANES - 1);
+        base = w - lane;
+        mask = LANES == 32 ? 0xffffffffu : ((1u << LANES) - 1) << base;
+    }
+    // the group's votes, lane 0 in bit 0
+    __device__ unsigned vote(bool p) const {
+        unsigned b = __ballot_sync(mask, p) >> base;
+        return LANES == 32 ? b : b & ((1u << LANES) - 1);
+    }
+};
+
+// The first entry of `pool` not before qz (pool.find), by the whole group.
+template <int LANES, typename Pool>
+__device__ long long group_find(const Pool& pool, unsigned long long qz, const Group<LANES>& g) {
+    long long lo = 0, hi = pool.m;  // the answer is in [lo, hi]
+    while (lo < hi) {
+        long long step = (hi - lo + LANES - 1) / LANES;
+        long long p = lo + g.lane * step;
+        int before = __popc(g.vote(p < hi && pool.before(p, qz)));  // probes 0 .. before-1
+        if (before == 0) {
+            hi = lo;
+        } else {
+            long long cap = lo + before * step;  // the first probe not before, or past hi
+            lo += (long long)(before - 1) * step + 1;
+            hi = cap < hi ? cap : hi;
+        }
+    }
+    return lo;
+}
+
+// From entry `from` outward (dir +1 or -1) to the pool's end, the first `want` visible entries
+// (position < L). Returns how many it found; *last is the index of the farthest of them (left
+// as it was when none). Every lane returns the same.
+template <int LANES, typename Pool>
+__device__ long long group_walk(const Pool& pool, long long from, int dir, long long L,
+                                long long want, const Group<LANES>& g, long long* last) {
+    long long got = 0;
+    for (long long e0 = from; got < want; e0 += dir * LANES) {
+        if (dir > 0 ? e0 >= pool.m : e0 < 0) break;
+        long long e = e0 + dir * g.lane;
+        unsigned seen = g.vote((dir > 0 ? e < pool.m : e >= 0) && pool.position(e) < L);
+        int c = __popc(seen);
+        if (got + c >= want) {  // the (want - got)-th visible entry of this step is the last
+            for (long long s = got + 1; s < want; ++s) seen &= seen - 1;
+            *last = e0 + dir * (__ffs(seen) - 1);
+            return want;
+        }
+        if (c) *last = e0 + dir * (31 - __clz(seen));
+        got += c;
+    }
+    return got;
+}
+
+// walk_window by a group: writes the window's positions to out[0 .. found) and returns found.
+template <int LANES, typename Pool, typename I>
+__device__ long long group_window(const Pool& pool, long long L, unsigned long long qz,
+                                  long long width, const Group<LANES>& g, I* out) {
+    long long ip = group_find(pool, qz, g);
+    long long left_end = ip, right_end = ip - 1;  // the farthest keys taken (none yet)
+    long long n_left = group_walk(pool, ip - 1, -1, L, width / 2, g, &left_end);
+    long long n_right = group_walk(pool, ip, +1, L, width - n_left, g, &right_end);
+    if (n_left == width / 2 && n_left + n_right < width)  // D11: more on the left
+        n_left += group_walk(pool, n_left ? left_end - 1 : ip - 1, -1, L,
+                             width - n_left - n_right, g, &left_end);
+    long long slot = 0;
+    for (long long e0 = left_end; e0 <= right_end; e0 += LANES) {
+        long long e = e0 + g.lane;
+        long long j = e <= right_end ? pool.position(e) : L;
+        unsigned seen = g.vote(j < L);
+        if (j < L) out[slot + __popc(seen & ((1u << g.lane) - 1))] = (I)j;
+        slot += __popc(seen);
+    }
+    return slot;
+}
