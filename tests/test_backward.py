@@ -275,6 +275,18 @@ def test_numba_history_means_backward_matches_spec(causal):
                 assert_close(a, b)
             else:  # the same float64 operations in the same order: the same bits
                 np.testing.assert_array_equal(a, b)
+        # add_to: the shares rounded to the dtype, then added in it (the composer's sum)
+        others = (rng.standard_normal(dmk.shape).astype(dtype),
+                  rng.standard_normal(dmv.shape).astype(dtype))
+        shares = spec.history_means_backward(dmk, dmv, causal)
+        for name, backend in (("spec", spec), ("twin", twin)):
+            summed = backend.history_means_backward(dmk, dmv, causal, add_to=others)
+            for a, b, other in zip(summed, shares, others):
+                assert a.dtype == dtype, name
+                if name == "spec" or causal != "none":
+                    np.testing.assert_array_equal(a, other + b, err_msg=name)
+                else:
+                    assert_close(a, other + b)
 
 
 @pytest.mark.skipif(SMALL, reason="timing-free but large: not as plain Python")

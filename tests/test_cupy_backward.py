@@ -86,6 +86,30 @@ def test_the_stage_twin_matches_the_specification(score, causal, mean, dtype):
         _close(got_v, want_v, "history dv")
 
 
+@pytest.mark.parametrize("n", [1, 7, 9, 203, 5000])
+@pytest.mark.parametrize("causal", CAUSAL)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_mean_share_added_in_place_is_the_share_added_after(dtype, causal, n):
+    """history_means_backward(..., add_to=(dk, dv)) adds the share in its last kernel: the
+    same bits as the share computed alone and added after (as the composer did), at sizes
+    that end inside the kernel's groups of eight positions; add_to's arrays are written."""
+    rng = np.random.default_rng(n)
+    dmk, dmv, dk, dv = (cp.asarray(rng.standard_normal((2, 3, n, d)).astype(dtype))
+                        for d in (3, 36, 3, 36))
+    share_k, share_v = cupy_backward.history_means_backward(dmk, dmv, causal)
+    want_k, want_v = dk + share_k, dv + share_v
+    got_k, got_v = cupy_backward.history_means_backward(dmk, dmv, causal,
+                                                        add_to=(dk, dv))
+    np.testing.assert_array_equal(got_k.get(), want_k.get())
+    np.testing.assert_array_equal(got_v.get(), want_v.get())
+    assert got_k.data.ptr == dk.data.ptr and got_v.data.ptr == dv.data.ptr  # in place
+    spec_k, spec_v = spec.history_means_backward(dmk.get(), dmv.get(), causal)
+    _close(share_k, spec_k, "history dk")
+    _close(share_v, spec_v, "history dv")
+    with pytest.raises(ValueError, match="add_to"):
+        cupy_backward.history_means_backward(dmk, dmv, causal, add_to=(dk[:, :1], dv))
+
+
 @pytest.mark.parametrize("n, k_top, window", [(1, 4, None), (2, 8, 16), (17, 5, None),
                                               (300, 64, 100), (300, 200, None),
                                               (5000, 32, 64)])
@@ -178,13 +202,15 @@ def test_fast_query_kernel_every_instance(monkeypatch, d_v, k_top):
                                                   abs=1e-6 * _scale(*want[:5]))
 
 
-@pytest.mark.parametrize("d_v", [4, 36, 64])
+@pytest.mark.parametrize("k_top", [10, 40])
+@pytest.mark.parametrize("d_v", [4, 36, 64, 100, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_the_two_value_kernels_give_the_same_bits(dtype, d_v):
-    """zeta_bwd_values (four columns a thread) adds the same terms in the same order as
-    zeta_bwd_keys's dv columns: bit for bit the same dv, and the same dk."""
+def test_the_two_value_kernels_give_the_same_bits(dtype, d_v, k_top):
+    """zeta_bwd_values (four columns a thread, four pairs loaded ahead) adds the same terms in
+    the same order as zeta_bwd_keys's dv columns: bit for bit the same dv, and the same dk;
+    with lists that end inside a group of four pairs and lists longer than 16 (k = 10, 40)."""
     q, k, v, g = _inputs(7, (2,), 900, 3, d_v, dtype)
-    cfg = ZetaConfig(k=10, window=20)
+    cfg = ZetaConfig(k=k_top, window=2 * k_top)
     _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
     q, k, v, g = (cp.asarray(x) for x in (q, k, v, g))
     cand = cp.asarray(inter.candidates)
@@ -203,6 +229,11 @@ def test_the_two_value_kernels_give_the_same_bits(dtype, d_v):
     with pytest.raises(ValueError, match="aligned"):
         cupy_backward.key_pass(q, k, misaligned, coef_w, coef_k, pairs, starts, visit,
                                "cauchy", kernel="values")
+    # a visiting order other than position order: the same bits
+    shuffled = cp.stack([cp.random.RandomState(r).permutation(900) for r in range(2)])
+    again = cupy_backward.key_pass(q, k, g, coef_w, coef_k, pairs, starts, shuffled, "cauchy")
+    for a, b, name in zip(again, runs[1], ("dk", "dv")):
+        np.testing.assert_array_equal(a.get(), b.get(), err_msg=name)
 
 
 def test_max_abs_on_the_gpu_agrees_with_the_host():

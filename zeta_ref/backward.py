@@ -162,9 +162,8 @@ def zeta_attention_backward(q, k, v, grad_output, config: ZetaConfig | None = No
             q, k, v, candidates, cfg.score, cfg.gamma, mean_k, mean_v, grad, order=order,
             key_order=key_order)
         if cfg.history_mean:  # the mean term's share, into every key and value it averages
-            dk_mean, dv_mean = s.history_means_backward(dmean_k, dmean_v, cfg.causal)
-            dk = dk + dk_mean  # (..., N, d_k)
-            dv = dv + dv_mean  # (..., N, d_v)
+            dk, dv = s.history_means_backward(dmean_k, dmean_v, cfg.causal,
+                                              add_to=(dk, dv))  # (..., N, d_k), (..., N, d_v)
     if late:  # everything in one transfer: the inputs, the intermediates, the gradients
         dgamma = _check_values(*checks, inputs=True, gradients=(dq, dk, dv), dgamma=dgamma)
     else:
@@ -267,14 +266,19 @@ def _check_values(grad, inter, cfg, q, k, v, candidates, mean_k, mean_v, s, xp, 
         names.append("the outputs it holds are not those of these values v")
     tol = tolerance(v.dtype)
     scaled = any(which is not None for _, _, which in checks)  # the mean term's checks
+    # the scales of the mean term's checks, max |k| and max |v|, are the inputs' own checks
+    # when those come in the same transfer (one pass over k and v fewer)
     compared = first + [(a, d) for a, d, _ in checks] + \
-        ([(k, None), (v, None)] + [(d, None) for a, d, which in checks if which is not None]
-         if scaled else []) + [(x, None) for x in gradients or ()]
+        (([] if inputs else [(k, None), (v, None)])
+         + [(d, None) for a, d, which in checks if which is not None] if scaled else []) + \
+        [(x, None) for x in gradients or ()]
     bounds = iter(max_abs(compared, xp, also=() if dgamma is None else (dgamma,)))
+    largest = [next(bounds) for _ in first]  # of q, k and v, when inputs
     if inputs:
-        check_qkv_values(q, k, v, [next(bounds) for _ in first], xp)
+        check_qkv_values(q, k, v, largest, xp)
     found = [next(bounds) for _ in checks]
-    scale_k, scale_v = (next(bounds), next(bounds)) if scaled else (None, None)
+    scale_k, scale_v = ((largest[1], largest[2]) if inputs else (next(bounds), next(bounds))) \
+        if scaled else (None, None)
     if not np.isfinite(found[0]):
         bad = xp.argwhere(~xp.isfinite(grad))[0]
         raise ValueError(f"grad_output contains NaN or Inf (first at index "

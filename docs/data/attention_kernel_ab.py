@@ -13,18 +13,12 @@ import zeta_ref
 from zeta_ref import ZetaConfig, zeta_attention
 from zeta_ref._checks import check_qkv
 from zeta_ref.cupy import fused, topk_softmax as T, _runtime as rt
+from gpu_timing import timed
 
 old_mod = cp.RawModule(code=open(sys.argv[1]).read(), options=rt.OPTIONS,
                        name_expressions=("zeta_topk_fast<int, 3>",))
 old_fn = old_mod.get_function("zeta_topk_fast<int, 3>")
 
-def timed(fn, reps=25):
-    ts = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record(); fn(); b.record(); b.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(a, b))
-    return float(np.median(ts))
 
 res = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "shapes": {}}
 for shape in ((1, 8, 4096), (1, 8, 16384), (1, 8, 65536), (1, 8, 131072), (16, 8, 65536)):

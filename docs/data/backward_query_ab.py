@@ -13,6 +13,7 @@ import numpy as np, cupy as cp
 from zeta_ref import ZetaConfig, zeta_attention
 from zeta_ref.backward import zeta_attention_backward
 from zeta_ref.cupy import backward as B, _runtime as rt
+from gpu_timing import timed
 
 SOURCE = (rt.HERE / "backward.cu").read_text()
 BOUND = "__launch_bounds__(ZETA_BWD_FAST_THREADS, U * NX <= 4 ? 4 : 2)"
@@ -25,15 +26,6 @@ def capped(blocks, name):
     code = code[:code.index("#define ZETA_BWD_QUERY(T, I)")]  # no other instance: quick
     mod = cp.RawModule(code=code, options=rt.OPTIONS, name_expressions=(name,))
     return mod.get_function(name)
-
-
-def timed(fn, reps=25):
-    ts = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record(); fn(); b.record(); b.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(a, b))
-    return float(np.median(ts))
 
 
 res = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

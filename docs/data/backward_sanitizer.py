@@ -60,6 +60,8 @@ for dtype in (np.float32, np.float64):
                         pass
             if mean:
                 B.history_means_backward(cp.asarray(mk), cp.asarray(mv), cfg.causal)
+                B.history_means_backward(cp.asarray(mk), cp.asarray(mv), cfg.causal,
+                                         add_to=(cp.asarray(mk), cp.asarray(mv)))
 # bad candidates straight into the twin: -2, n and 2**40 (int64), n + 3 and -7 (int32)
 q, k, v, g = (rng.standard_normal((2, n, w)).astype(np.float32) for w in (3, 3, 64, 64))
 _, im = zeta_attention(q, k, v, ZetaConfig(k=32), return_intermediates=True)

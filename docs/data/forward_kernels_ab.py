@@ -13,22 +13,17 @@ import numpy as np, cupy as cp
 import zeta_ref
 from zeta_ref import ZetaConfig, zeta_attention
 from zeta_ref.cupy import fused, topk_softmax as T, _runtime as rt
+import gpu_timing
+from gpu_timing import timed
 
 OLD_T = ("zeta_block_sums<float>", "zeta_scan_blocks", "zeta_means_write<float>", "zeta_topk_fast<3, 1>")
 old_t = cp.RawModule(code=open(sys.argv[1]).read(), options=rt.OPTIONS, name_expressions=OLD_T)
 OLD_F = ("zeta_level_offsets", "zeta_fused_window<float, 0>")
 old_f = cp.RawModule(code=open(sys.argv[2]).read(), options=rt.OPTIONS, name_expressions=OLD_F)
 
-def timed(fn, reps=25):
-    ts = []
-    for _ in range(reps):
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record(); fn(); b.record(); b.synchronize()
-        ts.append(cp.cuda.get_elapsed_time(a, b))
-    return float(np.median(ts))
 
 def med3(fn, reps=25):
-    return float(np.median([timed(fn, reps) for _ in range(3)]))
+    return gpu_timing.rounds(fn, reps)
 
 res = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
        "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "shapes": {}}

@@ -22,9 +22,11 @@
 // zeta_bwd_pair_keys, then one stable cupy.argsort: the (query, slot) pairs ordered by the key
 //   they selected, and each key's in (query, slot) order; zeta_bwd_key_counts counts each
 //   key's pairs, whose running sum says where each key's begin.
-// zeta_bwd_keys    one thread per (key j, column e) of [dk | dv], keys in Z order: walks the
-//   (query, slot) pairs that selected key j, in (query, slot) order, and sums their
-//   contributions in double, rounding once: the specification's scatter_rows.
+// zeta_bwd_keys    one thread per (key j, column e) of [dk | dv], keys in the order given
+//   (position order from the launcher): walks the (query, slot) pairs that selected key j, in
+//   (query, slot) order, and sums their contributions in double, rounding once: the
+//   specification's scatter_rows. zeta_bwd_values computes dv's columns the same way, four
+//   columns a thread.
 // zeta_bwd_mean_sums / zeta_scan_blocks (topk_softmax.cu) / zeta_bwd_mean_write: the mean
 //   term's share, dk_j = sum_{i >= j} dmean_k_i / (i + 1) (causal) or sum_i dmean_k_i / N
 //   ("none"): a blocked scan in double, from the end of the sequence backwards.
@@ -654,20 +656,41 @@ template <> struct Quad<double> {
 // dv alone, one thread per (key j, four columns e0 .. e0 + 3): zeta_bwd_keys's sums for these
 // columns, in the same (query, slot) order and with the same roundings, so the same bits; each
 // pair's index and coefficient are read once for four columns, and the row of grad 16 bytes at
-// a time. The launcher takes this path when d_v is a multiple of 4 and grad is 16-byte aligned.
+// a time. Keys are taken in `key_order`, as in zeta_bwd_keys. The launcher takes this path
+// when d_v is a multiple of 4 and grad is 16-byte aligned. (16 threads a key reading its pairs
+// 16 at a time, and exchanging them by shuffles, ran 22 % slower at N = 65536: H200,
+// 2026-12-03.)
 template <typename T>
 __global__ void zeta_bwd_values(const T* __restrict__ grad, const T* __restrict__ coef_w,
-                                const long long* __restrict__ pairs,
-                                const long long* __restrict__ start,
-                                long long rows, long long n, int d_v, int n_slots,
-                                T* __restrict__ dv) {
+                         const long long* __restrict__ pairs, const long long* __restrict__ start,
+                         const long long* __restrict__ key_order, long long rows, long long n,
+                         int d_v, int n_slots, T* __restrict__ dv) {
     int quads = d_v / 4;
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
          task < rows * n * quads; task += (long long)gridDim.x * blockDim.x) {
         int e0 = 4 * (int)(task % quads);
-        long long key = task / quads;  // r * n + j, in position order
+        long long t = task / quads;  // rank t of row r
+        long long key = (t / n) * n + key_order[t];  // r * n + j
         double acc[4] = {0.0, 0.0, 0.0, 0.0};
-        for (long long at = start[key], end = start[key + 1]; at < end; ++at) {
+        long long at = start[key], end = start[key + 1];
+        // four pairs at a time: their indices, then their coefficients and rows of grad, are
+        // asked for before any is added; the sums go in pair order (as one at a time)
+        for (; at + 4 <= end; at += 4) {
+            long long p[4];
+            T coef[4], g[4][4];
+#pragma unroll
+            for (int s = 0; s < 4; ++s) p[s] = pairs[at + s];
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+                coef[s] = coef_w[p[s]];
+                Quad<T>::load(grad + (p[s] / n_slots) * d_v + e0, g[s]);
+            }
+#pragma unroll
+            for (int s = 0; s < 4; ++s)
+#pragma unroll
+                for (int u = 0; u < 4; ++u) acc[u] += (double)mul_rn(coef[s], g[s][u]);
+        }
+        for (; at < end; ++at) {
             long long p = pairs[at];
             T coef = coef_w[p], g[4];
             Quad<T>::load(grad + (p / n_slots) * d_v + e0, g);
@@ -683,14 +706,9 @@ __global__ void zeta_bwd_values(const T* __restrict__ grad, const T* __restrict_
 // ---------------------------------------------------------------- the mean term's share
 // Column e of the (rows, n, D = d1 + d2) table [dmean_k | dmean_v]; causal: the share of
 // position i is dmean_i / (i + 1), "none" (whole): dmean_i.
-template <typename T>
-__device__ __forceinline__ double share(const T* x1, const T* x2, long long r, long long i,
-                                        long long n, int d1, int d2, int e, int whole) {
-    double x = e < d1 ? (double)x1[(r * n + i) * d1 + e] : (double)x2[(r * n + i) * d2 + (e - d1)];
-    return whole ? x : x / (double)(i + 1);
-}
 
-// sums[(r, b, e)] = the sum of column e's shares over block b's positions.
+// sums[(r, b, e)] = the sum of column e's shares over block b's positions, from the block's
+// last position to its first; eight positions loaded before they are added.
 template <typename T>
 __global__ void zeta_bwd_mean_sums(const T* __restrict__ x1, const T* __restrict__ x2,
                                    int whole, long long rows, long long n, int d1, int d2,
@@ -702,8 +720,21 @@ __global__ void zeta_bwd_mean_sums(const T* __restrict__ x1, const T* __restrict
         int e = (int)(task % d);
         long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        int stride = e < d1 ? d1 : d2;
+        const T* src = e < d1 ? x1 + r * n * d1 + e : x2 + r * n * d2 + (e - d1);
         double s = 0.0;
-        for (long long i = i1 - 1; i >= i0; --i) s += share(x1, x2, r, i, n, d1, d2, e, whole);
+        long long i = i1;  // positions i - 1, i - 2, ... down to i0
+        for (; i - 8 >= i0; i -= 8) {
+            T x[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) x[u] = src[(i - 1 - u) * stride];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) s += whole ? (double)x[u] : (double)x[u] / (double)(i - u);
+        }
+        for (; i > i0; --i) {
+            double x = (double)src[(i - 1) * stride];
+            s += whole ? x : x / (double)i;
+        }
         sums[task] = s;
     }
 }
@@ -711,13 +742,15 @@ __global__ void zeta_bwd_mean_sums(const T* __restrict__ x1, const T* __restrict
 // After zeta_scan_blocks made sums[r, b, e] the sum of the blocks before b (and totals the
 // sum of all): the blocks after b hold totals - sums[r, b + 1] (0 for the last block). Each
 // thread walks its block from the end: causal, out_j = after + sum_{i = j .. end} share_i;
-// whole, out_j = totals / n.
+// whole, out_j = totals / n. With `add`, out already holds the other share of dk and dv, and
+// the mean term's, rounded to T, is added to it in T (what the composer's dk + share did, in
+// the same pass). Eight positions are loaded before they are added, in the same order.
 template <typename T>
 __global__ void zeta_bwd_mean_write(const T* __restrict__ x1, const T* __restrict__ x2,
                                     const double* __restrict__ prefix,
                                     const double* __restrict__ totals, int whole,
                                     long long rows, long long n, int d1, int d2,
-                                    long long block, T* __restrict__ out1,
+                                    long long block, int add, T* __restrict__ out1,
                                     T* __restrict__ out2) {
     int d = d1 + d2;
     long long n_blocks = (n + block - 1) / block;
@@ -726,13 +759,35 @@ __global__ void zeta_bwd_mean_write(const T* __restrict__ x1, const T* __restric
         int e = (int)(task % d);
         long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
+        int stride = e < d1 ? d1 : d2;
+        const T* src = e < d1 ? x1 + r * n * d1 + e : x2 + r * n * d2 + (e - d1);
+        T* dst = e < d1 ? out1 + r * n * d1 + e : out2 + r * n * d2 + (e - d1);
         double total = totals[r * d + e];
+        if (whole) {
+            T g = (T)(total / (double)n);
+            for (long long i = i0; i < i1; ++i) dst[i * stride] = add ? dst[i * stride] + g : g;
+            continue;
+        }
         double run = b + 1 < n_blocks ? total - prefix[task + d] : 0.0;  // the blocks after b
-        for (long long i = i1 - 1; i >= i0; --i) {
-            run += share(x1, x2, r, i, n, d1, d2, e, whole);
-            T g = (T)(whole ? total / (double)n : run);
-            if (e < d1) out1[(r * n + i) * d1 + e] = g;
-            else out2[(r * n + i) * d2 + (e - d1)] = g;
+        long long i = i1;  // positions i - 1, i - 2, ... down to i0
+        for (; i - 8 >= i0; i -= 8) {
+            T x[8], o[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                x[u] = src[(i - 1 - u) * stride];
+                o[u] = add ? dst[(i - 1 - u) * stride] : (T)0;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                run += (double)x[u] / (double)(i - u);  // share of position i - 1 - u
+                T g = (T)run;
+                dst[(i - 1 - u) * stride] = add ? o[u] + g : g;
+            }
+        }
+        for (; i > i0; --i) {
+            run += (double)src[(i - 1) * stride] / (double)i;
+            T g = (T)run;
+            dst[(i - 1) * stride] = add ? dst[(i - 1) * stride] + g : g;
         }
     }
 }
@@ -777,13 +832,13 @@ ZETA_BWD_FAST_U(8)
                                               int, int, int, int,                              \
                                               T*, T*);                                         \
     template __global__ void zeta_bwd_values<T>(const T*, const T*, const long long*,          \
-                                                const long long*, long long, long long, int,   \
-                                                int, T*);                                      \
+                                                const long long*, const long long*, long long, \
+                                                long long, int, int, T*);                      \
     template __global__ void zeta_bwd_mean_sums<T>(const T*, const T*, int, long long,         \
                                                    long long, int, int, long long, double*);   \
     template __global__ void zeta_bwd_mean_write<T>(const T*, const T*, const double*,         \
                                                     const double*, int, long long, long long,  \
-                                                    int, int, long long, T*, T*);
+                                                    int, int, long long, int, T*, T*);
 ZETA_BWD_REST(float)
 ZETA_BWD_REST(double)
 template __global__ void zeta_bwd_pair_keys<int, unsigned int>(const int*, long long, long long,

@@ -66,11 +66,10 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
 
     Parameters and results as :func:`zeta_ref.stages.backward.topk_attention_backward`;
     arrays may be NumPy or CuPy, results are CuPy arrays, ``dgamma`` too (0-d, float64: read
-    it when needed, as the composer does with its checks, in one transfer). ``order`` (the
-    queries' Z order from the composer; position order when None) is the order in which the
-    query pass visits them: it changes no result, only which rows the cache holds.
-    ``key_order`` is checked and not used: the key pass runs in position order, measured
-    faster than Z order.
+    it when needed, as the composer does with its checks, in one transfer). ``order`` and
+    ``key_order`` are the orders in which the query pass visits the queries and the key pass
+    the keys (checked: every position once a row); they change no result, only which rows
+    the cache holds; position order where not given (the composer on the GPU gives none).
     """
     if score not in _SCORE_IDS:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
@@ -80,6 +79,8 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     cand = rt.device(candidates)
     if cand.dtype not in (np.int32, np.int64):
         cand = cand.astype(np.int64)
+    if q.shape[-2] < 2**31:  # int32 for both passes (anything outside 0 .. N - 1 made -1)
+        cand = narrow_candidates(cand, q.shape[-2])
     n, d_k = q.shape[-2], q.shape[-1]
     d_v, n_slots = v.shape[-1], cand.shape[-1]
     rows = q.size // (n * d_k)
@@ -87,8 +88,11 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     if n_slots + with_mean > MAX_SLOTS:
         raise ValueError(f"the CuPy backward takes at most {MAX_SLOTS} slots (k + the mean "
                          f"term); got {n_slots + with_mean}")
+    # the visiting orders: position order unless the caller gives one. In Z order, the
+    # query pass ran 8 % faster at N = 65536 (H200, 2026-12-03), less than the sort that
+    # finds the order costs, and the key pass 45 % slower
     visit = visit_order(order, rows, n)  # (R, N) int64: the queries' order
-    visit_order(key_order, rows, n)  # checked as in every backend
+    key_visit = visit_order(key_order, rows, n)  # the keys'
     mk = rt.device(mean_k, dtype) if with_mean else rt.empty((1, d_k), dtype)
     mv = rt.device(mean_v, dtype) if with_mean else rt.empty((1, d_v), dtype)
     c = (np.float32 if dtype == np.float32 else np.float64)(score_constant(score, gamma, d_k))
@@ -96,10 +100,7 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     dq, dmean_k, dmean_v, coef_w, coef_k, dc = query_pass(
         q, k, v, cand, mk, mv, with_mean, grad, visit, score, c)
     pairs, starts = pair_lists(cand, rows, n)
-    # the key pass in position order: on the H200 it ran 15% faster than in Z order
-    # (4.0 against 4.7 ms at N = 65536, 8 rows; 2026-12-02)
-    dk, dv = key_pass(q, k, grad, coef_w, coef_k, pairs, starts, visit_order(None, rows, n),
-                      score)
+    dk, dv = key_pass(q, k, grad, coef_w, coef_k, pairs, starts, key_visit, score)
     dgamma = cp.zeros((), dtype=np.float64)
     if score == "cauchy":  # c = gamma^2 enters as near + c
         dgamma = 2.0 * float(gamma) * dc.sum()  # left on the device: reading it waits
@@ -199,16 +200,18 @@ def key_pass(q, k, grad, coef_w, coef_k, pairs, starts, key_order, score, kernel
                np.int32(columns), dk, dv))
     if quads:
         rt.launch(_fn(f"zeta_bwd_values<{t}>"), rows * n * (d_v // 4),
-                  (grad, coef_w, pairs, starts, rt.i64(rows), rt.i64(n),
+                  (grad, coef_w, pairs, starts, key_order, rt.i64(rows), rt.i64(n),
                    np.int32(d_v), np.int32(n_slots), dv))
     return dk, dv
 
 
-def history_means_backward(dmean_k, dmean_v, causal: str):
+def history_means_backward(dmean_k, dmean_v, causal: str, *, add_to=None):
     """The mean term's gradients spread over the keys and values it averages (CuPy twin).
 
     Parameters and results as :func:`zeta_ref.stages.backward.history_means_backward` (CuPy
-    arrays out): a blocked scan in double from the end of the sequence.
+    arrays out): a blocked scan in double from the end of the sequence. With ``add_to``
+    (dk, dv), the shares are added into those arrays where they are contiguous device arrays
+    of the dtype (into copies otherwise), in the scan's last kernel, and they are returned.
     """
     x1 = rt.device(dmean_k)
     x2 = rt.device(dmean_v, x1.dtype)
@@ -219,9 +222,15 @@ def history_means_backward(dmean_k, dmean_v, causal: str):
     n_blocks = -(-n // block)
     t = rt.ctype_name(x1.dtype)
     whole = np.int32(causal == "none")
+    if add_to is None:
+        out1, out2 = rt.empty(x1.shape, x1.dtype), rt.empty(x2.shape, x2.dtype)
+    else:
+        out1, out2 = (rt.device(a, x1.dtype) for a in add_to)
+        if out1.shape != x1.shape or out2.shape != x2.shape:
+            raise ValueError(f"add_to must hold arrays of the shapes of dmean_k and dmean_v, "
+                             f"{x1.shape} and {x2.shape}; got {out1.shape} and {out2.shape}")
     sums = rt.empty((rows, n_blocks, d), np.float64)
     totals = rt.empty((rows, d), np.float64)
-    out1, out2 = rt.empty(x1.shape, x1.dtype), rt.empty(x2.shape, x2.dtype)
     rt.launch(_fn(f"zeta_bwd_mean_sums<{t}>"), sums.size,
               (x1, x2, whole, rt.i64(rows), rt.i64(n), np.int32(d1), np.int32(d2),
                rt.i64(block), sums))
@@ -229,5 +238,5 @@ def history_means_backward(dmean_k, dmean_v, causal: str):
               (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
     rt.launch(_fn(f"zeta_bwd_mean_write<{t}>"), sums.size,
               (x1, x2, sums, totals, whole, rt.i64(rows), rt.i64(n), np.int32(d1),
-               np.int32(d2), rt.i64(block), out1, out2))
+               np.int32(d2), rt.i64(block), np.int32(add_to is not None), out1, out2))
     return out1, out2

@@ -550,7 +550,8 @@ def _means_backward_kernel(dm, whole, threads, out):
                     out[r, i, e0 + e] = running[e]
 
 
-def history_means_backward(dmean_k, dmean_v, causal: str) -> tuple[np.ndarray, np.ndarray]:
+def history_means_backward(dmean_k, dmean_v, causal: str, *,
+                           add_to=None) -> tuple[np.ndarray, np.ndarray]:
     """The mean term's gradients spread over the keys and values it averages (Numba twin).
 
     Parameters
@@ -559,6 +560,8 @@ def history_means_backward(dmean_k, dmean_v, causal: str) -> tuple[np.ndarray, n
     dmean_v : float array (..., N, d_v)
     causal : str
         Causal modes averaged positions j <= i; "none" all N positions.
+    add_to : (dk, dv) or None
+        Added to the shares, as in the specification (new arrays).
 
     Returns
     -------
@@ -572,4 +575,6 @@ def history_means_backward(dmean_k, dmean_v, causal: str) -> tuple[np.ndarray, n
         grad = empty_output(rows.shape, rows.dtype)  # (R, N, d)
         _means_backward_kernel(rows, causal == "none", np.int64(nb.get_num_threads()), grad)
         out.append(grad.reshape(dm.shape))
+    if add_to is not None:
+        out = [other + share for other, share in zip(add_to, out)]
     return out[0], out[1]

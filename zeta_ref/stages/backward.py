@@ -196,7 +196,8 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
             None if dmean_v is None else np.ascontiguousarray(dmean_v), dgamma)
 
 
-def history_means_backward(dmean_k, dmean_v, causal: str) -> tuple[np.ndarray, np.ndarray]:
+def history_means_backward(dmean_k, dmean_v, causal: str, *,
+                           add_to=None) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`~zeta_ref.stages.topk_softmax.history_means`: the mean term's
     gradients spread over the keys and values it averages.
 
@@ -207,6 +208,11 @@ def history_means_backward(dmean_k, dmean_v, causal: str) -> tuple[np.ndarray, n
         dL/dkbar and dL/dvbar (from :func:`topk_attention_backward`).
     causal : str
         Causal modes averaged positions j <= i; "none" all N positions.
+    add_to : (dk, dv) or None
+        The other shares of dk and dv (from :func:`topk_attention_backward`): when given,
+        the result is ``dk + share`` and ``dv + share``, each share first rounded to the
+        dtype, then added in the dtype, as the composer adds them. A twin may write these
+        sums into ``add_to``'s own arrays (the GPU's does, saving a pass over dv).
 
     Returns
     -------
@@ -232,4 +238,6 @@ def history_means_backward(dmean_k, dmean_v, causal: str) -> tuple[np.ndarray, n
             # sum over i >= j: a cumulative sum from the last position down
             grad = np.cumsum(share[..., ::-1, :], axis=-2)[..., ::-1, :]  # (..., N, d)
         out.append(np.ascontiguousarray(grad, dtype=dm.dtype))
+    if add_to is not None:  # the shares rounded to the dtype, then added in it
+        out = [other + share for other, share in zip(add_to, out)]
     return out[0], out[1]
