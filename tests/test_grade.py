@@ -232,6 +232,7 @@ def test_a_grade_is_reproducible(tmp_path):
     (["grade", "--solutions"], "--solutions goes with --start DIR"),
     (["grade", "morton_encode", "x.py", "--examples", "0"], "--examples must be in"),
     (["grade", "morton_encode", "--all", "no/such/dir"], "no such folder"),
+    (["grade", "morton_encode", "x.py", "--time-limit", "-1"], "--time-limit must be in"),
 ])
 def test_bad_options_are_one_line_with_status_2(argv, message, zeta_ref_cli):
     code, out, err = zeta_ref_cli(argv)
@@ -291,6 +292,32 @@ def test_all_grades_a_folder_into_one_table(tmp_path, zeta_ref_cli):
     data = json.loads(report.read_text())
     assert data["files"] == 3 and data["passed"] == 1
     assert [Path(g["file"]).stem for g in data["grades"]] == ["alice", "bob", "carol"]
+
+
+ENDLESS = """import numpy as np
+
+
+def morton_encode(coords, bits, *, check=True):
+    while True:  # never returns
+        pass
+"""
+
+
+def test_a_file_that_never_returns_is_stopped_and_said_so(tmp_path):
+    """A file is graded in a process of its own and stopped at the time limit: its grade is
+    an error that says why, and the caller goes on (a whole class's folder is not stuck on
+    one endless loop); a file that ends its process gets an error too."""
+    endless = tmp_path / "endless.py"
+    endless.write_text(ENDLESS)
+    grade = grader.grade_file_limited("morton_encode", endless, 8.0, examples=5)
+    assert not grade.passed and grade.status == 1
+    assert grade.error.startswith("stopped after 8 s: morton_encode did not return in time")
+    assert 8.0 <= grade.seconds < 60.0
+    gone = tmp_path / "gone.py"
+    gone.write_text(ENDLESS.replace("while True:  # never returns\n        pass",
+                                    "import os\n    os._exit(3)"))
+    grade = grader.grade_file_limited("morton_encode", gone, 60.0, examples=5)
+    assert grade.error.startswith("the grading process ended without a grade (exit status 3)")
 
 
 def test_all_of_a_folder_without_python_files(tmp_path, zeta_ref_cli):

@@ -33,6 +33,7 @@ import inspect
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
@@ -917,10 +918,67 @@ def _feedback(exercise, failures) -> Failure:
 # ==================================================================== many students
 
 
-def grade_folder(exercise_name: str, folder, **kwargs) -> list:
-    """Grade every ``*.py`` file of ``folder`` (one per student) for one exercise."""
+#: Seconds a file may take, by default, when a folder is graded (``zeta-ref grade --all``): a
+#: right solution takes well under a minute even on two cores.
+TIME_LIMIT = 600.0
+
+
+def _grade_in_child(conn, exercise_name, path, kwargs) -> None:
+    """The child's side of :func:`grade_file_limited`: the grade, or why there is none."""
+    try:
+        conn.send(("grade", grade_file(exercise_name, path, **kwargs)))
+    except BaseException as err:  # the grader's own failure: said, not hung on
+        conn.send(("error", f"the grader failed: {type(err).__name__}: {err}"))
+    finally:
+        conn.close()
+
+
+def grade_file_limited(exercise_name: str, path, time_limit: float, **kwargs) -> Grade:
+    """:func:`grade_file` in a child process given ``time_limit`` seconds (its start
+    included). A file whose function never returns (an endless loop, in Python or compiled by
+    Numba, which no signal interrupts) is stopped there, and its grade is an error that says
+    so, instead of the grader waiting for ever; a file that kills its process gets an error
+    too. The child is started fresh ("spawn"), so it shares no state with this process."""
+    exercise = get_exercise(exercise_name)
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe(duplex=False)
+    child = context.Process(target=_grade_in_child, daemon=True,
+                            args=(theirs, exercise.name, str(path), kwargs))
+    child.start()
+    theirs.close()  # the child holds the only writing end: its end of file is ours
+    try:
+        kind, value = ours.recv() if ours.poll(time_limit) else ("late", None)
+    except EOFError:  # the child ended without sending
+        kind, value = "lost", None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        ours.close()
+    if kind == "grade":
+        return value
+    grade = Grade(exercise.name, str(path), seconds=time.perf_counter() - start)
+    if kind == "late":
+        grade.error = (f"stopped after {time_limit:g} s: {exercise.function} did not return "
+                       f"in time (an endless loop?); nothing was graded")
+    elif kind == "lost":
+        grade.error = (f"the grading process ended without a grade (exit status "
+                       f"{child.exitcode}): the file may have crashed Python")
+    else:
+        grade.error = value
+    return grade
+
+
+def grade_folder(exercise_name: str, folder, *, time_limit: float | None = TIME_LIMIT,
+                 **kwargs) -> list:
+    """Grade every ``*.py`` file of ``folder`` (one per student) for one exercise, each in a
+    child process given ``time_limit`` seconds (:func:`grade_file_limited`; None: each in
+    this process, without a limit)."""
     files = sorted(p for p in Path(folder).glob("*.py") if p.name != "__init__.py")
-    return [grade_file(exercise_name, p, **kwargs) for p in files]
+    if time_limit is None:
+        return [grade_file(exercise_name, p, **kwargs) for p in files]
+    return [grade_file_limited(exercise_name, p, time_limit, **kwargs) for p in files]
 
 
 def table(grades: list) -> str:

@@ -12,7 +12,9 @@ reproducible), checks properties any right answer has, and runs it inside whole 
 zeta_attention through the backend registry. A failure shows the smallest failing input found,
 the result got and expected, the common mistake that reproduces it and the decisions involved
 (docs/decisions.md), and the recall of your selection beside the specification's.
-docs/course.md is the guide.
+With --all each file is graded in a process of its own, stopped after --time-limit seconds
+(600 by default; one file only when the option is given), so that a file that never returns
+is one line of the table. docs/course.md is the guide.
 
 Exit status: 0 when every check passes (for --all: every file), 1 when one fails or a file
 cannot be imported, 2 for bad options (one line saying why).
@@ -46,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hypothesis examples per grade (default 60)")
     p.add_argument("--seed", type=int, default=0,
                    help="the seed hypothesis draws from (default 0: every grade the same)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop grading a file after SECONDS (it is graded in a process of its "
+                        "own) and report it; default: 600 with --all, none for one file; "
+                        "0: none")
 
 
 def run(args) -> int:
@@ -55,6 +61,9 @@ def run(args) -> int:
     if args.examples is not None:
         check_range(args.examples, "--examples", 1, 10_000)
     check_range(args.seed, "--seed", 0, 2**32 - 1)
+    if args.time_limit is not None and not (0 <= args.time_limit <= 86400):
+        raise OptionError(f"--time-limit must be in [0, 86400] seconds (0: none); got "
+                          f"{args.time_limit:g}")
     if args.json is not None:
         output_file(args.json, "--json")
 
@@ -88,7 +97,8 @@ def run(args) -> int:
                  if f.endswith(".py") and f != "__init__.py"]
         if not files:
             raise OptionError(f"--all {args.folder}: the folder holds no .py files")
-        grades = grader.grade_folder(exercise.name, args.folder, **kwargs)
+        limit = grader.TIME_LIMIT if args.time_limit is None else args.time_limit or None
+        grades = grader.grade_folder(exercise.name, args.folder, time_limit=limit, **kwargs)
         print(f"zeta-ref grade {exercise.name} --all {args.folder}: {len(grades)} file(s)\n")
         print(grader.table(grades))
         if args.json is not None:
@@ -104,7 +114,10 @@ def run(args) -> int:
         raise OptionError(f"{path}: no such file")
     if os.path.isdir(path):
         raise OptionError(f"{path}: is a folder (grade a folder with EXERCISE --all DIR)")
-    grade = grader.grade_file(exercise.name, path, **kwargs)
+    if args.time_limit:  # a process of its own, stopped after the limit
+        grade = grader.grade_file_limited(exercise.name, path, args.time_limit, **kwargs)
+    else:
+        grade = grader.grade_file(exercise.name, path, **kwargs)
     print(grade.text())
     if args.json is not None:
         grader.to_json(grade.as_dict(), args.json)
