@@ -662,9 +662,11 @@ template <> struct Quad<double> {
 // 2026-12-03.)
 template <typename T>
 __global__ void zeta_bwd_values(const T* __restrict__ grad, const T* __restrict__ coef_w,
-                         const long long* __restrict__ pairs, const long long* __restrict__ start,
-                         const long long* __restrict__ key_order, long long rows, long long n,
-                         int d_v, int n_slots, T* __restrict__ dv) {
+                                const long long* __restrict__ pairs,
+                                const long long* __restrict__ start,
+                                const long long* __restrict__ key_order,
+                                long long rows, long long n, int d_v, int n_slots,
+                                T* __restrict__ dv) {
     int quads = d_v / 4;
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
          task < rows * n * quads; task += (long long)gridDim.x * blockDim.x) {
