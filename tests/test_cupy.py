@@ -208,43 +208,6 @@ def test_fast_kernel_every_instance(d_v, k_top):
         _compare(w_mean, im.mean_weight, "mean_weight")
 
 
-@pytest.mark.parametrize("d_v", (4, 64, 100, 256))
-@pytest.mark.parametrize("k_top", (15, 32, 127))
-def test_the_shared_row_kernel_gives_the_fast_kernels_bits(monkeypatch, d_v, k_top):
-    """The attention kernel that serves a run's value rows from shared memory: the fast
-    kernel's outputs, weights and mean weights, bit for bit, whatever the run (16 to 64
-    queries), however few rows its cache holds (one: every other row from global memory),
-    and with queries in a shuffled order, so that a run's rows outnumber its hash table."""
-    q, k, v = _inputs(22, (2,), 3000, 3, d_v, np.float32)
-    cfg = ZetaConfig(k=k_top, causal="strict")  # empty slots
-    _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
-    s = zeta_ref.get_backend("cupy").stages()
-    shuffled = np.argsort(np.random.default_rng(1).random((2, 3000)), axis=-1)
-    for order in (None, shuffled):
-        want = s.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma, im.mean_k,
-                                im.mean_v, order=order, kernel="fast")
-        for rounds, nbytes in ((1, 256), (2, 4096), (3, 32768), (4, 32768), (4, 1 << 20)):
-            monkeypatch.setattr(topk_softmax, "SHARED_ROUNDS", rounds)
-            monkeypatch.setattr(topk_softmax, "SHARED_CACHE_BYTES", nbytes)
-            got = s.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma, im.mean_k,
-                                   im.mean_v, order=order, kernel="shared")
-            for name, a, b in zip(("output", "weights", "mean_weight"), got, want):
-                np.testing.assert_array_equal(cp.asnumpy(a), cp.asnumpy(b),
-                                              err_msg=f"{name}: {rounds} runs, {nbytes} B")
-
-
-def test_the_fused_pass_gives_the_same_bits_with_either_fast_kernel(monkeypatch):
-    """fused.forward with the shared-row kernel or the fast one (its default): the same output,
-    bit for bit, at N = 1, 17 and 5000 with one, 6 and 16 rows (B x H)."""
-    for lead, n in (((1,), 1), ((2, 3), 17), ((16,), 5000)):
-        q, k, v = (cp.asarray(x) for x in _inputs(40 + n, lead, n, 3, 64, np.float32))
-        monkeypatch.setattr(topk_softmax, "AUTO_FAST", "fast")
-        want = fused.forward(q, k, v, ZetaConfig())
-        monkeypatch.setattr(topk_softmax, "AUTO_FAST", "shared")
-        np.testing.assert_array_equal(cp.asnumpy(fused.forward(q, k, v, ZetaConfig())),
-                                      cp.asnumpy(want), err_msg=f"{lead} x {n}")
-
-
 @pytest.mark.parametrize("bad, where", [(np.nan, 0), (np.inf, 1), (-np.inf, 2), (1e30, 0),
                                         (1e30, 1), (1e38, 2)])
 @pytest.mark.parametrize("on_gpu", (False, True))

@@ -4,7 +4,11 @@ the one that loads a run's distinct rows into shared memory first (``shared``), 
 run lengths and cache sizes, on the arguments a fused pass hands to launch_topk; whether their
 outputs are bit-identical; and the whole call with either kernel.
 
-    python docs/data/attention_shared_ab.py out.json [BxHxN ...]
+The shared-row kernel was measured slower everywhere and removed after commit 20e0efa, the
+tree this script runs on:
+
+    git worktree add /tmp/shared_ab 20e0efa && cd /tmp/shared_ab
+    PYTHONPATH=$PWD:$PWD/docs/data python docs/data/attention_shared_ab.py out.json [BxHxN ...]
 """
 import json, sys, time
 import numpy as np, cupy as cp

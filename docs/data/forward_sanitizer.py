@@ -1,8 +1,7 @@
 """Launch every forward kernel of the CuPy backend at small sizes, for compute-sanitizer
 (docs/benchmarks.md): `compute-sanitizer --tool memcheck python docs/data/forward_sanitizer.py`.
-Argument "race": only the kernels with shared memory or warp votes (the fast and the shared-row
-attention kernels, every instance, one and several runs a block, a cache of one row and of many,
-queries in order and shuffled; the window kernels of 8, 16 and 32 threads)."""
+Argument "race": only the kernels with shared memory or warp votes (the fast attention kernel,
+every instance, one and several runs a block; the window kernels of 8, 16 and 32 threads)."""
 import sys
 import numpy as np, cupy as cp
 import zeta_ref
@@ -33,16 +32,7 @@ for d_v in (4, 100, 256):
             s.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma, im.mean_k, im.mean_v,
                              kernel="fast")
             count += 1
-        # the shared-row kernel: a cache of one row (every other row from global memory) and
-        # of many, runs of 16 and of 64 queries, neighbours and strangers (a shuffled order)
-        shuffled = np.argsort(rng.random((2, n)), axis=-1)
-        for runs, nbytes, order in ((1, 256, None), (4, 32768, None), (4, 32768, shuffled),
-                                    (3, 1024, shuffled)):
-            T.SHARED_ROUNDS, T.SHARED_CACHE_BYTES = runs, nbytes
-            s.topk_attention(q, k, v, im.candidates, cfg.score, cfg.gamma, im.mean_k, im.mean_v,
-                             order=order, kernel="shared")
-            count += 1
-T.FAST_ROUNDS, T.SHARED_ROUNDS, T.SHARED_CACHE_BYTES = 4, 4, 32768
+T.FAST_ROUNDS = 4
 if not race:
     for dtype in (np.float32, np.float64):
         for d_v in (64, 100, 256, 6):

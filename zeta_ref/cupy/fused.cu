@@ -105,13 +105,19 @@ extern "C" __global__ void zeta_level_offsets(const int* __restrict__ counts, lo
     }
 }
 
+// Where level t begins in `levels`: after the levels below it, R rows of S_u = S_0 2^u keys
+// each, u < t; R S_0 (2^t - 1) in all.
+__device__ __forceinline__ long long level_start(int t, long long rows, int s0_bits) {
+    return rows * (((long long)1 << (s0_bits + t)) - ((long long)1 << s0_bits));
+}
+
 // Every key of the tile goes to each level t >= lvl at rank offsets + (keys of level <= t
-// before it in the tile). Level t of row r starts at levels[level_offset[t] + r * (S_0 << t)].
+// before it in the tile). Level t of row r starts at levels[level_start(t) + r * (S_0 << t)]
+// (the grid's y is the row: R = gridDim.y).
 extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restrict__ sorted,
                                               long long n, long long tiles, int n_levels,
                                               int s0_bits, int code_bits, int pos_bits,
                                               const long long* __restrict__ offsets,
-                                              const long long* __restrict__ level_offset,
                                               unsigned long long* __restrict__ levels) {
     Packing pk{code_bits, pos_bits};
     __shared__ int warp_total[ZETA_TILE / 32];
@@ -133,7 +139,8 @@ extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restri
             long long rank = offsets[(r * tiles + tile) * n_levels + t] +
                              __popc(ballot & ((1u << lane) - 1));
             for (int w = 0; w < warp; ++w) rank += warp_total[w];
-            levels[level_offset[t] + r * ((long long)1 << (s0_bits + t)) + rank] = key;
+            levels[level_start(t, gridDim.y, s0_bits) + r * ((long long)1 << (s0_bits + t)) + rank] =
+                key;
         }
         __syncthreads();  // warp_total is rewritten for the next level
     }
@@ -160,18 +167,18 @@ __device__ __forceinline__ int pool_level(long long L, int n_levels, int s0_bits
 // keys themselves (all N).
 __device__ __forceinline__ PackedPool prefix_pool(const unsigned long long* sorted,
                                                   const unsigned long long* levels,
-                                                  const long long* level_offset, int n_levels,
-                                                  int s0_bits, long long r, long long n, int t,
+                                                  long long rows, int n_levels, int s0_bits,
+                                                  long long r, long long n, int t,
                                                   Packing pk) {
     if (t == n_levels) return PackedPool{sorted + r * n, n, pk.row_bits(r), pk};
     long long size = (long long)1 << (s0_bits + t);
-    return PackedPool{levels + level_offset[t] + r * size, size, pk.row_bits(r), pk};
+    return PackedPool{levels + level_start(t, rows, s0_bits) + r * size, size, pk.row_bits(r),
+                      pk};
 }
 
 template <typename T, int RERANK>
 __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
-                                  const unsigned long long* __restrict__ levels,
-                                  const long long* __restrict__ level_offset, int n_levels,
+                                  const unsigned long long* __restrict__ levels, int n_levels,
                                   int s0_bits, int code_bits, int pos_bits, long long rows,
                                   long long n,
                                   int causal, long long chunk, long long width, long long k_top,
@@ -188,7 +195,7 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
         unsigned long long qz = pk.code(qkey);
         long long L = pool_length(i, n, causal, chunk);
         int* out = cand + at * k_top;
-        PackedPool pool = prefix_pool(sorted, levels, level_offset, n_levels, s0_bits, r, n,
+        PackedPool pool = prefix_pool(sorted, levels, rows, n_levels, s0_bits, r, n,
                                       pool_level(L, n_levels, s0_bits), pk);
         if (RERANK) {
             NearestK<T> heap{heap_near + at * k_top, heap_pos + at * k_top,
@@ -208,11 +215,12 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
 }
 
 // The same without a re-rank (W = k), LANES threads a query (window_walk.cuh's group_window):
-// the search and the walks read LANES neighbouring entries a step instead of one.
+// the search and the walks read LANES neighbouring entries a step instead of one. Launched
+// with blocks of 256 threads (rt.THREADS); at most 40 registers a thread, so that 6 blocks
+// fit an SM (3-5 % faster than 42 registers and 5 blocks, docs/benchmarks.md).
 template <int LANES>
-__global__ void zeta_fused_window_group(const unsigned long long* __restrict__ sorted,
+__global__ void __launch_bounds__(256, 6) zeta_fused_window_group(const unsigned long long* __restrict__ sorted,
                                         const unsigned long long* __restrict__ levels,
-                                        const long long* __restrict__ level_offset,
                                         int n_levels, int s0_bits, int code_bits, int pos_bits,
                                         long long rows, long long n, int causal,
                                         long long chunk, long long width,
@@ -227,33 +235,33 @@ __global__ void zeta_fused_window_group(const unsigned long long* __restrict__ s
         long long i = pk.pos(qkey), at = r * n + i;
         long long L = pool_length(i, n, causal, chunk);
         int* out = cand + at * width;
-        PackedPool pool = prefix_pool(sorted, levels, level_offset, n_levels, s0_bits, r, n,
+        PackedPool pool = prefix_pool(sorted, levels, rows, n_levels, s0_bits, r, n,
                                       pool_level(L, n_levels, s0_bits), pk);
         long long found = L > 0 ? group_window(pool, L, pk.code(qkey), width, g, out) : 0;
         for (long long s = found + g.lane; s < width; s += LANES) out[s] = -1;  // D9
     }
 }
 template __global__ void zeta_fused_window_group<8>(
-    const unsigned long long*, const unsigned long long*, const long long*, int, int, int, int,
-    long long, long long, int, long long, long long, int*);
+    const unsigned long long*, const unsigned long long*, int, int, int, int, long long,
+    long long, int, long long, long long, int*);
 template __global__ void zeta_fused_window_group<16>(
-    const unsigned long long*, const unsigned long long*, const long long*, int, int, int, int,
-    long long, long long, int, long long, long long, int*);
+    const unsigned long long*, const unsigned long long*, int, int, int, int, long long,
+    long long, int, long long, long long, int*);
 template __global__ void zeta_fused_window_group<32>(
-    const unsigned long long*, const unsigned long long*, const long long*, int, int, int, int,
-    long long, long long, int, long long, long long, int*);
+    const unsigned long long*, const unsigned long long*, int, int, int, int, long long,
+    long long, int, long long, long long, int*);
 
 #define ZETA_FUSED(T)                                                                          \
     template __global__ void zeta_fused_keys<T>(const T*, const T*, long long, long long, int,  \
                                                 int, double, unsigned long long, int, double,  \
                                                 double, int, int, unsigned long long*);        \
     template __global__ void zeta_fused_window<T, 0>(                                          \
-        const unsigned long long*, const unsigned long long*, const long long*, int, int, int,  \
-        int, long long, long long, int, long long, long long, long long, const T*,             \
+        const unsigned long long*, const unsigned long long*, int, int, int, int, long long,    \
+        long long, int, long long, long long, long long, const T*,                             \
         const T*, int, int, T*, long long*, long long*, int*);                                 \
     template __global__ void zeta_fused_window<T, 1>(                                          \
-        const unsigned long long*, const unsigned long long*, const long long*, int, int, int,  \
-        int, long long, long long, int, long long, long long, long long, const T*,             \
+        const unsigned long long*, const unsigned long long*, int, int, int, int, long long,    \
+        long long, int, long long, long long, long long, const T*,                             \
         const T*, int, int, T*, long long*, long long*, int*);
 ZETA_FUSED(float)
 ZETA_FUSED(double)

@@ -68,12 +68,12 @@ def packing(rows: int, n: int, code_bits: int):
 
 
 def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int):
-    """The prefix pools below the top one, from the sorted keys: (levels, level_offset, T)."""
+    """The prefix pools below the top one, from the sorted keys: (levels, T).
+
+    Level t holds R rows of S_t = S_0 2^t keys and begins where the levels below it end, at
+    R S_0 (2^t - 1) (fused.cu's ``level_start``): no table of offsets is copied to the GPU."""
     n_levels = level_count(n)
-    sizes = [1 << (S0_BITS + t) for t in range(n_levels)]
-    offsets = np.concatenate([[0], np.cumsum([rows * s for s in sizes])]).astype(np.int64)
-    levels = rt.empty(max(int(offsets[-1]), 1), np.uint64)
-    level_offset = cp.asarray(offsets)
+    levels = rt.empty(max(rows * ((1 << (S0_BITS + n_levels)) - (1 << S0_BITS)), 1), np.uint64)
     if n_levels:
         tiles = -(-n // TILE)
         counts = rt.empty((rows, tiles, n_levels), np.int32)
@@ -86,8 +86,8 @@ def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int)
                   (counts, rt.i64(rows), rt.i64(tiles), np.int32(n_levels), starts))
         _fn("zeta_level_scatter")((tiles, rows), (TILE,),
                                   (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
-                                  + packed + (starts, level_offset, levels))
-    return levels, level_offset, n_levels
+                                  + packed + (starts, levels))
+    return levels, n_levels
 
 
 def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None):
@@ -124,12 +124,12 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     # stage 4: one sort for every row of keys and of queries
     keys.sort()  # in place (cupy.sort would copy the keys first)
     mark()
-    levels, level_offset, n_levels = prefix_levels(keys, rows, n, code_bits, pos_bits)
+    levels, n_levels = prefix_levels(keys, rows, n, code_bits, pos_bits)
     mark()
     # stage 5: window (and re-rank) per query, in Z order, into int32 candidates
     cand = rt.empty(lead + (n, k_top), np.int32)  # (..., N, k)
     rerank = width > k_top
-    pools = (keys, levels, level_offset, np.int32(n_levels), np.int32(S0_BITS),
+    pools = (keys, levels, np.int32(n_levels), np.int32(S0_BITS),
              np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk,
              rt.i64(width))
     if not rerank and WINDOW_LANES:  # a group of threads a query: the window is the selection

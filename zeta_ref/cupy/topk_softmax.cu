@@ -200,74 +200,8 @@ __global__ void zeta_topk_plain(const T* __restrict__ q, const T* __restrict__ k
 
 // ---------------------------------------------------------------- 16 threads per query
 #define ZETA_FAST_MAX_DV 256
-// threads per block of the fast kernels (the launcher's FAST_THREADS): 16 queries at a time
+// threads per block of the fast kernel (the launcher's rt.THREADS): 16 queries per block
 #define ZETA_FAST_THREADS 256
-
-// Steps 1 to 3 of a query, for its 16 lanes (lane = 0 .. 15), shared by both fast kernels:
-// the scores (lane l takes slots l, l + 16, ...; slot n_slots is the mean term), the largest
-// logit and the sum over the 16 lanes, then each slot's weight, written to `w_out` (when not
-// null) and staged as (row_base + key, weight bits) in `staged[s]` (key -1, empty, stays -1).
-// Returns the mean term's weight, on every lane. All 32 lanes of the warp must call it.
-template <int U>
-__device__ __forceinline__ float weigh_query(const float* __restrict__ qi,
-                                             const int* __restrict__ c,
-                                             const float* __restrict__ keys,
-                                             const float* __restrict__ mean_key, int with_mean,
-                                             int d_k, int n_slots, int lane, int score,
-                                             float add, float root_d, float* w_out,
-                                             int2* staged, int row_base) {
-    const unsigned full = 0xffffffffu;
-    bool exp_score = score == 1 || score == 2;
-    int slots = n_slots + (with_mean ? 1 : 0);
-    float sc[U];
-    int jj[U];  // the slot's key; -1 empty (D9), -2 the mean term
-    float top = -__int_as_float(0x7f800000);  // -inf
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        int s = lane + 16 * u;
-        jj[u] = -1;
-        sc[u] = 0.0f;
-        if (s < slots) {
-            jj[u] = s < n_slots ? c[s] : -2;
-            if (jj[u] != -1) {
-                const float* key = jj[u] >= 0 ? keys + (long long)jj[u] * d_k : mean_key;
-                sc[u] = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
-                top = fmaxf(top, sc[u]);
-            }
-        }
-    }
-    // the largest logit and the sum of the affinities over the 16 lanes
-    for (int m = 8; m > 0; m >>= 1) top = fmaxf(top, __shfl_xor_sync(full, top, m, 16));
-    if (!exp_score || isinf(top)) top = 0.0f;  // -inf: nothing valid
-    float total = 0.0f;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        if (jj[u] != -1) sc[u] = exp_score ? expf(sc[u] - top) : sc[u];  // affinity
-        total += jj[u] != -1 ? sc[u] : 0.0f;
-    }
-    for (int m = 8; m > 0; m >>= 1) total += __shfl_xor_sync(full, total, m, 16);
-    if (!(total > 0.0f)) total = 1.0f;
-    // the weights, written out and staged for the weighted sum
-    float w_mean = 0.0f;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        int s = lane + 16 * u;
-        float w = jj[u] != -1 ? sc[u] / total : 0.0f;
-        if (s < n_slots) {
-            if (w_out) w_out[s] = w;
-            staged[s] = make_int2(jj[u] >= 0 ? row_base + jj[u] : -1, __float_as_int(w));
-        }
-        if (s == n_slots && with_mean) w_mean = w;
-    }
-    for (int m = 8; m > 0; m >>= 1) w_mean += __shfl_xor_sync(full, w_mean, m, 16);
-    return w_mean;
-}
-
-// acc += w * y for the four columns of a float4
-__device__ __forceinline__ void add_scaled(float4& acc, float w, float4 y) {
-    acc.x += w * y.x; acc.y += w * y.y;
-    acc.z += w * y.z; acc.w += w * y.w;
-}
 
 // U: slots per lane (k + 1 <= 16 U); NX: 64-column stripes of a value row (d_v <= 64 NX).
 template <int U, int NX>
@@ -293,6 +227,8 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
     const long long per_run = ZETA_FAST_THREADS / 16;
     long long first = blockIdx.x * per_run * rounds + (threadIdx.x >> 4);
     long long total_q = rows * n;
+    bool exp_score = score == 1 || score == 2;
+    int slots = n_slots + (with_mean ? 1 : 0);
     // lane l owns columns 64 x + 4 l .. 64 x + 4 l + 3 of every value row
     bool has[NX];
 #pragma unroll
@@ -302,13 +238,54 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
         bool live = task < total_q;
         if (!live) task = total_q - 1;
         long long r = task / n, i = (long long)(visit[task] & visit_mask), at = r * n + i;
+        const float* qi = q + at * d_k;
+        const int* c = cand + at * n_slots;
+        const float* keys = k + r * n * d_k;
         const float* vals = v + r * n * d_v + 4 * lane;
-        // steps 1 to 3: the weights, staged in `mine` with the key of each slot
-        float w_mean = weigh_query<U>(q + at * d_k, cand + at * n_slots, k + r * n * d_k,
-                                      mean_k + at * d_k, with_mean, d_k, n_slots, lane, score,
-                                      add, root_d,
-                                      live && with_weights ? weights + at * n_slots : nullptr,
-                                      mine, 0);
+        // step 1, the scores, once: lane l takes slots l, l + 16, ... (slot n_slots is the
+        // mean term)
+        float sc[U];
+        int jj[U];  // the slot's key; -1 empty (D9), -2 the mean term
+        float top = -__int_as_float(0x7f800000);  // -inf
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int s = lane + 16 * u;
+            jj[u] = -1;
+            sc[u] = 0.0f;
+            if (s < slots) {
+                jj[u] = s < n_slots ? c[s] : -2;
+                if (jj[u] != -1) {
+                    const float* key = jj[u] >= 0 ? keys + (long long)jj[u] * d_k
+                                                  : mean_k + at * d_k;
+                    sc[u] = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
+                    top = fmaxf(top, sc[u]);
+                }
+            }
+        }
+        // step 2: the largest logit and the sum of the affinities over the 16 lanes
+        for (int m = 8; m > 0; m >>= 1) top = fmaxf(top, __shfl_xor_sync(full, top, m, 16));
+        if (!exp_score || isinf(top)) top = 0.0f;  // -inf: nothing valid
+        float total = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (jj[u] != -1) sc[u] = exp_score ? expf(sc[u] - top) : sc[u];  // affinity
+            total += jj[u] != -1 ? sc[u] : 0.0f;
+        }
+        for (int m = 8; m > 0; m >>= 1) total += __shfl_xor_sync(full, total, m, 16);
+        if (!(total > 0.0f)) total = 1.0f;
+        // step 3: the weights, written out and staged for the weighted sum
+        float w_mean = 0.0f;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            int s = lane + 16 * u;
+            float w = jj[u] != -1 ? sc[u] / total : 0.0f;
+            if (s < n_slots) {
+                if (live && with_weights) weights[at * n_slots + s] = w;
+                mine[s] = make_int2(jj[u], __float_as_int(w));
+            }
+            if (s == n_slots && with_mean) w_mean = w;
+        }
+        for (int m = 8; m > 0; m >>= 1) w_mean += __shfl_xor_sync(full, w_mean, m, 16);
         __syncwarp(full);
         // step 4: the weighted sum, slot by slot in slot order, the mean term last. An empty
         // slot loads nothing and adds 0 (acc + 0 * 0 is acc, bit for bit).
@@ -325,14 +302,20 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
             for (int x = 0; x < NX; ++x) {
                 float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
                 if (ok && has[x]) y = __ldg(reinterpret_cast<const float4*>(row + 64 * x));
-                add_scaled(acc[x], wt, y);
+                acc[x].x += wt * y.x; acc[x].y += wt * y.y;
+                acc[x].z += wt * y.z; acc[x].w += wt * y.w;
             }
         }
         if (with_mean) {
             const float* row = mean_v + at * d_v + 4 * lane;
 #pragma unroll
-            for (int x = 0; x < NX; ++x)
-                if (has[x]) add_scaled(acc[x], w_mean, *reinterpret_cast<const float4*>(row + 64 * x));
+            for (int x = 0; x < NX; ++x) {
+                if (has[x]) {
+                    float4 y = *reinterpret_cast<const float4*>(row + 64 * x);
+                    acc[x].x += w_mean * y.x; acc[x].y += w_mean * y.y;
+                    acc[x].z += w_mean * y.z; acc[x].w += w_mean * y.w;
+                }
+            }
         }
         __syncwarp(full);  // every lane has read `mine` before the next round writes it
         if (live) {
@@ -341,192 +324,6 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
                 if (has[x]) *reinterpret_cast<float4*>(out + at * d_v + 64 * x + 4 * lane) = acc[x];
             if (lane == 0) mean_weight[at] = w_mean;
         }
-    }
-}
-
-// ---------------------------------------------------------------- a run's rows shared
-// zeta_topk_shared: the fast kernel's arithmetic, bit for bit, with the value rows served from
-// shared memory. Neighbouring queries in Z order share most of their candidates (a run of 64
-// reads each distinct row about 8 times: docs/data/attention_row_sharing.py), so a block takes
-// a run of 16 x `rounds` queries and
-//   A. weighs every query of the run (weigh_query), staging its slots' (row, weight);
-//   B. puts the run's distinct rows r n + j in a hash table in shared memory (linear probing,
-//      at most ZETA_SHARED_PROBES places a row; a row that finds none is read from global
-//      memory), and numbers them in table order;
-//   C. loads the first `cap` of them, whole, into shared memory (the rest stay in global
-//      memory), and rewrites each staged slot as its row's place there, or its row in v;
-//   D. sums each query's slots in slot order, as the fast kernel does, from shared memory.
-// Dynamic shared memory: cap rows of 64 NX floats, then 16 rounds x n_slots staged slots.
-#define ZETA_SHARED_MAX_ROUNDS 4
-#define ZETA_SHARED_TABLE 1024  // a power of two
-#define ZETA_SHARED_PROBES 32
-
-__device__ __forceinline__ int table_home(int g) {
-    return (int)(((unsigned)g * 2654435761u) >> 22);  // the top 10 bits: 0 .. 1023
-}
-
-// where g sits in the (filled) table, or -1
-__device__ __forceinline__ int table_find(const int* table, int g) {
-    int h = table_home(g);
-    for (int p = 0; p < ZETA_SHARED_PROBES; ++p) {
-        int t = table[h];
-        if (t == g) return h;
-        if (t == -1) return -1;
-        h = (h + 1) & (ZETA_SHARED_TABLE - 1);
-    }
-    return -1;
-}
-
-template <int U, int NX>
-__global__ void zeta_topk_shared(const float* __restrict__ q, const float* __restrict__ k,
-                                 const float* __restrict__ v, const int* __restrict__ cand,
-                                 const float* __restrict__ mean_k,
-                                 const float* __restrict__ mean_v, int with_mean,
-                                 const unsigned long long* __restrict__ visit,
-                                 unsigned long long visit_mask, long long rows, long long n,
-                                 int d_k, int d_v, int n_slots, int score, float add,
-                                 float root_d, float* __restrict__ out,
-                                 float* __restrict__ weights, int with_weights,
-                                 float* __restrict__ mean_weight, int rounds, int cap) {
-    const unsigned full = 0xffffffffu;
-    const int RUN_MAX = 16 * ZETA_SHARED_MAX_ROUNDS;
-    extern __shared__ float4 cache[];                               // cap rows x 16 NX float4
-    int2* staged = reinterpret_cast<int2*>(cache + (long long)cap * 16 * NX);  // run x n_slots
-    __shared__ int table[ZETA_SHARED_TABLE];  // r n + j, or -1: free
-    __shared__ int place[ZETA_SHARED_TABLE];  // its row in `cache`, or -1: not there
-    __shared__ int row_of[ZETA_SHARED_TABLE]; // r n + j of the row at cache[c]
-    __shared__ long long at_of[RUN_MAX];      // r n + i of the run's queries, -1: past the end
-    __shared__ float w_mean_of[RUN_MAX];
-    __shared__ int warp_total[ZETA_FAST_THREADS / 32];
-    int tid = threadIdx.x, lane = tid & 15, group = tid >> 4;
-    int run_len = 16 * rounds, staged_len = run_len * n_slots;
-    long long total_q = rows * n, n_runs = (total_q + run_len - 1) / run_len;
-    bool has[NX];
-#pragma unroll
-    for (int x = 0; x < NX; ++x) has[x] = 64 * x + 4 * lane < d_v;
-    for (long long run = blockIdx.x; run < n_runs; run += gridDim.x) {
-        for (int h = tid; h < ZETA_SHARED_TABLE; h += ZETA_FAST_THREADS) table[h] = -1;
-        // A: the weights of every query of the run
-        for (int round = 0; round < rounds; ++round) {
-            int slot = round * 16 + group;
-            long long task = run * run_len + slot;
-            bool live = task < total_q;
-            if (!live) task = total_q - 1;
-            long long r = task / n, i = (long long)(visit[task] & visit_mask), at = r * n + i;
-            float w_mean = weigh_query<U>(q + at * d_k, cand + at * n_slots, k + r * n * d_k,
-                                          mean_k + at * d_k, with_mean, d_k, n_slots, lane,
-                                          score, add, root_d,
-                                          live && with_weights ? weights + at * n_slots
-                                                               : nullptr,
-                                          staged + slot * n_slots, (int)(r * n));
-            if (lane == 0) {
-                at_of[slot] = live ? at : -1;
-                w_mean_of[slot] = w_mean;
-            }
-        }
-        __syncthreads();
-        // B: the distinct rows into the table
-        for (int e = tid; e < staged_len; e += ZETA_FAST_THREADS) {
-            int g = staged[e].x;
-            if (g < 0) continue;
-            int h = table_home(g);
-            for (int p = 0; p < ZETA_SHARED_PROBES; ++p) {
-                int was = atomicCAS(&table[h], -1, g);
-                if (was == -1 || was == g) break;
-                h = (h + 1) & (ZETA_SHARED_TABLE - 1);
-            }
-        }
-        __syncthreads();
-        // ... numbered in table order: thread t takes the table's places 4 t .. 4 t + 3
-        const int PER = ZETA_SHARED_TABLE / ZETA_FAST_THREADS;
-        int mine_count = 0;
-#pragma unroll
-        for (int p = 0; p < PER; ++p) mine_count += table[PER * tid + p] != -1;
-        int before = mine_count;  // inclusive scan over the warp, then over the warps
-        for (int m = 1; m < 32; m <<= 1) {
-            int up = __shfl_up_sync(full, before, m);
-            if ((tid & 31) >= m) before += up;
-        }
-        if ((tid & 31) == 31) warp_total[tid >> 5] = before;
-        __syncthreads();
-        before -= mine_count;
-        for (int w = 0; w < (tid >> 5); ++w) before += warp_total[w];
-        int filled = 0;
-        for (int w = 0; w < ZETA_FAST_THREADS / 32; ++w) filled += warp_total[w];
-#pragma unroll
-        for (int p = 0; p < PER; ++p) {
-            int h = PER * tid + p;
-            int c = -1;
-            if (table[h] != -1) {
-                c = before < cap ? before : -1;
-                if (c >= 0) row_of[c] = table[h];
-                ++before;
-            }
-            place[h] = c;
-        }
-        __syncthreads();
-        // C: the rows into shared memory, a group of 16 lanes a row; the staged slots rewritten
-        // as c >= 0 (cache[c]), -1 (empty) or -2 - g (row g of v, not in shared memory)
-        int in_cache = filled < cap ? filled : cap;
-        for (int c = group; c < in_cache; c += ZETA_FAST_THREADS / 16) {
-            const float* src = v + (long long)row_of[c] * d_v + 4 * lane;
-#pragma unroll
-            for (int x = 0; x < NX; ++x)
-                if (has[x])
-                    cache[(long long)c * 16 * NX + 16 * x + lane] =
-                        __ldg(reinterpret_cast<const float4*>(src + 64 * x));
-        }
-        for (int e = tid; e < staged_len; e += ZETA_FAST_THREADS) {
-            int g = staged[e].x;
-            if (g < 0) continue;
-            int h = table_find(table, g);
-            int c = h >= 0 ? place[h] : -1;
-            staged[e].x = c >= 0 ? c : -2 - g;
-        }
-        __syncthreads();
-        // D: each query's weighted sum, slot by slot in slot order, the mean term last
-        for (int round = 0; round < rounds; ++round) {
-            int slot = round * 16 + group;
-            const int2* mine = staged + slot * n_slots;
-            long long at = at_of[slot];
-            float4 acc[NX];
-#pragma unroll
-            for (int x = 0; x < NX; ++x) acc[x] = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-            for (int t = 0; t < n_slots; ++t) {
-                int2 e = mine[t];
-                float wt = __int_as_float(e.y);
-                const float4* cached = cache + (long long)(e.x >= 0 ? e.x : 0) * 16 * NX + lane;
-                const float* row = v + (long long)(e.x <= -2 ? -2 - e.x : 0) * d_v + 4 * lane;
-#pragma unroll
-                for (int x = 0; x < NX; ++x) {
-                    float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
-                    if (has[x]) {
-                        if (e.x >= 0) y = cached[16 * x];
-                        else if (e.x <= -2)
-                            y = __ldg(reinterpret_cast<const float4*>(row + 64 * x));
-                    }
-                    add_scaled(acc[x], wt, y);
-                }
-            }
-            if (at >= 0) {
-                float w_mean = w_mean_of[slot];
-                if (with_mean) {
-                    const float* row = mean_v + at * d_v + 4 * lane;
-#pragma unroll
-                    for (int x = 0; x < NX; ++x)
-                        if (has[x])
-                            add_scaled(acc[x], w_mean,
-                                       *reinterpret_cast<const float4*>(row + 64 * x));
-                }
-#pragma unroll
-                for (int x = 0; x < NX; ++x)
-                    if (has[x])
-                        *reinterpret_cast<float4*>(out + at * d_v + 64 * x + 4 * lane) = acc[x];
-                if (lane == 0) mean_weight[at] = w_mean;
-            }
-        }
-        __syncthreads();  // the next run rewrites the table, the staged slots and the cache
     }
 }
 
@@ -571,14 +368,3 @@ ZETA_TOPK_FAST_U(2)
 ZETA_TOPK_FAST_U(3)
 ZETA_TOPK_FAST_U(4)
 ZETA_TOPK_FAST_U(8)
-#define ZETA_TOPK_SHARED(U, NX)                                                                \
-    template __global__ void zeta_topk_shared<U, NX>(                                          \
-        const float*, const float*, const float*, const int*, const float*, const float*, int, \
-        const unsigned long long*, unsigned long long, long long, long long, int, int, int,    \
-        int, float, float, float*, float*, int, float*, int, int);
-#define ZETA_TOPK_SHARED_U(U) ZETA_TOPK_SHARED(U, 1) ZETA_TOPK_SHARED(U, 2) ZETA_TOPK_SHARED(U, 4)
-ZETA_TOPK_SHARED_U(1)
-ZETA_TOPK_SHARED_U(2)
-ZETA_TOPK_SHARED_U(3)
-ZETA_TOPK_SHARED_U(4)
-ZETA_TOPK_SHARED_U(8)

@@ -32,8 +32,7 @@ _NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks
           "zeta_topk_fast<2, 1>", "zeta_topk_fast<2, 2>", "zeta_topk_fast<2, 4>",
           "zeta_topk_fast<3, 1>", "zeta_topk_fast<3, 2>", "zeta_topk_fast<3, 4>",
           "zeta_topk_fast<4, 1>", "zeta_topk_fast<4, 2>", "zeta_topk_fast<4, 4>",
-          "zeta_topk_fast<8, 1>", "zeta_topk_fast<8, 2>", "zeta_topk_fast<8, 4>") + tuple(
-    f"zeta_topk_shared<{u}, {x}>" for u in (1, 2, 3, 4, 8) for x in (1, 2, 4))
+          "zeta_topk_fast<8, 1>", "zeta_topk_fast<8, 2>", "zeta_topk_fast<8, 4>")
 #: Threads per block of the fast kernel (ZETA_FAST_THREADS of the source): 16 queries a block.
 FAST_THREADS = 256
 #: Runs of 16 neighbouring queries (in the visiting order) a block of the fast kernel takes one
@@ -46,18 +45,6 @@ MAX_BLOCKS = 1 << 20
 FAST_MAX_DV = 256
 #: ... and the scores of up to this many slots (k + the mean term).
 FAST_MAX_SLOTS = 128
-#: The shared-row kernel: runs of 16 queries a block weighs before it sums (at most 4:
-#: ZETA_SHARED_MAX_ROUNDS) ...
-SHARED_ROUNDS = 4
-#: ... the bytes of shared memory it keeps their distinct value rows in (as many whole rows
-#: as fit, at most 1024; the others are read from global memory) ...
-SHARED_CACHE_BYTES = 32768
-#: ... and the dynamic shared memory a block of it asks for at most (an H100 or H200 gives a
-#: block up to 227 KiB, less the kernel's 13 KiB of fixed tables).
-SHARED_LIMIT = 160 * 1024
-#: The kernel "auto" takes for float32 rows: "fast" (the shared-row kernel measured slower at
-#: every shape and setting tried: docs/benchmarks.md) or "shared".
-AUTO_FAST = "fast"
 
 
 def _fn(name):
@@ -108,7 +95,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     """Weights over each query's candidates and the weighted sum of their values (CuPy twin).
 
     Parameters and results as :func:`zeta_ref.stages.topk_softmax.topk_attention` (CuPy arrays out);
-    ``kernel`` ("auto", "shared", "fast" or "plain") picks the kernel, for the tests.
+    ``kernel`` ("auto", "fast" or "plain") picks the kernel, for the tests.
     """
     if score not in _SCORE_IDS:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
@@ -143,13 +130,6 @@ def narrow_candidates(cand, n: int):
 ALL_BITS = np.uint64(2**64 - 1)
 
 
-def _allow_shared(fn, nbytes: int) -> None:
-    """Let ``fn`` take ``nbytes`` of dynamic shared memory (beyond 48 KiB, its static shared
-    memory included, a kernel must ask)."""
-    if fn.max_dynamic_shared_size_bytes < nbytes:
-        fn.max_dynamic_shared_size_bytes = nbytes
-
-
 def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, with_weights,
                 kernel="auto"):
     """The launch behind :func:`topk_attention`, for inputs already on the device, contiguous
@@ -168,13 +148,10 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
     fast_ok = (dtype == np.float32 and d_v % 4 == 0 and d_v <= FAST_MAX_DV
                and n_slots + 1 <= FAST_MAX_SLOTS and n <= np.iinfo(np.int32).max
                and v.data.ptr % 16 == 0 and mv.data.ptr % 16 == 0)  # float4 loads
-    shared_ok = fast_ok and rows * n <= 2**31 - 4  # a row r n + j as an int, and -2 - it
-    if kernel in ("fast", "shared") and not (shared_ok if kernel == "shared" else fast_ok):
-        raise ValueError(f"the {kernel} kernel takes float32 values of width 4, 8, ... 256 "
-                         "and k + 1 <= 128 slots")
-    if kernel == "auto":
-        kernel = (AUTO_FAST if shared_ok else "fast") if fast_ok else "plain"
-    use_fast = kernel in ("fast", "shared")
+    if kernel == "fast" and not fast_ok:
+        raise ValueError("the fast kernel takes float32 values of width 4, 8, ... 256 and "
+                         "k + 1 <= 128 slots")
+    use_fast = fast_ok if kernel == "auto" else kernel == "fast"
     ctype = np.float32 if dtype == np.float32 else np.float64
     # the constants of topk_softmax.cu's raw_score, from the one definition of the scores
     # (zeta_ref.stages.topk_softmax): `add` of "cauchy" and "inv_euclidean", `root_d` of
@@ -192,22 +169,10 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
         per_lane = next(u for u in (1, 2, 3, 4, 8) if 16 * u >= n_slots + 1)
         stripes = next(x for x in (1, 2, 4) if 64 * x >= d_v)
         per_run = FAST_THREADS // 16  # queries a block takes at once
-        if kernel == "shared":
-            row_bytes, staged = 256 * stripes, per_run * SHARED_ROUNDS * n_slots * 8
-            cap = max(1, min(1024, SHARED_CACHE_BYTES // row_bytes,  # rows it keeps
-                             (SHARED_LIMIT - staged) // row_bytes))
-            smem = cap * row_bytes + staged
-            fn = _fn(f"zeta_topk_shared<{per_lane}, {stripes}>")
-            _allow_shared(fn, smem)
-            blocks = max(1, min(-(-rows * n // (per_run * SHARED_ROUNDS)), MAX_BLOCKS))
-            fn((blocks,), (FAST_THREADS,), common + (np.int32(n_slots),) + tail
-               + (np.int32(SHARED_ROUNDS), np.int32(cap)), shared_mem=smem)
-        else:
-            runs = max(FAST_ROUNDS, -(-rows * n // (per_run * MAX_BLOCKS)))  # a block's runs
-            blocks = max(1, -(-rows * n // (per_run * runs)))
-            _fn(f"zeta_topk_fast<{per_lane}, {stripes}>")(
-                (blocks,), (FAST_THREADS,),
-                common + (np.int32(n_slots),) + tail + (np.int32(runs),))
+        runs = max(FAST_ROUNDS, -(-rows * n // (per_run * MAX_BLOCKS)))  # runs a block takes
+        blocks = max(1, -(-rows * n // (per_run * runs)))
+        _fn(f"zeta_topk_fast<{per_lane}, {stripes}>")(
+            (blocks,), (FAST_THREADS,), common + (np.int32(n_slots),) + tail + (np.int32(runs),))
     else:
         rt.launch(_fn(f"zeta_topk_plain<{rt.ctype_name(dtype)}, {index}>"), rows * n,
                   common + (rt.i64(n_slots),) + tail)
