@@ -568,6 +568,140 @@ __global__ void zeta_bwd_pair_keys(const I* __restrict__ cand, long long rows, l
     }
 }
 
+// ---------------------------------------------------------------- the pairs by key, radix
+// The same order as the stable argsort, without it, where every pair index p and every key
+// fit 32 bits: a least-significant-digit radix sort of the pairs' keys, 8 bits a pass, each
+// pass stable, so that the pairs end sorted by key and each key's in (query, slot) order. A
+// pass takes tiles of 2048 pairs (a block of 256 threads, 8 pairs a thread):
+//   zeta_bwd_radix_counts   how many of the tile's keys have each digit (shared atomics: an
+//                           integer count, whatever their order);
+//   (a running sum, digit by digit and tile by tile: where each tile's pairs of each digit go)
+//   zeta_bwd_radix_scatter  each warp ranks its 256 pairs in order, 32 at a time: the lanes
+//                           with the same digit (__match_any_sync) rank by lane after the
+//                           digit's count so far; the warps' counts then add up in warp
+//                           order; each pair goes to its tile's place + its rank.
+// The first pass reads the keys from the candidates (zeta_bwd_pair_keys's rule) and takes p
+// itself as the value; the last writes the values as the int64 pairs the key pass reads, and
+// zeta_bwd_key_starts finds where each key's pairs begin from the sorted keys.
+#define ZETA_RADIX_THREADS 256
+#define ZETA_RADIX_ITEMS 8
+#define ZETA_RADIX_TILE (ZETA_RADIX_THREADS * ZETA_RADIX_ITEMS)
+#define ZETA_RADIX_WARPS (ZETA_RADIX_THREADS / 32)
+
+// pair p's key (rows * n + 1 < 2^32): r n + j, or rows n for an empty slot or j outside 0 .. n-1
+__device__ __forceinline__ unsigned radix_key(const int* __restrict__ cand,
+                                              const unsigned* __restrict__ keys, int from_cand,
+                                              unsigned long long p, unsigned long long row_pairs,
+                                              long long n, long long rows) {
+    if (!from_cand) return keys[p];
+    long long r = (unsigned)p / (unsigned)row_pairs, j = cand[p];  // p < 2^32: 32-bit division
+    return (unsigned)(j >= 0 && j < n ? r * n + j : rows * n);
+}
+
+// counts[digit * tiles + tile]: the tile's keys whose bits shift .. shift + 7 are `digit`
+extern "C" __global__ void zeta_bwd_radix_counts(const int* __restrict__ cand,
+                                                 const unsigned* __restrict__ keys,
+                                                 int from_cand, long long rows, long long n,
+                                                 int n_slots, long long pairs, int shift,
+                                                 long long tiles,
+                                                 unsigned* __restrict__ counts) {
+    __shared__ unsigned hist[256];
+    hist[threadIdx.x] = 0;  // ZETA_RADIX_THREADS == 256: a digit a thread
+    __syncthreads();
+    unsigned long long row_pairs = (unsigned long long)(n * n_slots);
+    long long tile = blockIdx.x;
+    int lane = threadIdx.x & 31;
+    for (int u = 0; u < ZETA_RADIX_ITEMS; ++u) {
+        long long p = tile * ZETA_RADIX_TILE + u * ZETA_RADIX_THREADS + threadIdx.x;
+        bool live = p < pairs;
+        unsigned digit = live ? (radix_key(cand, keys, from_cand, p, row_pairs, n, rows) >> shift)
+                                    & 255u
+                              : 256u;
+        // one atomic per digit a warp meets (the high digits of neighbouring keys are few)
+        unsigned peers = __match_any_sync(0xffffffffu, digit);
+        if (live && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], (unsigned)__popc(peers));
+    }
+    __syncthreads();
+    counts[threadIdx.x * tiles + tile] = hist[threadIdx.x];
+}
+
+// One stable pass: pair p (the tile's pairs in order) goes to place[digit of its key, tile]
+// + its rank among the tile's pairs of that digit. `place` is the running sum of
+// zeta_bwd_radix_counts's counts, in their order (digit-major), so the tile's pairs of digit
+// d begin at place[d, tile] less their count. V: the values written
+// (unsigned int between passes, long long after the last).
+template <typename V>
+__global__ void zeta_bwd_radix_scatter(const int* __restrict__ cand,
+                                       const unsigned* __restrict__ keys_in,
+                                       const unsigned* __restrict__ values_in, int from_cand,
+                                       long long rows, long long n, int n_slots,
+                                       long long pairs, int shift, long long tiles,
+                                       const unsigned* __restrict__ place,
+                                       unsigned* __restrict__ keys_out,
+                                       V* __restrict__ values_out) {
+    const unsigned full = 0xffffffffu;
+    __shared__ unsigned seen[ZETA_RADIX_WARPS][256];  // per warp and digit: its pairs so far
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int d = lane; d < 256; d += 32) seen[warp][d] = 0;
+    __syncwarp(full);
+    unsigned long long row_pairs = (unsigned long long)(n * n_slots);
+    long long tile = blockIdx.x;
+    // warp w ranks pairs first + 32 u + lane, u = 0 .. 7: 256 consecutive pairs, in order
+    long long first = tile * ZETA_RADIX_TILE + (long long)warp * 32 * ZETA_RADIX_ITEMS;
+    unsigned key[ZETA_RADIX_ITEMS], value[ZETA_RADIX_ITEMS], rank[ZETA_RADIX_ITEMS];
+#pragma unroll
+    for (int u = 0; u < ZETA_RADIX_ITEMS; ++u) {
+        long long p = first + 32 * u + lane;
+        bool live = p < pairs;
+        key[u] = live ? radix_key(cand, keys_in, from_cand, p, row_pairs, n, rows) : 0u;
+        value[u] = live ? (from_cand ? (unsigned)p : values_in[p]) : 0u;
+        unsigned digit = live ? (key[u] >> shift) & 255u : 256u;  // 256: past the end
+        unsigned peers = __match_any_sync(full, digit);
+        unsigned so_far = live ? seen[warp][digit] : 0u;
+        rank[u] = so_far + __popc(peers & ((1u << lane) - 1u));
+        __syncwarp(full);
+        if (live && lane == __ffs(peers) - 1) seen[warp][digit] = so_far + __popc(peers);
+        __syncwarp(full);
+    }
+    __syncthreads();
+    // the warps' counts in warp order, after the tile's place: thread d takes digit d
+    {
+        int d = threadIdx.x;
+        unsigned total = 0;  // the tile's pairs of digit d
+        for (int w = 0; w < ZETA_RADIX_WARPS; ++w) total += seen[w][d];
+        unsigned at = place[(long long)d * tiles + tile] - total;
+        for (int w = 0; w < ZETA_RADIX_WARPS; ++w) {
+            unsigned c = seen[w][d];
+            seen[w][d] = at;
+            at += c;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < ZETA_RADIX_ITEMS; ++u) {
+        long long p = first + 32 * u + lane;
+        if (p < pairs) {
+            unsigned to = seen[warp][(key[u] >> shift) & 255u] + rank[u];
+            keys_out[to] = key[u];
+            values_out[to] = (V)value[u];
+        }
+    }
+}
+
+// starts[g] for every key g = 0 .. rows n (the last: the empty slots): the first place in the
+// sorted keys holding a key >= g (pairs where none). Place p writes every g in
+// (sorted[p - 1], sorted[p]], so each g is written once.
+extern "C" __global__ void zeta_bwd_key_starts(const unsigned* __restrict__ sorted,
+                                               long long pairs, long long last_key,
+                                               long long* __restrict__ starts) {
+    for (long long p = blockIdx.x * (long long)blockDim.x + threadIdx.x; p <= pairs;
+         p += (long long)gridDim.x * blockDim.x) {
+        long long before = p > 0 ? (long long)sorted[p - 1] : -1;
+        long long here = p < pairs ? (long long)sorted[p] : last_key + 1;
+        for (long long g = before + 1; g <= here && g <= last_key; ++g) starts[g] = p;
+    }
+}
+
 // counts[key] += 1 for the key of every pair (integer atomics: the counts are exact whatever
 // the order); their running sum gives where each key's pairs begin in the sorted list.
 template <typename K>
@@ -858,3 +992,9 @@ template __global__ void zeta_bwd_key_counts<unsigned int>(const unsigned int*, 
 template __global__ void zeta_bwd_key_counts<unsigned long long>(const unsigned long long*,
                                                                  long long,
                                                                  unsigned long long*);
+template __global__ void zeta_bwd_radix_scatter<unsigned int>(
+    const int*, const unsigned*, const unsigned*, int, long long, long long, int, long long, int,
+    long long, const unsigned*, unsigned*, unsigned int*);
+template __global__ void zeta_bwd_radix_scatter<long long>(
+    const int*, const unsigned*, const unsigned*, int, long long, long long, int, long long, int,
+    long long, const unsigned*, unsigned*, long long*);
