@@ -236,44 +236,6 @@ def test_the_two_value_kernels_give_the_same_bits(dtype, d_v, k_top):
         np.testing.assert_array_equal(a.get(), b.get(), err_msg=name)
 
 
-@pytest.mark.parametrize("rows, n, k_top", [(1, 1, 1), (1, 1, 32), (2, 5, 4), (3, 85, 7),
-                                            (1, 256, 32), (2, 700, 32), (1, 70000, 3),
-                                            (5, 3001, 17)])
-def test_the_radix_sort_of_the_pairs_gives_the_argsort_s_arrays(rows, n, k_top):
-    """pair_lists by the project's radix sort (one, two and three passes of 8 bits; partial
-    tiles; empty slots; candidates outside 0 .. N - 1; heavy keys: every query selecting key 0)
-    against one stable cupy.argsort: the same pairs and starts, element for element."""
-    rng = np.random.default_rng(rows * 1000 + n)
-    cand = rng.integers(-1, n, size=(rows, n, k_top)).astype(np.int32)
-    cand[:, ::3, 0] = 0  # a key with many pairs
-    cand[0, 0, -1] = n + 4  # outside 0 .. n - 1: an empty slot
-    cand[-1, -1, 0] = -9
-    cand = cp.asarray(cand)
-    want = cupy_backward.pair_lists(cand, rows, n, method="argsort")
-    got = cupy_backward.pair_lists(cand, rows, n, method="radix")
-    assert got[0].dtype == got[1].dtype == np.int64
-    for a, b, name in zip(got, want, ("pairs", "starts")):
-        np.testing.assert_array_equal(a.get(), b.get(), err_msg=name)
-    with pytest.raises(ValueError, match="int32"):
-        cupy_backward.pair_lists(cand.astype(cp.int64), rows, n, method="radix")
-
-
-def test_the_backward_pass_gives_the_same_bits_with_either_sort_of_the_pairs(monkeypatch):
-    """zeta_attention's backward on the GPU with the pairs sorted by the radix sort and by
-    cupy.argsort (its default): the same gradients, bit for bit."""
-    q, k, v, g = (cp.asarray(x) for x in _inputs(17, (2, 3), 1500, 3, 64, np.float32))
-    cfg = ZetaConfig(k=24)
-    runs = []
-    real = cupy_backward.pair_lists
-    for method in ("radix", "argsort"):
-        monkeypatch.setattr(cupy_backward, "pair_lists",
-                            lambda c, r, n, _m=method: real(c, r, n, method=_m))
-        runs.append(zeta_attention_backward(q, k, v, g, cfg, backend="cupy"))
-    for name in ("dq", "dk", "dv"):
-        np.testing.assert_array_equal(cp.asnumpy(getattr(runs[0], name)),
-                                      cp.asnumpy(getattr(runs[1], name)), err_msg=name)
-
-
 def test_max_abs_on_the_gpu_agrees_with_the_host():
     """checks.cu's one-pass max |x - y - c|: NaN and inf kept, offsets, mixed dtypes, ints."""
     from zeta_ref._checks import max_abs

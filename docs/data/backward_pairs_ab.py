@@ -4,7 +4,10 @@ sort against one stable cupy.argsort (the way before), on the candidates of a fo
 whether they give the same arrays; then the whole backward call with either, and the forward
 call, in alternating rounds (medians of three medians of 15 calls, CUDA events).
 
-    python docs/data/backward_pairs_ab.py out.json [BxHxN ...]
+The radix sort was measured slower and removed after commit 199a09d, the tree this script
+runs on (`git worktree add /tmp/radix 199a09d`, then from there):
+
+    PYTHONPATH=$PWD:$PWD/docs/data python docs/data/backward_pairs_ab.py out.json [BxHxN ...]
 """
 import json, sys, time
 import numpy as np, cupy as cp

@@ -1,7 +1,11 @@
 """Each piece of the backward pass's radix sort of the pairs timed alone against cupy.argsort, on
-a forward pass's candidates (docs/data/backward_pairs_ab.json's "pieces"); runs at commit where
-the radix sort is in backward.cu: `python docs/data/backward_radix_parts.py 1x8x65536`."""
-import sys, re
+a forward pass's candidates (docs/data/backward_pairs_ab.json's "pieces"). The radix sort was
+removed after commit 199a09d, the tree this script runs on:
+
+    git worktree add /tmp/radix 199a09d && cd /tmp/radix
+    PYTHONPATH=$PWD:$PWD/docs/data python docs/data/backward_radix_parts.py 1x8x65536
+"""
+import sys
 import numpy as np, cupy as cp
 import zeta_ref
 from zeta_ref import ZetaConfig

@@ -42,8 +42,6 @@ _NAMES = ("zeta_bwd_query<float, long long>", "zeta_bwd_query<double, long long>
           "zeta_bwd_pair_keys<int, unsigned long long>",
           "zeta_bwd_pair_keys<long long, unsigned long long>",
           "zeta_bwd_key_counts<unsigned int>", "zeta_bwd_key_counts<unsigned long long>",
-          "zeta_bwd_radix_counts", "zeta_bwd_radix_scatter<unsigned int>",
-          "zeta_bwd_radix_scatter<long long>", "zeta_bwd_key_starts",
           "zeta_bwd_keys<float>", "zeta_bwd_keys<double>",
           "zeta_bwd_values<float>", "zeta_bwd_values<double>",
           "zeta_bwd_mean_sums<float>", "zeta_bwd_mean_sums<double>",
@@ -154,25 +152,12 @@ def query_pass(q, k, v, cand, mk, mv, with_mean, grad, visit, score, c, kernel="
     return dq, dmean_k, dmean_v, coef_w, coef_k, dc
 
 
-#: Pairs a block of the radix sort's kernels takes (ZETA_RADIX_TILE of backward.cu).
-RADIX_TILE = 2048
-
-
-def pair_lists(cand, rows: int, n: int, method: str = "auto"):
-    """Step 2: every (query, slot) pair p = (r * n + i) * k + s, sorted by the key it selected,
-    each key's pairs in (query, slot) order; ``starts[key]`` is where key ``r * n + j``'s begin
-    (``starts[rows * n]``: the empty slots, and candidates outside 0 .. n - 1, which the
-    composer refuses). Returns (pairs, starts), int64.
-
-    ``method``: "radix", the project's radix sort (int32 candidates, and p and the keys
-    within 32 bits), or "argsort", one stable ``cupy.argsort`` of the keys; "auto" takes the
-    argsort (the radix sort measured slower: docs/benchmarks.md). Both give the same arrays."""
-    radix_ok = (cand.dtype == np.int32 and cand.size < 2**32 and rows * n + 1 < 2**32)
-    if method == "radix" and not radix_ok:
-        raise ValueError("the radix sort of the pairs takes int32 candidates and fewer than "
-                         "2**32 pairs and keys")
-    if method == "radix":
-        return _pairs_by_radix(cand, rows, n)
+def pair_lists(cand, rows: int, n: int):
+    """Step 2: every (query, slot) pair p = (r * n + i) * k + s, sorted by the key it selected
+    (one stable ``cupy.argsort`` of the keys, so that each key's pairs stay in (query, slot)
+    order); ``starts[key]`` is where key ``r * n + j``'s begin (``starts[rows * n]``: the
+    empty slots, and candidates outside 0 .. n - 1, which the composer refuses). Returns
+    (pairs, starts), int64."""
     n_slots = cand.shape[-1]
     index = "int" if cand.dtype == np.int32 else "long long"
     narrow = rows * n + 1 < 2**32  # the keys as 32-bit integers: a radix sort of half the bits
@@ -189,37 +174,6 @@ def pair_lists(cand, rows: int, n: int, method: str = "auto"):
     starts = rt.empty((rows * n + 1,), np.int64)
     starts[0] = 0
     cp.cumsum(counts[:-1], out=starts[1:])
-    return pairs, starts
-
-
-def _pairs_by_radix(cand, rows: int, n: int):
-    """pair_lists by backward.cu's radix sort: 8 bits of the keys a pass, as many passes as
-    the largest key (rows * n, the empty slots') has bytes; each pass counts the digits of
-    each tile of RADIX_TILE pairs, sums them up (digit by digit, tile by tile) and scatters
-    the pairs stably. The first pass reads the keys from the candidates, the last writes the
-    int64 pairs; the starts come from the sorted keys."""
-    size, n_slots = cand.size, cand.shape[-1]
-    tiles = max(1, -(-size // RADIX_TILE))
-    passes = max(1, -(-(rows * n).bit_length() // 8))
-    keys = [rt.empty((size,), np.uint32) for _ in range(2)]
-    values = [rt.empty((size,), np.uint32) for _ in range(2 if passes > 1 else 1)]
-    pairs = rt.empty((size,), np.int64)
-    counts = rt.empty((256 * tiles,), np.uint32)
-    place = rt.empty((256 * tiles,), np.uint32)
-    sizes = (rt.i64(rows), rt.i64(n), np.int32(n_slots), rt.i64(size))
-    for t in range(passes):
-        first, last = t == 0, t == passes - 1
-        src = (cand, keys[(t + 1) % 2], values[(t + 1) % 2 % len(values)], np.int32(first))
-        shift = (np.int32(8 * t), rt.i64(tiles))
-        _fn("zeta_bwd_radix_counts")((tiles,), (256,), (src[0], src[1], src[3]) + sizes
-                                     + shift + (counts,))
-        cp.cumsum(counts, dtype=np.uint32, out=place)  # (digit, tile)'s end: its place
-        out = (keys[t % 2], pairs if last else values[t % 2])
-        _fn(f"zeta_bwd_radix_scatter<{'long long' if last else 'unsigned int'}>")(
-            (tiles,), (256,), src + sizes + shift + (place,) + out)
-    starts = rt.empty((rows * n + 1,), np.int64)
-    rt.launch(_fn("zeta_bwd_key_starts"), size + 1,
-              (keys[(passes - 1) % 2], rt.i64(size), rt.i64(rows * n), starts))
     return pairs, starts
 
 
