@@ -217,7 +217,7 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
 // The same without a re-rank (W = k), LANES threads a query (window_walk.cuh's group_window):
 // the search and the walks read LANES neighbouring entries a step instead of one. Launched
 // with blocks of 256 threads (rt.THREADS); at most 40 registers a thread, so that 6 blocks
-// fit an SM (3-5 % faster than 42 registers and 5 blocks, docs/benchmarks.md).
+// fit an SM (2-5 % faster than 42 registers and 5 blocks, docs/benchmarks.md).
 template <int LANES>
 __global__ void __launch_bounds__(256, 6) zeta_fused_window_group(const unsigned long long* __restrict__ sorted,
                                         const unsigned long long* __restrict__ levels,
