@@ -139,8 +139,9 @@ extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restri
             long long rank = offsets[(r * tiles + tile) * n_levels + t] +
                              __popc(ballot & ((1u << lane) - 1));
             for (int w = 0; w < warp; ++w) rank += warp_total[w];
-            levels[level_start(t, gridDim.y, s0_bits) + r * ((long long)1 << (s0_bits + t)) + rank] =
-                key;
+            long long level_row = level_start(t, gridDim.y, s0_bits) +
+                                  r * ((long long)1 << (s0_bits + t));
+            levels[level_row + rank] = key;
         }
         __syncthreads();  // warp_total is rewritten for the next level
     }
@@ -219,12 +220,11 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ sorted,
 // with blocks of 256 threads (rt.THREADS); at most 40 registers a thread, so that 6 blocks
 // fit an SM (2-5 % faster than 42 registers and 5 blocks, docs/benchmarks.md).
 template <int LANES>
-__global__ void __launch_bounds__(256, 6) zeta_fused_window_group(const unsigned long long* __restrict__ sorted,
-                                        const unsigned long long* __restrict__ levels,
-                                        int n_levels, int s0_bits, int code_bits, int pos_bits,
-                                        long long rows, long long n, int causal,
-                                        long long chunk, long long width,
-                                        int* __restrict__ cand) {
+__global__ void __launch_bounds__(256, 6)
+zeta_fused_window_group(const unsigned long long* __restrict__ sorted,
+                        const unsigned long long* __restrict__ levels, int n_levels, int s0_bits,
+                        int code_bits, int pos_bits, long long rows, long long n, int causal,
+                        long long chunk, long long width, int* __restrict__ cand) {
     Packing pk{code_bits, pos_bits};
     Group<LANES> g;
     long long groups = ((long long)gridDim.x * blockDim.x) / LANES;
