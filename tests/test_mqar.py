@@ -337,6 +337,24 @@ def test_same_seed_same_numbers(attention):
     assert c["curve"] != a["curve"]
 
 
+def test_the_numbers_do_not_depend_on_the_callers_blas_threads():
+    """train() runs the BLAS with one thread and gives the caller's setting back: with more
+    threads OpenBLAS sums in another order (at this size the losses of the 20 steps differed
+    from step 7 on, on two cores, before train() fixed the threads), and parallel runs each
+    with a BLAS thread per core were four to five times slower a step."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    cfg = RunConfig(attention="full", seq_len=64, d_model=32, batch=64, steps=20,
+                    test_size=8, log_every=1)  # V = 8192: the head's product is the one
+    curves = []
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            curves.append(train(cfg)["curve"])
+            blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+            assert all(n == threads for n in blas), blas  # the caller's setting is back
+    assert curves[0] == curves[1]
+
+
 @pytest.mark.parametrize("attention", ["full", "zeta"])
 def test_a_run_stopped_and_resumed_gives_the_same_numbers(attention, tmp_path):
     """Stopped three times (inside a loss window, just after an evaluation, at once) and

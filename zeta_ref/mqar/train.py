@@ -20,6 +20,14 @@ GPU, up to the order of the float64 additions of the embedding's gradient, see
 :func:`zeta_ref.mqar.layers.embedding_backward`). Three generators, all derived from
 ``seed``: the parameters' initialisation, the training stream and the test set.
 
+The BLAS behind NumPy's matrix products runs with one thread while :func:`train` runs, for
+two reasons. OpenBLAS sums a product in another order with another number of threads, so
+the numbers would otherwise depend on the machine's cores (Numba's kernels give the same
+numbers with any number of threads). And runs in parallel processes (a grid's ``--jobs``)
+would each start a BLAS thread per core, whose idle threads spin: on a two-core machine two
+such runs at once took four to five times as long a step as one alone, and the smoke grid
+with ``--jobs 2`` three times as long as with ``--jobs 1`` (docs/experiments.md).
+
 A run can stop part way and go on later (a grid run in sittings, :mod:`zeta_ref.mqar.grid`):
 ``train(cfg, checkpoint=PATH, should_stop=...)`` saves everything the remaining steps depend
 on (the parameters, both Adams' moments, the training stream's generator, the loss window,
@@ -200,6 +208,14 @@ def train(cfg: RunConfig, progress=None, state: dict | None = None,
     in all; a resumed run counts every sitting's time and lists the steps it went on from
     as "resumed_at").
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):  # the same sums on every machine
+        return _train(cfg, progress, state, checkpoint, should_stop)
+
+
+def _train(cfg: RunConfig, progress, state, checkpoint, should_stop) -> dict | None:
+    """:func:`train`'s loop, with the BLAS limited by the caller."""
     t_start = time.perf_counter()
     xp = array_namespace(cfg.backend)
     dtype = np.dtype(cfg.dtype)
