@@ -7,8 +7,21 @@ They are exposed as session-scoped fixtures so that hypothesis tests can use the
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest -n (the README's command) the worker processes share the cores. The BLAS
+    # behind NumPy would start a thread per core in each, whose idle threads spin and slow
+    # the other workers several times over (zeta_ref.mqar.train says what was measured): one
+    # BLAS thread per worker, here and in the processes a test starts (the docs build).
+    from threadpoolctl import threadpool_limits
+
+    for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    threadpool_limits(limits=1, user_api="blas")
 
 SEED = 20250414
 

@@ -24,6 +24,10 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.md"))
 pytest.importorskip("sphinx")
 pytest.importorskip("myst_nb")
 
+# Under pytest -n (the README's command), every test here runs in the process that built the
+# site: the build happens once, not once per process.
+pytestmark = pytest.mark.xdist_group("docs_site")
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
