@@ -15,7 +15,9 @@ The JSON argument overrides the defaults below (any RunConfig field). Every loss
 every evaluation prints one line (step, loss or test accuracy, seconds since the start). At
 the deadline the run saves a checkpoint and stops; the JSON then holds what it had done (its
 learning curve and evaluations so far, ``"stopped_at_step"``), so a run the device's time
-cut short still says how far it got. Without a deadline the run goes to its last step.
+cut short still says how far it got (the runs of 2026-12-04 were stopped by an earlier version
+that did not yet copy the learned gammas from the checkpoint). Without a deadline the run goes
+to its last step.
 
     python docs/data/mqar_zoology_budget.py --merge out/*.json > docs/data/mqar_zoology_budget.json
 
@@ -25,6 +27,7 @@ import argparse
 import datetime
 import importlib
 import json
+import math
 import os
 import platform
 import sys
@@ -80,6 +83,8 @@ def run(tag: str, overrides: dict, deadline: float | None, json_path: str,
         result = {"label": cfg.label(), "config": meta["config"],
                   "stopped_at_step": meta["step"], "curve": meta["curve"],
                   "evals": meta["evals"], "train_seconds": meta["train_seconds"],
+                  "gammas": {name.replace(".log_gamma", ".gamma"): math.exp(value)
+                             for name, value in meta["log_gammas"].items()},
                   "seconds_per_step": meta["train_seconds"] / max(1, meta["step"]),
                   "total_seconds": meta["total_seconds"]}
     result.update(tag=tag, finished=now())
