@@ -306,3 +306,26 @@ def test_fused_memory_is_linear_in_n():
         del q, k, v, out
         pool.free_all_blocks()
     assert peaks[1] <= 1.1 * peaks[0], peaks
+
+
+@pytest.mark.parametrize("shape, code_bits", [
+    ((4, 1000), 30),      # row, code and position packed: one radix sort
+    ((2, 3, 300), 55),    # (row, code) packed, the position left to the stable argsort
+    ((1024, 128), 56),    # two stable argsorts: d_K = 8 at 7 bits, as the MQAR ablation
+    ((3, 5, 17), 63),     # the widest codes, several rows
+    ((2, 1), 63),         # one key a row
+])
+def test_sort_keys_every_path_gives_the_specifications_order(shape, code_bits):
+    """Each of sort_keys's three ways of sorting (all rows in one call) gives the
+    specification's permutation, with many equal codes (ties by position, D10)."""
+    from zeta_ref.cupy.sort import sort_keys
+    from zeta_ref.stages.sort import sort_keys as spec_sort_keys
+
+    rng = np.random.default_rng(code_bits)
+    codes = rng.integers(0, 2**code_bits, size=shape, dtype=np.uint64)
+    codes[..., ::3] = codes[..., :1]  # a third of every row shares one code
+    want_perm, want_sorted = spec_sort_keys(codes)
+    for given_bits in (code_bits, None):  # the bound given, or read off the codes
+        perm, sorted_codes = sort_keys(codes, code_bits=given_bits)
+        _compare(perm, want_perm, "perm")
+        _compare(sorted_codes, want_sorted, "sorted_codes")

@@ -6,7 +6,8 @@ above and its position below the code (``sort.cu``), and one radix sort of the p
 (``cupy.sort``) orders them by row, code and position, which is the stable order of D10.
 (Sorting a (rows, N) array along its last axis instead runs a comparison sort per row, several
 times slower.) When row, code and position need more than 64 bits together, a stable argsort
-of (row, code) takes over, and beyond that one stable argsort per row.
+of (row, code) takes over, and beyond that two stable argsorts of all rows (by code, then by
+row).
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ def sort_keys(key_codes, *, code_bits: int | None = None):
         row = cp.arange(rows, dtype=np.uint64)[:, None]  # (R, 1)
         shift = np.uint64(code_bits) if rows > 1 else np.uint64(0)
         order = cp.argsort(((row << shift) | flat).ravel())  # stable: ties by position
-        order = order.reshape(rows, n)
-        perm[...] = (order - cp.arange(rows, dtype=np.int64)[:, None] * n).reshape(shape)
     else:
-        order = cp.stack([cp.argsort(flat[r]) for r in range(rows)])  # stable, row by row
-        perm[...] = order.reshape(shape)
+        # two stable sorts of all rows at once, the last by the most significant field: by
+        # code (ties in flat order: row, then position), then by row (ties in code order).
+        # One argsort per row instead took 40 ms for 2048 rows of 128 keys on an H200.
+        by_code = cp.argsort(flat.ravel())
+        order = by_code[cp.argsort(by_code // n)]
+    order = order.reshape(rows, n)
+    perm[...] = (order - cp.arange(rows, dtype=np.int64)[:, None] * n).reshape(shape)
     sorted_codes[...] = cp.take_along_axis(flat, perm.reshape(rows, n), axis=-1).reshape(shape)
     return perm, sorted_codes
