@@ -53,3 +53,19 @@ def test_the_torch_path_on_cuda_trains_as_the_cupy_engine(attention):
     assert theirs["accuracy"] == mine["accuracy"]
     for name, g in mine["gammas"].items():
         assert theirs["gammas"][name] == pytest.approx(g, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape, count", [((512, 128, 64), 2), ((512, 128, 64), 1),
+                                          ((4096, 7), 1), ((1, 3), 1), ((3, 2, 5, 4), 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_leading_on_the_gpu_is_the_sum_numpy_takes(shape, count, dtype):
+    """layers.sum_leading (a product with a ones vector on the GPU) sums what NumPy sums."""
+    from zeta_ref.mqar.layers import sum_leading
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    got = sum_leading(cp.asarray(x), count)
+    want = x.astype(np.float64).sum(axis=tuple(range(count)))
+    assert isinstance(got, cp.ndarray) and got.dtype == dtype and got.shape == want.shape
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(cp.asnumpy(got), want, rtol=rtol,
+                               atol=rtol * np.abs(x).sum(axis=tuple(range(count))).max())
