@@ -1,0 +1,34 @@
+#!/bin/bash
+# The launcher of the d_K and score ablation at Zoology's batch (docs/experiments.md, "Claims 2
+# and 3 at Zoology's batch"), as it ran on one H200: NVIDIA MPS, the kernels compiled once,
+# then one run of docs/data/mqar_zoology_budget.py per (d_K, score) in the background (setsid:
+# they outlive the shell that started them), all with the same wall-clock deadline, BUDGET
+# seconds (default 840) from the launch. N = 128, d_model = 256, batch 512, 3000 steps,
+# lr 1e-3, seed 0; and seed 1 of d_K = 3, Cauchy. Logs and results go to out/abl/; merge with
+#     python docs/data/mqar_zoology_budget.py --merge out/abl/*.json
+set -u
+cd "$(dirname "$0")/../.."  # the repository root
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+mkdir -p out/abl
+nvidia-cuda-mps-control -d && echo "mps started"
+python3 - > out/abl/warmup.log 2>&1 <<'PY'
+from zeta_ref.mqar.grid import warm_up
+from zeta_ref.mqar.train import RunConfig
+warm_up([(s, RunConfig(attention="zeta", backend="cupy", score=s)) for s in ("cauchy", "neg_euclidean", "inv_euclidean")])
+PY
+echo "warm-up rc=$?"
+DEADLINE=$(( $(date +%s) + ${BUDGET:-840} ))
+echo "$DEADLINE" > out/abl_deadline
+launch() {  # TAG SEED D_K SCORE
+  setsid nohup python3 docs/data/mqar_zoology_budget.py "$1" \
+    "{\"seq_len\": 128, \"batch\": 512, \"steps\": 3000, \"lr\": 1e-3, \"eval_every\": 500, \"seed\": $2, \"d_k\": $3, \"score\": \"$4\"}" \
+    --deadline "$DEADLINE" --json "out/abl/$1.json" --checkpoint "out/abl/$1.npz" \
+    > "out/abl/$1.log" 2>&1 < /dev/null &
+}
+for dk in 1 2 3 8; do
+  for score in cauchy neg_euclidean inv_euclidean; do
+    launch "dk${dk}_${score}_s0" 0 "$dk" "$score"
+  done
+done
+launch dk3_cauchy_s1 1 3 cauchy
+sleep 2; echo "launched: $(pgrep -f mqar_zoology_budget | wc -l) processes; deadline in ${BUDGET:-840} s"
