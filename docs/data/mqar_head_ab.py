@@ -1,0 +1,57 @@
+"""The MQAR model's output head on the GPU: its three matrix products, as zeta_ref.mqar.model
+writes them and in the other orientations cuBLAS could be given (docs/experiments.md, "What a
+training step costs": two of them took 2.3 and 2.6 ms of a 36 ms step at N = 128, batch 512).
+
+    python docs/data/mqar_head_ab.py [M] [V] [d]
+
+M = B P scored positions (default 4096 = 512 x 8), V the vocabulary (8192), d = d_model (256),
+float32. For each product: the median device time of 20 calls (cupyx.profiler.benchmark,
+after 3 warm-up calls) of every variant, and its largest difference from the model's own
+expression relative to that expression's largest magnitude (the same product summed in
+another order: float32 rounding only).
+"""
+import sys
+
+import numpy as np
+import cupy as cp
+import cupyx.profiler
+
+
+def main():
+    m, v, d = (int(x) for x in (sys.argv[1:] + ["4096", "8192", "256"][len(sys.argv) - 1:]))
+    rng = cp.random.RandomState(0)
+    h = rng.standard_normal((m, d), dtype=cp.float32)  # the final layer norm's output
+    wte = rng.standard_normal((v, d), dtype=cp.float32) * 0.02  # the tied embedding
+    dlogits = rng.standard_normal((m, v), dtype=cp.float32) / m  # the loss's gradient
+    products = {
+        "logits = h @ wte.T  (M, V)": [
+            ("h @ wte.T  (model.py)", lambda: h @ wte.T),
+            ("(wte @ h.T).T", lambda: (wte @ h.T).T),
+            ("h @ ascontiguousarray(wte.T)", lambda: h @ cp.ascontiguousarray(wte.T)),
+        ],
+        "dh = dlogits @ wte  (M, d)": [
+            ("dlogits @ wte  (model.py)", lambda: dlogits @ wte),
+            ("(wte.T @ dlogits.T).T", lambda: (wte.T @ dlogits.T).T),
+        ],
+        "dwte = dlogits.T @ h  (V, d)": [
+            ("dlogits.T @ h  (model.py)", lambda: dlogits.T @ h),
+            ("(h.T @ dlogits).T", lambda: (h.T @ dlogits).T),
+            ("ascontiguousarray(dlogits.T) @ h", lambda: cp.ascontiguousarray(dlogits.T) @ h),
+        ],
+    }
+    print(f"M = {m}, V = {v}, d = {d}, float32; "
+          f"{cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, CuPy {cp.__version__}")
+    for title, variants in products.items():
+        print(title)
+        want = variants[0][1]()
+        scale = float(cp.abs(want).max())
+        for name, fn in variants:
+            got = fn()
+            diff = float(cp.abs(got - want).max()) / scale
+            r = cupyx.profiler.benchmark(fn, (), n_repeat=20, n_warmup=3)
+            print(f"  {name:36s} {np.median(r.gpu_times[0]) * 1e3:8.3f} ms   "
+                  f"max diff {diff:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
