@@ -469,6 +469,28 @@ def test_cupy_backend_is_refused_cleanly_without_a_gpu(zeta_ref_cli):
     assert code == 2 and "--backend:" in err and "cupy" in err
 
 
+@pytest.mark.parametrize("accuracy, pairs, flagged", [(0.124, 8, True), (0.249, 8, True),
+                                                      (0.25, 8, False), (0.99, 8, False),
+                                                      (0.49, 4, True), (0.5, 4, False),
+                                                      (0.01, 8, True), (0.3, 2, False)])
+def test_a_run_not_yet_recalling_is_named_so(accuracy, pairs, flagged):
+    """The CLI's summary of a run says when its accuracy is below 2/P (on the plateau, at
+    1/P, a model names one of the context's values rather than the right one), and not
+    above it, nor for P < 4, where 2/P is no threshold."""
+    from zeta_ref.tools.mqar import format_run
+
+    result = {"label": "zeta dK=3 cauchy k=32 N=128 d=256 seed=0",
+              "config": {"pairs": pairs, "vocab": 8192, "steps": 10, "batch": 8, "lr": 1e-3,
+                         "backend": "numpy"},
+              "curve": [{"step": 10, "loss": 2.0}], "evals": [{"step": 10, "accuracy": accuracy}],
+              "gammas": {}, "accuracy": accuracy, "chance": 1 / 8192, "final_loss": 2.0,
+              "seconds_per_step": 0.01, "total_seconds": 0.1}
+    text = format_run(result)
+    assert ("not recalling yet" in text) == flagged, text
+    if flagged:
+        assert f"2/P = {200 / pairs:.1f} %" in text and f"1/P = {100 / pairs:.1f} %" in text
+
+
 def test_one_run_writes_json_and_curves(tmp_path, zeta_ref_cli):
     path = tmp_path / "r.json"
     code, out, _ = zeta_ref_cli(["mqar", "--attention", "zeta", "--seq-len", "32",

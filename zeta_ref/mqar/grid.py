@@ -341,6 +341,12 @@ def _mean(accs):
     return statistics.fmean(accs) if accs else None
 
 
+def on_plateau(accuracy: float, pairs: int) -> bool:
+    """Whether an accuracy is still on MQAR's plateau: below twice 1/P. A model there names
+    one of the context's P values, not the right one (guessing among them gives 1/P)."""
+    return accuracy < 2 / pairs
+
+
 def _cauchy_verdict(means: dict, pairs: int) -> str:
     """Whether Cauchy beats the paper's other scores, from the mean accuracies by score.
 
@@ -352,7 +358,7 @@ def _cauchy_verdict(means: dict, pairs: int) -> str:
               and m is not None]
     if cauchy is None or not others:
         return "—"
-    if max(others + [cauchy]) < 2 / pairs:
+    if on_plateau(max(others + [cauchy]), pairs):
         return "— (none left the plateau)"
     return ("yes" if cauchy > max(others) else "tie" if cauchy == max(others) else "no")
 

@@ -375,7 +375,10 @@ def machine() -> dict:
 
 
 def format_run(result: dict) -> str:
-    """One run in a few lines: its label, the learning curve, the accuracy."""
+    """One run in a few lines: its label, the learning curve, the accuracy (and a word on the
+    plateau when the run is still on it)."""
+    from zeta_ref.mqar.grid import on_plateau
+
     cfg = result["config"]
     curve = ", ".join(f"{p['step']}: {p['loss']:.3f}" for p in result["curve"][::max(
         1, len(result["curve"]) // 10)])
@@ -391,6 +394,14 @@ def format_run(result: dict) -> str:
                  + (f"; {gammas}" if gammas else "")
                  + f"; {1000 * result['seconds_per_step']:.1f} ms/step, "
                  f"{result['total_seconds']:.1f} s in all")
+    pairs = cfg["pairs"]
+    if pairs >= 4 and on_plateau(result["accuracy"], pairs):  # 2/P means little for P < 4
+        lines.append(
+            f"  not recalling yet: below 2/P = {200 / pairs:.1f} % (on the plateau, at 1/P = "
+            f"{100 / pairs:.1f} %, a model names one of the context's {pairs} values, not the "
+            "right one). A run can wait there for thousands of steps; more steps, a larger "
+            "batch (Zoology trains with 512 at N <= 128), another seed or learning rate may "
+            "take it off (docs/experiments.md, \"Zoology's batch\").")
     return "\n".join(lines)
 
 
