@@ -3,8 +3,10 @@
 # and 3 at Zoology's batch"), as it ran on one H200: NVIDIA MPS, the kernels compiled once,
 # then one run of docs/data/mqar_zoology_budget.py per (d_K, score) in the background (setsid:
 # they outlive the shell that started them), all with the same wall-clock deadline, BUDGET
-# seconds (default 840) from the launch. N = 128, d_model = 256, batch 512, 3000 steps,
-# lr 1e-3, seed 0; and seed 1 of d_K = 3, Cauchy. Logs and results go to out/abl/; merge with
+# seconds (default 840) from the launch. N = 128, d_model = 256, batch 512, STEPS steps
+# (default 3000, as run on 2026-12-04; Zoology's budget is 12500) with an evaluation every
+# EVAL_EVERY steps (default 500), lr 1e-3, seed 0; and seed 1 of d_K = 3, Cauchy. Logs and
+# results go to out/abl/; merge with
 #     python docs/data/mqar_zoology_budget.py --merge out/abl/*.json
 set -u
 cd "$(dirname "$0")/../.."  # the repository root
@@ -19,9 +21,10 @@ PY
 echo "warm-up rc=$?"
 DEADLINE=$(( $(date +%s) + ${BUDGET:-840} ))
 echo "$DEADLINE" > out/abl_deadline
+STEPS=${STEPS:-3000} EVAL_EVERY=${EVAL_EVERY:-500}
 launch() {  # TAG SEED D_K SCORE
   setsid nohup python3 docs/data/mqar_zoology_budget.py "$1" \
-    "{\"seq_len\": 128, \"batch\": 512, \"steps\": 3000, \"lr\": 1e-3, \"eval_every\": 500, \"seed\": $2, \"d_k\": $3, \"score\": \"$4\"}" \
+    "{\"seq_len\": 128, \"batch\": 512, \"steps\": $STEPS, \"lr\": 1e-3, \"eval_every\": $EVAL_EVERY, \"seed\": $2, \"d_k\": $3, \"score\": \"$4\"}" \
     --deadline "$DEADLINE" --json "out/abl/$1.json" --checkpoint "out/abl/$1.npz" \
     > "out/abl/$1.log" 2>&1 < /dev/null &
 }
