@@ -308,7 +308,8 @@ def _in_processes(payloads, jobs: int, done) -> None:
 
 
 def _accuracies(runs, **match) -> list[float]:
-    return [r["accuracy"] for r in runs
+    """The accuracies of the runs that match, seed by seed (not in the order they finished)."""
+    return [r["accuracy"] for r in sorted(runs, key=lambda r: r["config"]["seed"])
             if all(r["config"].get(key) == value for key, value in match.items())]
 
 
@@ -329,7 +330,8 @@ def _gap(runs, **match) -> str:
 
 
 def _fmt(accs: list[float]) -> str:
-    """'99.8 % (99.6, 100.0)': the mean over seeds and each seed; '—' when not run."""
+    """'99.8 % (99.6, 100.0)': the mean over seeds and each seed (seed 0 first); '—' when not
+    run."""
     if not accs:
         return "—"
     mean = 100 * statistics.fmean(accs)
