@@ -1,7 +1,7 @@
 """ZetaConfig: every choice of the ZETA forward pass, including those the paper leaves open.
 
 Each field that settles a point the paper is silent on carries the id of that decision
-(D1...D12); docs/decisions.md gives the question, the default, the alternatives and why.
+(D1...D13); docs/decisions.md gives the question, the default, the alternatives and why.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--vocab", type=_positive_int, default=48,
                       help="number of distinct token embeddings (48)")
     data.add_argument("--seed", type=int, default=0, help="seed of every random draw, >= 0 (0)")
-    cfg = p.add_argument_group("ZetaConfig (see docs/decisions.md for D1..D12)")
+    cfg = p.add_argument_group("ZetaConfig (see docs/decisions.md for D1..D13)")
     d = ZetaConfig()
     cfg.add_argument("--k", type=_positive_int, default=d.k, help=f"keys per query ({d.k})")
     cfg.add_argument("--bits", type=_positive_int, default=d.bits,
