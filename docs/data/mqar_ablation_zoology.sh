@@ -5,8 +5,10 @@
 # they outlive the shell that started them), all with the same wall-clock deadline, BUDGET
 # seconds (default 840) from the launch. N = 128, d_model = 256, batch 512, STEPS steps
 # (default 3000, as run on 2026-12-04; Zoology's budget is 12500) with an evaluation every
-# EVAL_EVERY steps (default 500), lr 1e-3, seed 0; and seed 1 of d_K = 3, Cauchy. Logs and
-# results go to out/abl/; merge with
+# EVAL_EVERY steps (default 500), lr 1e-3, seed 0; and seed 1 of d_K = 3, Cauchy. RUNS
+# (default: those 13) picks runs by tag, dk<D_K>_<score>_s<seed>; STOP_AT (default: none) stops
+# a run after its first evaluation at or above that accuracy. Logs and results go to out/abl/;
+# merge with
 #     python docs/data/mqar_zoology_budget.py --merge out/abl/*.json
 set -u
 cd "$(dirname "$0")/../.."  # the repository root
@@ -22,16 +24,15 @@ echo "warm-up rc=$?"
 DEADLINE=$(( $(date +%s) + ${BUDGET:-840} ))
 echo "$DEADLINE" > out/abl_deadline
 STEPS=${STEPS:-3000} EVAL_EVERY=${EVAL_EVERY:-500}
-launch() {  # TAG SEED D_K SCORE
-  setsid nohup python3 docs/data/mqar_zoology_budget.py "$1" \
-    "{\"seq_len\": 128, \"batch\": 512, \"steps\": $STEPS, \"lr\": 1e-3, \"eval_every\": $EVAL_EVERY, \"seed\": $2, \"d_k\": $3, \"score\": \"$4\"}" \
-    --deadline "$DEADLINE" --json "out/abl/$1.json" --checkpoint "out/abl/$1.npz" \
-    > "out/abl/$1.log" 2>&1 < /dev/null &
-}
+ALL=""
 for dk in 1 2 3 8; do
-  for score in cauchy neg_euclidean inv_euclidean; do
-    launch "dk${dk}_${score}_s0" 0 "$dk" "$score"
-  done
+  for score in cauchy neg_euclidean inv_euclidean; do ALL="$ALL dk${dk}_${score}_s0"; done
 done
-launch dk3_cauchy_s1 1 3 cauchy
+for tag in ${RUNS:-$ALL dk3_cauchy_s1}; do  # dk<D_K>_<score>_s<seed>
+  [[ $tag =~ ^dk([0-9]+)_([a-z_]+)_s([0-9]+)$ ]] || { echo "bad run tag: $tag"; exit 2; }
+  setsid nohup python3 docs/data/mqar_zoology_budget.py "$tag" \
+    "{\"seq_len\": 128, \"batch\": 512, \"steps\": $STEPS, \"lr\": 1e-3, \"eval_every\": $EVAL_EVERY, \"seed\": ${BASH_REMATCH[3]}, \"d_k\": ${BASH_REMATCH[1]}, \"score\": \"${BASH_REMATCH[2]}\"}" \
+    --deadline "$DEADLINE" --json "out/abl/$tag.json" --checkpoint "out/abl/$tag.npz" \
+    ${STOP_AT:+--stop-at "$STOP_AT"} > "out/abl/$tag.log" 2>&1 < /dev/null &
+done
 sleep 2; echo "launched: $(pgrep -f mqar_zoology_budget | wc -l) processes; deadline in ${BUDGET:-840} s"

@@ -17,11 +17,20 @@ the deadline the run saves a checkpoint and stops; the JSON then holds what it h
 learning curve and evaluations so far, ``"stopped_at_step"``), so a run the device's time
 cut short still says how far it got (the runs of 2026-12-04 were stopped by an earlier version
 that did not yet copy the learned gammas from the checkpoint). Without a deadline the run goes
-to its last step.
+to its last step. With ``--stop-at ACC`` the run also stops (saving its checkpoint, as at the
+deadline) after the first evaluation that reaches ACC, so that a run already recalling gives
+its share of a shared GPU to the runs still on the plateau; the JSON then says
+``"stopped_because": "reached ACC"`` (or ``"deadline"``).
 
     python docs/data/mqar_zoology_budget.py --merge out/*.json > docs/data/mqar_zoology_budget.json
 
-merges the runs' files into one, with the machine and the date.
+merges the runs' files into one, with the machine and the date, and
+
+    python docs/data/mqar_zoology_budget.py --table docs/data/mqar_ablation_zoology_full.json
+
+prints the rows of docs/experiments.md's table of such a file (tests/test_mqar.py checks
+that the page holds them): each run's accuracy every 1000 steps, its last evaluation in bold,
+the first steps at 50 % and 99 %, and the step it stopped at.
 """
 import argparse
 import datetime
@@ -32,6 +41,7 @@ import os
 import platform
 import sys
 import time
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
@@ -62,20 +72,27 @@ class Lines:
 
 
 def run(tag: str, overrides: dict, deadline: float | None, json_path: str,
-        checkpoint: str) -> None:
+        checkpoint: str, stop_at: float | None = None) -> None:
     cfg = T.RunConfig(**dict(DEFAULTS, **overrides))
     t0 = time.time()
     evaluate = T.evaluate
+    best = [0.0]  # the best evaluation so far
 
     def logged(cfg_, *args):  # train() calls evaluate by its module's name
         acc = evaluate(cfg_, *args)
+        best[0] = max(best[0], acc)
         print(f"{tag} eval accuracy {acc:.4f} t={time.time() - t0:.0f}s", flush=True)
         return acc
+
+    def reached() -> bool:
+        return stop_at is not None and best[0] >= stop_at
 
     T.evaluate = logged
     print(f"{tag} start {now()} {cfg.label()} batch={cfg.batch} steps={cfg.steps} "
           f"lr={cfg.lr}", flush=True)
-    stop = None if deadline is None else (lambda step: time.time() >= deadline)
+    def stop(step: int) -> bool:
+        return reached() or (deadline is not None and time.time() >= deadline)
+
     result = T.train(cfg, progress=Lines(tag, t0), checkpoint=checkpoint, should_stop=stop)
     if result is None:  # stopped at the deadline: the checkpoint holds the progress
         with np.load(checkpoint) as saved:
@@ -86,7 +103,8 @@ def run(tag: str, overrides: dict, deadline: float | None, json_path: str,
                   "gammas": {name.replace(".log_gamma", ".gamma"): math.exp(value)
                              for name, value in meta["log_gammas"].items()},
                   "seconds_per_step": meta["train_seconds"] / max(1, meta["step"]),
-                  "total_seconds": meta["total_seconds"]}
+                  "total_seconds": meta["total_seconds"],
+                  "stopped_because": f"reached {stop_at}" if reached() else "deadline"}
     result.update(tag=tag, finished=now())
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
@@ -112,6 +130,40 @@ def merge(paths: list[str]) -> None:
                "machine": machine, "runs": runs}, sys.stdout, indent=1)
 
 
+SCORE_NAMES = {"cauchy": "Cauchy", "neg_euclidean": "negative Euclidean",
+               "inv_euclidean": "inverse Euclidean"}
+
+
+def pct(accuracy: float) -> str:
+    """A percentage to one decimal, rounded half up from the exact fraction (as the docs)."""
+    return str(Decimal(repr(accuracy * 100)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def table_rows(runs: list[dict], every: int = 1000) -> list[str]:
+    """The Markdown rows of docs/experiments.md's table of an ablation, one per run, by d_K,
+    score (the paper's order) and seed."""
+    def order(r):
+        c = r["config"]
+        return c["d_k"], list(SCORE_NAMES).index(c["score"]), c["seed"]
+
+    rows = []
+    for r in sorted(runs, key=order):
+        c, evals = r["config"], r["evals"]
+        last = evals[-1]
+        cells = [pct(e["accuracy"]) for e in evals
+                 if e["step"] % every == 0 and e["step"] < last["step"]]
+        cells.append(f"**{pct(last['accuracy'])} %**" if last["step"] % every == 0 and
+                     r.get("stopped_because", "deadline") == "deadline"
+                     else f"**{pct(last['accuracy'])} % at {last['step']}**")
+        first = [next((str(e["step"]) for e in evals if e["accuracy"] >= mark), "-")
+                 for mark in (0.5, 0.99)]
+        name = f"d_K = {c['d_k']}, {SCORE_NAMES[c['score']]}" + (
+            f", seed {c['seed']}" if c["seed"] else "")
+        rows.append(f"| {name} | {' / '.join(cells)} | {' / '.join(first)} | "
+                    f"{r.get('stopped_at_step') or c['steps']} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tag", nargs="?")
@@ -119,15 +171,24 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=None)
     parser.add_argument("--json")
     parser.add_argument("--checkpoint")
+    parser.add_argument("--stop-at", type=float, default=None)
     parser.add_argument("--merge", nargs="+")
+    parser.add_argument("--table")
     args = parser.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print("\n".join(table_rows(json.load(f)["runs"])))
+        return
     if args.merge:
         merge(args.merge)
         return
     if not (args.tag and args.json and args.checkpoint):
         parser.error("a run needs TAG, --json and --checkpoint")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    run(args.tag, json.loads(args.overrides), args.deadline, args.json, args.checkpoint)
+    if args.stop_at is not None and not 0 < args.stop_at <= 1:
+        parser.error(f"--stop-at must be an accuracy in (0, 1], got {args.stop_at}")
+    run(args.tag, json.loads(args.overrides), args.deadline, args.json, args.checkpoint,
+        args.stop_at)
 
 
 if __name__ == "__main__":
