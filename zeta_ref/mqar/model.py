@@ -240,7 +240,9 @@ def forward(cfg: ModelConfig, params: dict, log_gammas: dict, tokens, query_pos,
     rows = xp.arange(tokens.shape[0])[:, None]  # (B, 1)
     sel = x[rows, query_pos]  # (B, P, d): the scored positions only
     h, caches["lnf"] = L.layernorm_forward(sel, params["lnf.w"], params["lnf.b"])
-    logits = h @ params["wte"].T  # (B, P, V): the head is the token embedding (tied)
+    # the head is the token embedding (tied); one product of 2-D matrices (B P rows), as the
+    # backward's: matmul takes a 3-D @ 2-D product as a stack of B small products of P rows
+    logits = (h.reshape(-1, h.shape[-1]) @ params["wte"].T).reshape(h.shape[:-1] + (-1,))
     caches["head"] = (h, params["wte"])
     loss, caches["ce"] = L.cross_entropy_forward(logits.reshape(-1, cfg.vocab),
                                                  answers.reshape(-1))
@@ -253,10 +255,9 @@ def backward(cfg: ModelConfig, caches: dict, grads: dict) -> dict:
     flat gradient array, every entry overwritten); return the host log gammas' gradients."""
     dlogits = L.cross_entropy_backward(caches["ce"])  # (B P, V)
     x_shape, rows, query_pos = caches["sel"]
-    dlogits = dlogits.reshape(query_pos.shape + (cfg.vocab,))  # (B, P, V)
     h, wte = caches["head"]
-    dh = dlogits @ wte  # (B, P, d)
-    dwte_head = dlogits.reshape(-1, cfg.vocab).T @ h.reshape(-1, h.shape[-1])  # (V, d)
+    dh = (dlogits @ wte).reshape(h.shape)  # (B P, V) @ (V, d) -> (B, P, d)
+    dwte_head = dlogits.T @ h.reshape(-1, h.shape[-1])  # (V, d)
     dsel, grads["lnf.w"][...], grads["lnf.b"][...] = L.layernorm_backward(dh, caches["lnf"])
     xp = L.array_module(dsel)
     dx = xp.zeros(x_shape, dtype=dsel.dtype)  # (B, N, d)
