@@ -431,6 +431,33 @@ def test_table_renders_from_results_only():
     assert render_table({"runs": []}) == "(no runs in these results)"
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_ablation_table_of_the_docs_is_its_data_files():
+    """docs/experiments.md's table of the ablation at Zoology's budget holds exactly the rows
+    docs/data/mqar_zoology_budget.py --table renders from the committed results (so a number
+    typed by hand, or a rerun not copied into the page, fails here)."""
+    spec = importlib.util.spec_from_file_location(
+        "mqar_zoology_budget", os.path.join(ROOT, "docs", "data", "mqar_zoology_budget.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with open(os.path.join(ROOT, "docs", "data", "mqar_ablation_zoology_full.json")) as f:
+        runs = json.load(f)["runs"]
+    with open(os.path.join(ROOT, "docs", "experiments.md"), encoding="utf-8") as f:
+        page = f.read().splitlines()
+    rows = script.table_rows(runs)
+    assert len(rows) == len(runs) == 12
+    missing = [row for row in rows if row not in page]
+    assert not missing, "rows of the data file not in docs/experiments.md:\n" + "\n".join(missing)
+    # the rendering: rounded half up from the exact fraction, the last evaluation in bold
+    fake = {"config": {"d_k": 2, "score": "inv_euclidean", "seed": 1, "steps": 12500},
+            "evals": [{"step": 1000, "accuracy": 0.1225}, {"step": 1500, "accuracy": 0.991}],
+            "stopped_at_step": 1500, "stopped_because": "reached 0.99"}
+    assert script.table_rows([fake]) == [
+        "| d_K = 2, inverse Euclidean, seed 1 | 12.3 / **99.1 % at 1500** | 1500 / 1500 | 1500 |"]
+
+
 # ------------------------------------------------------------------ the command line
 
 
