@@ -1,14 +1,15 @@
 #!/bin/bash
 # The launcher of the d_K and score ablation at Zoology's batch (docs/experiments.md, "Claims 2
-# and 3 at Zoology's batch"), as it ran on one H200: NVIDIA MPS, the kernels compiled once,
-# then one run of docs/data/mqar_zoology_budget.py per (d_K, score) in the background (setsid:
-# they outlive the shell that started them), all with the same wall-clock deadline, BUDGET
-# seconds (default 840) from the launch. N = 128, d_model = 256, batch 512, STEPS steps
-# (default 3000, as run on 2026-12-04; Zoology's budget is 12500) with an evaluation every
-# EVAL_EVERY steps (default 500), lr 1e-3, seed 0; and seed 1 of d_K = 3, Cauchy. RUNS
-# (default: those 13) picks runs by tag, dk<D_K>_<score>_s<seed>; STOP_AT (default: none) stops
-# a run after its first evaluation at or above that accuracy. Logs and results go to out/abl/;
-# merge with
+# and 3 on Zoology's 12,500-step schedule" and "The first try"), as it ran on one H200: NVIDIA
+# MPS, the kernels compiled once, then one run of docs/data/mqar_zoology_budget.py per
+# (d_K, score) in the background (setsid: they outlive the shell that started them), all with
+# the same wall-clock deadline, BUDGET seconds (default 840) from the launch. N = 128,
+# d_model = 256, batch 512, STEPS steps (default 3000, the first try; Zoology's budget is
+# 12500) with an evaluation every EVAL_EVERY steps (default 500), lr 1e-3, seed 0; and seed 1
+# of d_K = 3, Cauchy. RUNS (default: those 13) picks runs by tag, dk<D_K>_<score>_s<seed>;
+# STOP_AT (default: none) stops a run after its first evaluation at or above that accuracy.
+# The 12,500-step run of docs/experiments.md: STEPS=12500 EVAL_EVERY=250 STOP_AT=0.99 and
+# RUNS without dk3_cauchy_s0. Logs and results go to out/abl/; merge with
 #     python docs/data/mqar_zoology_budget.py --merge out/abl/*.json
 set -u
 cd "$(dirname "$0")/../.."  # the repository root
