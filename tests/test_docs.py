@@ -24,9 +24,11 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.md"))
 pytest.importorskip("sphinx")
 pytest.importorskip("myst_nb")
 
-# Under pytest -n (the README's command), every test here runs in the process that built the
-# site: the build happens once, not once per process.
-pytestmark = pytest.mark.xdist_group("docs_site")
+# Under the README's pytest -n auto --dist loadscope, every test of this file runs in one
+# process, the one that built the site: the build happens once, not once per process. (The
+# README said --dist loadgroup with an xdist_group mark here until 2026-12-04: with pytest 9
+# and pytest-xdist 3.8 that mode silently stopped grouping, pytest-xdist issue #1386, and each
+# of CI's two processes built the site, about 85 s more a run on two cores.)
 
 
 @pytest.fixture(scope="module")

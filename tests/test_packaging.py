@@ -94,6 +94,9 @@ def test_ci_runs_the_readme_commands():
     lines = [line for line in block.splitlines() if line.strip()]
     assert len(lines) == 2
     assert "zeta-ref demo" in lines[0] and "pytest" in lines[1] and ".[test]" in lines[1]
+    # one process per core, each file's tests in one process: tests/test_docs.py builds the
+    # site once (its comment says why not --dist loadgroup)
+    assert "-n auto --dist loadscope" in lines[1]
 
 
 def test_ci_tests_the_oldest_and_newest_admitted_python():
