@@ -584,6 +584,19 @@ def test_a_grid_resumes_from_its_json(tmp_path, zeta_ref_cli):
     assert code == 2 and "holds the grid 'smoke', not 'paper'" in err
     code, _, err = zeta_ref_cli(["mqar", "--resume"])
     assert code == 2 and "--resume needs --grid and --json" in err
+    # other options than the file's: refused, the differing ones named, nothing run
+    before = path.read_text()
+    code, _, err = zeta_ref_cli([a if a != "2" else "3" for a in argv] + ["--resume"])
+    assert code == 2, err
+    assert f"none of the {len(full['runs'])} results in {path} is a run of this grid" in err
+    assert "steps 2 there, 3 here" in err and "give the options of the command" in err
+    assert path.read_text() == before
+    # a field RunConfig gained after the file was written counts as its default there
+    older = dict(full, runs=[dict(r, config={k: v for k, v in r["config"].items()
+                                             if k != "qk_projection"}) for r in full["runs"]])
+    path.write_text(json.dumps(older))
+    code, out, err = zeta_ref_cli(argv + ["--resume"])
+    assert code == 0 and "running the other 0" in err, err
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

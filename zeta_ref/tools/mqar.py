@@ -20,7 +20,8 @@ apply to every run; the grid sets the sizes, the attention, d_K and the score it
   zeta-ref mqar --grid paper --backend cupy --jobs 8 --json mqar.json --resume  # the rest
   zeta-ref mqar --table mqar.json      # the tables again, from the JSON
 
---resume (with --json) goes on from an interrupted grid: only the runs the file lacks.
+--resume (with --json) goes on from an interrupted grid: only the runs the file lacks, given
+the options of the command that wrote it (a file none of whose runs they describe is refused).
 --time-limit SECONDS ends a sitting on time: at the limit the runs in flight save
 checkpoints beside the JSON (PATH.checkpoints/) and stop, and the next --resume goes on from
 them, so a grid split into sittings loses no work.
@@ -281,6 +282,7 @@ def validate(args):
         output_file(args.json, "--json")
     if args.resume:
         args.previous = _previous_results(args.json, args.grid)
+        _check_resumes(args.previous, runs, args.json)
     if args.out:
         output_folder(args.out, "--out", ("mqar_curves.png",))
     return runs
@@ -303,6 +305,23 @@ def _previous_results(path: str, grid: str):
         raise OptionError(f"--resume: {path} holds the grid {previous.get('grid')!r}, not "
                           f"{grid!r}")
     return previous
+
+
+def _check_resumes(previous, runs, path: str) -> None:
+    """A --resume must go on with the grid the file holds: when none of its results is a
+    run of this command's grid, say which options differ rather than start the grid anew
+    in the same file."""
+    from zeta_ref.mqar.grid import option_differences, pending
+
+    if not previous or not previous["runs"] or len(pending(runs, previous["runs"])) < len(runs):
+        return
+    differ = option_differences(runs, previous["runs"])
+    said = "; ".join(f"{name} {', '.join(map(str, there))} there, {', '.join(map(str, here))} "
+                     f"here" for name, (there, here) in differ.items())
+    raise OptionError(f"--resume: none of the {len(previous['runs'])} results in {path} is a "
+                      f"run of this grid" + (f" ({said})" if said else "")
+                      + "; give the options of the command that wrote it: "
+                      + str(previous.get("command", "(not recorded)")))
 
 
 def _check_torch(backend: str) -> None:
