@@ -541,6 +541,27 @@ def test_one_run_writes_json_and_curves(tmp_path, zeta_ref_cli):
     assert run["config"]["attention"] == "zeta" and len(run["curve"]) == 2
     assert run["config"]["qk_projection"] == "mlp" and "qk=mlp" in run["label"]
     assert results["command"].startswith("zeta-ref mqar")
+    # which zeta_ref wrote it: the version, and the commit where it runs from a git checkout
+    from zeta_ref import __version__
+
+    source = results["machine"]["zeta_ref"]
+    assert source["version"] == __version__
+    assert source["commit"] is None or (len(source["commit"]) == 40 and
+                                        isinstance(source["changed"], bool))
+
+
+def test_the_source_of_results_without_git(monkeypatch):
+    """Outside a git checkout, or without git, a results file still names the version."""
+    import subprocess
+
+    from zeta_ref import __version__
+    from zeta_ref.tools import common
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert common.source() == {"version": __version__, "commit": None, "changed": None}
 
 
 def test_smoke_grid_in_two_processes_and_the_table_again(tmp_path, zeta_ref_cli):

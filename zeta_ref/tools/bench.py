@@ -68,7 +68,7 @@ import time
 
 import numpy as np
 
-from .common import progress_bar
+from .common import progress_bar, source
 
 STAGE_NAMES = ("quantize", "morton", "sort", "window", "means", "topk")
 TARGET_TOKENS_PER_S = 1_000_000  # numba, N = 65536
@@ -362,8 +362,9 @@ def blas_libraries() -> list[dict]:
 
 
 def machine(torch=None) -> dict:
-    """What ran the benchmark: CPU, cores, versions, Numba's threading layer and threads, the
-    BLAS of the dense baseline, OPENBLAS_CORETYPE if set, the date, torch and its threads."""
+    """What ran the benchmark: which zeta_ref (:func:`common.source`), CPU, cores, versions,
+    Numba's threading layer and threads, the BLAS of the dense baseline, OPENBLAS_CORETYPE if
+    set, the date, torch and its threads."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -377,7 +378,8 @@ def machine(torch=None) -> dict:
 
     from zeta_ref.numba._jit import threading_layer
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    info = {"zeta_ref": source(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "numpy": np.__version__, "numba": numba.__version__,
             "numba_threads": numba.get_num_threads(),
             "numba_threading_layer": threading_layer(),

@@ -1,5 +1,5 @@
 """What the subcommands of ``zeta-ref`` share: the checks they run on their options before any
-work, and the progress bar.
+work, the progress bar, and which zeta_ref wrote a results file.
 
 Every check raises :class:`OptionError` naming the option; :mod:`zeta_ref.tools.cli` turns it
 into one line and exit status 2.
@@ -8,6 +8,7 @@ into one line and exit status 2.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -160,3 +161,30 @@ def progress_bar(total: int, mode: str = "auto"):
     show = mode == "always" or (mode == "auto" and _watched(sys.stderr))
     return tqdm(total=total, file=sys.stderr, disable=not show, unit="step", leave=True,
                 dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}]")
+
+
+# ------------------------------------------------------------------ which zeta_ref wrote a result
+
+
+def source() -> dict:
+    """The zeta_ref in use, for a results file: its version and, when it was loaded from a git
+    checkout (``pip install -e``), the commit and whether the package's files differ from it
+    (None for both outside a checkout, or without git)."""
+    from zeta_ref import __version__
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # zeta_ref/
+    info = {"version": __version__, "commit": None, "changed": None}
+
+    def git(*args):
+        return subprocess.run(["git", "-C", package, *args], capture_output=True, text=True,
+                              timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            info["commit"] = head.stdout.strip()
+            # exit status 1: the package's tracked files differ from that commit
+            info["changed"] = git("diff", "--quiet", "HEAD", "--", ".").returncode == 1
+    except (OSError, subprocess.SubprocessError):  # no git here
+        pass
+    return info

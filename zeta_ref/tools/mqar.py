@@ -38,7 +38,8 @@ import platform
 import shlex
 import sys
 
-from .common import OptionError, check_range, output_file, output_folder, progress_bar
+from .common import (OptionError, check_range, output_file, output_folder, progress_bar,
+                     source)
 
 #: Options a grid sets itself (a value given for one of them with --grid is refused).
 GRID_SETS = ("seq_len", "d_model", "pairs", "attention", "d_k", "score", "k")
@@ -369,10 +370,10 @@ def _check_memory(runs, jobs: int) -> None:
 
 
 def machine() -> dict:
-    """What the results were measured on."""
+    """What the results were measured on, and with which zeta_ref (:func:`common.source`)."""
     import numpy as np
 
-    info = {"python": platform.python_version(), "numpy": np.__version__,
+    info = {"zeta_ref": source(), "python": platform.python_version(), "numpy": np.__version__,
             "platform": platform.platform(), "processor": platform.processor() or
             platform.machine(), "cpus": os.cpu_count()}
     try:
