@@ -550,6 +550,29 @@ def test_one_run_writes_json_and_curves(tmp_path, zeta_ref_cli):
                                         isinstance(source["changed"], bool))
 
 
+@pytest.mark.parametrize("n_runs", [3, 13])
+def test_the_curves_of_a_grid_have_a_legend(tmp_path, monkeypatch, n_runs):
+    """Up to 12 runs, an entry each; a grid's many runs, one entry per attention with its
+    count (each run's own entry would cover the plot)."""
+    import matplotlib.pyplot as plt
+
+    from zeta_ref.tools.mqar import plot_curves
+
+    runs = [{"label": f"run {i}", "config": {"attention": "full" if i % 3 == 0 else "zeta"},
+             "curve": [{"step": 10, "loss": 2.0}, {"step": 20, "loss": 1.0}],
+             "evals": [{"step": 20, "accuracy": 0.5}]} for i in range(n_runs)]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at
+    plot_curves(runs, str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 0
+    legend = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    if n_runs <= 12:
+        assert legend == [r["label"] for r in runs]
+    else:
+        assert legend == ["full attention (5 runs)", "ZETA (8 runs)"]
+    figures[0].clf()
+
+
 def test_the_source_of_results_without_git(monkeypatch):
     """Outside a git checkout, or without git, a results file still names the version."""
     import subprocess

@@ -427,26 +427,37 @@ def format_run(result: dict) -> str:
 
 def plot_curves(runs: list, path: str) -> None:
     """Training loss against step for every run (log scale), and the test accuracy at each
-    evaluation; full attention solid, ZETA dashed."""
+    evaluation; full attention solid, ZETA dashed. Up to 12 runs, a colour and a legend entry
+    each; more (a grid), one colour per attention and a legend of the two."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    many = len(runs) > 12
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in runs:
-        style = "-" if r["config"]["attention"] == "full" else "--"
+        full = r["config"]["attention"] == "full"
+        style = "-" if full else "--"
+        shared = {"color": "C0" if full else "C1", "alpha": 0.5} if many else {}
         steps = [p["step"] for p in r["curve"]]
         line, = ax_loss.plot(steps, [p["loss"] for p in r["curve"]], style, lw=1,
-                             label=r["label"])
+                             label=r["label"], **shared)
         ax_acc.plot([e["step"] for e in r["evals"]],
                     [100 * e["accuracy"] for e in r["evals"]], style, marker="o", ms=3,
-                    lw=1, color=line.get_color())
+                    lw=1, color=line.get_color(), alpha=shared.get("alpha"))
     ax_loss.set(xlabel="step", ylabel="training loss (answer positions)", yscale="log",
                 title="MQAR: learning curves")
     ax_acc.set(xlabel="step", ylabel="test accuracy (%)", ylim=(0, 101),
                title="held-out accuracy")
-    if len(runs) <= 12:
+    if many:
+        count = {a: sum(r["config"]["attention"] == a for r in runs) for a in ("full", "zeta")}
+        ax_loss.legend(handles=[Line2D([], [], color="C0", ls="-",
+                                       label=f"full attention ({count['full']} runs)"),
+                                Line2D([], [], color="C1", ls="--",
+                                       label=f"ZETA ({count['zeta']} runs)")], fontsize=7)
+    else:
         ax_loss.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
