@@ -181,7 +181,10 @@ def source() -> dict:
 
     try:
         head = git("rev-parse", "HEAD")
-        if head.returncode == 0:
+        # the package's own files must be tracked there (not a copy installed inside some
+        # other checkout, a virtual environment in a repository, say)
+        if head.returncode == 0 and git("ls-files", "--error-unmatch",
+                                        "__init__.py").returncode == 0:
             info["commit"] = head.stdout.strip()
             # exit status 1: the package's tracked files differ from that commit
             info["changed"] = git("diff", "--quiet", "HEAD", "--", ".").returncode == 1
