@@ -94,7 +94,7 @@ def run(tag: str, overrides: dict, deadline: float | None, json_path: str,
         return reached() or (deadline is not None and time.time() >= deadline)
 
     result = T.train(cfg, progress=Lines(tag, t0), checkpoint=checkpoint, should_stop=stop)
-    if result is None:  # stopped at the deadline: the checkpoint holds the progress
+    if result is None:  # stopped (deadline or --stop-at): the checkpoint holds the progress
         with np.load(checkpoint) as saved:
             meta = json.loads(str(saved["meta"]))
         result = {"label": cfg.label(), "config": meta["config"],

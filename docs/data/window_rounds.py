@@ -27,16 +27,16 @@ import numpy as np
 from zeta_ref import ZetaConfig
 from zeta_ref.stages.morton import morton_encode
 from zeta_ref.stages.quantize import quantize
+from zeta_ref.stages.sort import sort_keys
 
 S0_BITS = 8  # zeta_ref.cupy.fused.S0_BITS
 
 
 def pool_of(codes: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """The prefix pool of the keys at positions < limit: (codes, positions) in Z order, ties
-    by position (D10)."""
-    pos = np.arange(limit)
-    order = np.lexsort((pos, codes[:limit]))
-    return codes[:limit][order], pos[order]
+    by position (D10): stage 4 of the specification on those keys."""
+    positions, sorted_codes = sort_keys(codes[:limit])
+    return sorted_codes, positions
 
 
 def search_rounds(pool_codes: np.ndarray, qz: int, lanes: int) -> tuple[int, int]:

@@ -154,14 +154,19 @@ def _run_one(payload):
     return result
 
 
+def _as_written_now(config: dict) -> dict:
+    """A result's config with the fields RunConfig gained since it was written, at their
+    defaults (see :func:`pending`)."""
+    return {**asdict(RunConfig()), **config}
+
+
 def pending(runs, finished: list) -> list:
     """The (group, config) pairs of ``runs`` that no result of ``finished`` holds (a result
     holds a run when its group and its whole config are the run's). A field that RunConfig
     gained after a result was written is read as its default there: every field is added
     with the default that computes what the code computed before it existed (so the results
     of docs/data/mqar_grid.json, written before ``qk_projection``, still count)."""
-    defaults = asdict(RunConfig())
-    done = {(r.get("group"), json.dumps({**defaults, **r["config"]}, sort_keys=True))
+    done = {(r.get("group"), json.dumps(_as_written_now(r["config"]), sort_keys=True))
             for r in finished}
     return [(group, cfg) for group, cfg in runs
             if (group, json.dumps(asdict(cfg), sort_keys=True)) not in done]
@@ -171,11 +176,10 @@ def option_differences(runs, finished: list) -> dict:
     """{field: (values in ``finished``, values in ``runs``)} for every RunConfig field whose
     values in the finished results and in the runs have nothing in common (read as
     :func:`pending` reads them): the options that set a results file apart from a grid."""
-    defaults = asdict(RunConfig())
-    theirs = [{**defaults, **r["config"]} for r in finished]
+    theirs = [_as_written_now(r["config"]) for r in finished]
     ours = [asdict(cfg) for _, cfg in runs]
     differ = {}
-    for name in defaults:
+    for name in asdict(RunConfig()):
         a = {json.dumps(c.get(name)) for c in theirs}
         b = {json.dumps(c[name]) for c in ours}
         if a and b and not a & b:
