@@ -450,12 +450,19 @@ def test_the_ablation_table_of_the_docs_is_its_data_files():
         "mqar_zoology_budget", os.path.join(ROOT, "docs", "data", "mqar_zoology_budget.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    with open(os.path.join(ROOT, "docs", "data", "mqar_ablation_zoology_full.json")) as f:
-        runs = json.load(f)["runs"]
     with open(os.path.join(ROOT, "docs", "experiments.md"), encoding="utf-8") as f:
         page = f.read().splitlines()
-    rows = script.table_rows(runs)
-    assert len(rows) == len(runs) == 12
+    rows, cells = [], set()
+    # seed 0 (and seed 1 of d_K = 3, Cauchy), then seed 1 of the other 11 cells
+    for name, count in (("mqar_ablation_zoology_full.json", 12),
+                        ("mqar_ablation_zoology_seed1.json", 11)):
+        with open(os.path.join(ROOT, "docs", "data", name)) as f:
+            runs = json.load(f)["runs"]
+        assert len(script.table_rows(runs)) == len(runs) == count, name
+        rows += script.table_rows(runs)
+        cells |= {(r["config"]["d_k"], r["config"]["score"], r["config"]["seed"]) for r in runs}
+    # with the d_K = 3 Cauchy run of seed 0 (mqar_zoology_budget.json): two seeds of each cell
+    assert len(cells | {(3, "cauchy", 0)}) == 24
     missing = [row for row in rows if row not in page]
     assert not missing, "rows of the data file not in docs/experiments.md:\n" + "\n".join(missing)
     # the rendering: rounded half up from the exact fraction, the last evaluation in bold

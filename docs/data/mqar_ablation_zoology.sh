@@ -8,8 +8,9 @@
 # 12500) with an evaluation every EVAL_EVERY steps (default 500), lr 1e-3, seed 0; and seed 1
 # of d_K = 3, Cauchy. RUNS (default: those 13) picks runs by tag, dk<D_K>_<score>_s<seed>;
 # STOP_AT (default: none) stops a run after its first evaluation at or above that accuracy.
-# The 12,500-step run of docs/experiments.md: STEPS=12500 EVAL_EVERY=250 STOP_AT=0.99 and
-# RUNS without dk3_cauchy_s0. Logs and results go to out/abl/; merge with
+# The 12,500-step runs of docs/experiments.md: STEPS=12500 EVAL_EVERY=250 STOP_AT=0.99 and
+# RUNS without dk3_cauchy_s0 (seed 0), then RUNS = the 11 other cells' tags with _s1 (seed 1).
+# Logs and results go to out/abl/; merge with
 #     python docs/data/mqar_zoology_budget.py --merge out/abl/*.json
 set -u
 cd "$(dirname "$0")/../.."  # the repository root

@@ -20,7 +20,9 @@ that did not yet copy the learned gammas from the checkpoint). Without a deadlin
 to its last step. With ``--stop-at ACC`` the run also stops (saving its checkpoint, as at the
 deadline) after the first evaluation that reaches ACC, so that a run already recalling gives
 its share of a shared GPU to the runs still on the plateau; the JSON then says
-``"stopped_because": "reached ACC"`` (or ``"deadline"``).
+``"stopped_because": "reached ACC"`` (or ``"deadline"``; ``"finished"`` for a run that went to
+its last step, in files written after docs/data/mqar_ablation_zoology_seed1.json, which, as
+the files before it, leaves the field out then).
 
     python docs/data/mqar_zoology_budget.py --merge out/*.json > docs/data/mqar_zoology_budget.json
 
@@ -47,6 +49,7 @@ import numpy as np
 
 # the module (zeta_ref.mqar's own name `train` is its function of that name)
 T = importlib.import_module("zeta_ref.mqar.train")
+from zeta_ref.tools.common import source  # noqa: E402  (the version and commit run)
 
 #: Zoology's budget for ZETA at d_model = 256 (the size of the paper's 100 % claim), N = 128.
 DEFAULTS = dict(attention="zeta", d_k=3, score="cauchy", k=32, seq_len=128, d_model=256,
@@ -105,6 +108,7 @@ def run(tag: str, overrides: dict, deadline: float | None, json_path: str,
                   "seconds_per_step": meta["train_seconds"] / max(1, meta["step"]),
                   "total_seconds": meta["total_seconds"],
                   "stopped_because": f"reached {stop_at}" if reached() else "deadline"}
+    result.setdefault("stopped_because", "finished")  # trained to its last step
     result.update(tag=tag, finished=now())
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
@@ -118,7 +122,8 @@ def merge(paths: list[str]) -> None:
     for path in paths:
         with open(path) as f:
             runs.append(json.load(f))
-    machine = {"python": platform.python_version(), "host": platform.node()}
+    machine = {"python": platform.python_version(), "host": platform.node(),
+               "zeta_ref": source()}
     try:
         import cupy
 
