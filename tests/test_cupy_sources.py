@@ -1,7 +1,7 @@
 """The CuPy backend's sources, checked without a GPU (these run in CI).
 
-- every .cu file compiles for sm_90 with warnings as errors (where nvcc is installed), so a
-  kernel that does not compile never lands;
+- every .cu file (the backend's, and the experiments' in docs/data) compiles for sm_90 with
+  warnings as errors (where nvcc is installed), so a kernel that does not compile never lands;
 - the constants of exp_ieee in zeta_common.cuh are, digit for digit, those of quantize.py (D13);
 - without CuPy (or without a GPU) zeta_ref imports, does not list "cupy", and asking for it
   fails in one line that says what to install.
@@ -20,7 +20,10 @@ import zeta_ref
 from zeta_ref.stages import quantize
 
 CUPY_DIR = Path(zeta_ref.__file__).parent / "cupy"
-SOURCES = sorted(CUPY_DIR.glob("*.cu"))
+# the library's kernels, and the experiments' beside their scripts (docs/data, built against
+# the library's sources), where this is a checkout
+SOURCES = sorted(CUPY_DIR.glob("*.cu")) + sorted(
+    (Path(__file__).resolve().parents[1] / "docs" / "data").glob("*.cu"))
 
 
 def test_there_are_kernel_sources():
@@ -89,3 +92,19 @@ def test_every_kernel_a_launcher_names_is_defined_in_its_source(launcher):
             args = name[name.index("<"):].replace(" ", "")
             flat = source.replace(" ", "").replace("\\\n", "")
             assert f"{base}{args}(" in flat or f"{base}<" in flat, (launcher.name, name)
+
+
+def test_the_attention_experiment_asks_for_instances_its_source_has():
+    """docs/data/attention_ahead_ab.py (run on a GPU only) asks NVRTC for the instances of
+    docs/data/attention_ahead.cu by name: each must be instantiated there."""
+    data = Path(__file__).resolve().parents[1] / "docs" / "data"
+    if not (data / "attention_ahead_ab.py").exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    script = (data / "attention_ahead_ab.py").read_text()
+    asked = re.findall(r"\((\d), (\d+), (\d)\)", re.search(r"^AHEAD = (.*)$", script,
+                                                           re.M).group(1))
+    source = (data / "attention_ahead.cu").read_text()
+    made = set(re.findall(r"^ZETA_TOPK_AHEAD\((\d), (\d+), (\d)\)$", source, re.M))
+    assert asked and set(asked) <= made, (asked, made)
+    assert "#pragma unroll 8\n        for (int t = 0; t < n_slots; ++t) {" in \
+        (CUPY_DIR / "topk_softmax.cu").read_text()  # the loop the script unrolls 16 times

@@ -1,0 +1,124 @@
+"""An A/B of the forward pass's attention kernel (docs/benchmarks.md, issue 10's analysis): the
+library's zeta_topk_fast<3, 1> against the variants of docs/data/attention_ahead.cu, which load
+the next round's query place (and candidates) during the current round's weighted sum (or just
+after it), with and without __launch_bounds__, and against the library kernel with its
+weighted sum's loop unrolled 16 times instead of 8.
+
+Each variant is compiled as the library compiles its kernels (NVRTC, rt.OPTIONS), replayed on
+the very arguments a fused pass hands the library kernel (recorded from one call of
+zeta_ref.cupy.fused.forward), and its outputs compared with the library kernel's, bit for bit,
+before it is timed (medians of three medians of 25 launches, CUDA events). Written for one
+H200, not yet run (2026-12-04):
+
+    PYTHONPATH=$PWD python docs/data/attention_ahead_ab.py out.json 1x8x16384 1x8x65536 16x8x65536
+
+(B x H x N; float32, d_k = 3, d_v = 64, k = 32, the default config). It prints a line per shape
+and variant: registers, local memory (spills), the time, and whether the outputs are the same.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import cupy as cp
+
+from zeta_ref import ZetaConfig
+from zeta_ref.cupy import fused, topk_softmax as T, _runtime as rt
+from gpu_timing import rounds
+
+HERE = Path(__file__).resolve().parent
+LIBRARY = "zeta_topk_fast<3, 1>"
+#: AHEAD (1: the place, 2: and the candidates, 3: both after the sum), UNROLL, MIN_BLOCKS
+#: (0: no __launch_bounds__); attention_ahead.cu instantiates each
+AHEAD = ((1, 8, 0), (2, 8, 0), (2, 8, 3), (2, 8, 4), (2, 16, 3), (3, 8, 0))
+LOOP = "#pragma unroll 8\n        for (int t = 0; t < n_slots; ++t) {"
+
+
+def variants() -> dict:
+    """name -> compiled kernel, the library's first."""
+    source = (rt.HERE / "topk_softmax.cu").read_text()
+    assert source.count(LOOP) == 1, "the weighted sum's loop of topk_softmax.cu has changed"
+    fns = {"library": cp.RawModule(code=source, options=rt.OPTIONS,
+                                   name_expressions=(LIBRARY,)).get_function(LIBRARY),
+           "library, unroll 16": cp.RawModule(
+               code=source.replace(LOOP, LOOP.replace("unroll 8", "unroll 16")),
+               options=rt.OPTIONS, name_expressions=(LIBRARY,)).get_function(LIBRARY)}
+    names = [f"zeta_topk_ahead<3, 1, {a}, {u}>" if not b else
+             f"zeta_topk_ahead_bounded<3, 1, {a}, {u}, {b}>" for a, u, b in AHEAD]
+    module = cp.RawModule(code=(HERE / "attention_ahead.cu").read_text(), options=rt.OPTIONS,
+                          name_expressions=tuple(names))
+    for (a, u, b), name in zip(AHEAD, names):
+        label = (("ahead: place" if a == 1 else "ahead: place and candidates"
+                  if a == 2 else "after the sum: place and candidates")
+                 + f", unroll {u}, " + (f"{b} blocks an SM" if b else "no bound"))
+        fns[label] = module.get_function(name)
+    return fns
+
+
+def recorded_call(q, k, v):
+    """(grid, block, args) of the library kernel's launch in one fused pass."""
+    calls = {}
+    real = T._fn
+
+    def recording(name):
+        fn = real(name)
+        if name != LIBRARY:
+            return fn
+
+        def launch(grid, block, args, **kw):
+            calls[name] = (grid, block, args)
+            return fn(grid, block, args, **kw)
+        return launch
+    T._fn = recording
+    try:
+        fused.forward(q, k, v, ZetaConfig())
+    finally:
+        T._fn = real
+    if LIBRARY not in calls:
+        raise SystemExit(f"the fused pass did not launch {LIBRARY}")
+    return calls[LIBRARY]
+
+
+def main():
+    fns = variants()
+    for label, fn in fns.items():
+        print(f"{label}: {fn.attributes['num_regs']} registers, "
+              f"{fn.attributes['local_size_bytes']} bytes of local memory", flush=True)
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+              "kernels": {label: {"registers": fn.attributes["num_regs"],
+                                  "local_bytes": fn.attributes["local_size_bytes"]}
+                          for label, fn in fns.items()},
+              "shapes": {}}
+    for shape in sys.argv[2:]:
+        b, h, n = (int(x) for x in shape.split("x"))
+        rng = np.random.default_rng(0)
+        q, k = (cp.asarray(rng.standard_normal((b, h, n, 3)).astype(np.float32))
+                for _ in range(2))
+        v = cp.asarray(rng.standard_normal((b, h, n, 64)).astype(np.float32))
+        grid, block, args = recorded_call(q, k, v)
+        outputs = [a for a in args if isinstance(a, cp.ndarray)]
+        reference = None
+        rows = {}
+        for label, fn in fns.items():
+            for a in outputs[-3:]:  # out, weights, mean_weight: poisoned before each check
+                a.view(np.uint32).fill(0xFFFFFFFF)
+            fn(grid, block, args)
+            cp.cuda.Device().synchronize()
+            got = [a.copy() for a in outputs]
+            if reference is None:
+                reference = got
+            same = all(bool(cp.array_equal(x.view(np.uint8), y.view(np.uint8)))
+                       for x, y in zip(got, reference))
+            ms = rounds(lambda: fn(grid, block, args), warm=2)
+            rows[label] = {"ms": ms, "same_bits": same}
+            print(f"{shape} {label:50s} {ms:8.4f} ms  x{ms / rows['library']['ms']:.3f}  "
+                  f"same bits: {same}", flush=True)
+        result["shapes"][shape] = rows
+    with open(sys.argv[1], "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
