@@ -106,6 +106,49 @@ def test_future_never_changes_the_past_random(n, k_top, extra, causal, chunk, sc
         assert np.array_equal(inter2.weights[:p], inter.weights[:p])
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("causal, chunk", [("inclusive", None), ("inclusive", 5),
+                                           ("strict", 8), ("strict", 1)])
+@pytest.mark.parametrize("score, window", [("cauchy", None), ("softmax", 48)])
+@pytest.mark.parametrize("n_real", [1, 5, 20, 32, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_right_padding_leaves_the_real_positions_unchanged(make_qkv, backend, causal, chunk,
+                                                           score, window, n_real, dtype):
+    """A sequence padded on the right with anything gives, at its real positions, the outputs
+    of the sequence alone (the causal modes; in "strict" mode with a chunk size given, as the
+    automatic one depends on N): how sequences of different lengths share a batch today, and
+    what a decoder's output at step t is checked against (the pass over positions 0 .. t;
+    docs/roadmap.md). Padding must pass the input checks like the rest (finite, in range):
+    here standard normal draws. Bit for bit once the real length reaches k, when both passes
+    have k slots a query (whatever W); below k the specification's sums over the slots
+    (NumPy's pairwise sums) may group their terms differently, so there it agrees within the
+    tolerances; the Numba twin, which adds the slots one after the other, stays bit for bit."""
+    k_top, n_pad = 32, 64  # the default k; a window of 48 takes the re-rank's path
+    cfg = ZetaConfig(k=k_top, window=window, causal=causal, chunk_size=chunk, score=score)
+    q, k, v = make_qkv(np.random.default_rng(n_real), n_pad, 3, 8, lead=(2,), dtype=dtype)
+    padded = zeta_attention(q, k, v, cfg, backend=backend)
+    alone = zeta_attention(q[:, :n_real], k[:, :n_real], v[:, :n_real], cfg, backend=backend)
+    if n_real >= k_top or backend == "numba":
+        np.testing.assert_array_equal(padded[:, :n_real], alone)
+    else:
+        assert_close(padded[:, :n_real], alone)
+
+
+def test_strict_mode_with_the_automatic_chunk_size_depends_on_n(make_qkv):
+    """The automatic chunk size M = max(k, ceil(N / 8)) (D5) changes with N, and "strict"
+    pools with M: padding a sequence, or growing it step by step, then changes its past
+    outputs unless the chunk size is given (the test above)."""
+    q, k, v = make_qkv(np.random.default_rng(5), 64, 3, 8)
+    cfg = ZetaConfig(k=4, causal="strict")  # M = 5 for N = 40, 8 for N = 64
+    assert (cfg.chunk_size_for(40), cfg.chunk_size_for(64)) == (5, 8)
+    padded = zeta_attention(q, k, v, cfg)
+    alone = zeta_attention(q[:40], k[:40], v[:40], cfg)
+    assert not np.allclose(padded[:40], alone)
+    given = ZetaConfig(k=4, causal="strict", chunk_size=5)
+    np.testing.assert_array_equal(zeta_attention(q, k, v, given)[:40],
+                                  zeta_attention(q[:40], k[:40], v[:40], given))
+
+
 @pytest.mark.parametrize("causal", ["inclusive", "strict", "none"])
 @pytest.mark.parametrize("chunk", [1, 3, 5, 16, None])
 @pytest.mark.parametrize("window", [None, 7])

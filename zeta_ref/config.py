@@ -126,7 +126,9 @@ class ZetaConfig:
         """k as used for a sequence of length ``n``: ``min(k, n)``.
 
         No pool holds more than n keys, so slots beyond n would always be empty (-1, D9);
-        capping k keeps the arrays (N, k) small whatever k is, and changes no output.
+        capping k keeps the arrays (N, k) small whatever k is, and changes no selection (the
+        outputs only by rounding, in the NumPy specification: its sums over the slots group
+        their terms by the number of slots).
         """
         return min(int(self.k), int(n))
 
