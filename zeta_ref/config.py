@@ -127,8 +127,8 @@ class ZetaConfig:
 
         No pool holds more than n keys, so slots beyond n would always be empty (-1, D9);
         capping k keeps the arrays (N, k) small whatever k is, and changes no selection (the
-        outputs only by rounding, in the NumPy specification: its sums over the slots group
-        their terms by the number of slots).
+        outputs only by rounding, where a sum over the slots groups its terms by the number of
+        slots: the NumPy specification's pairwise sums, the CuPy fast kernel's lanes).
         """
         return min(int(self.k), int(n))
 

@@ -10,10 +10,14 @@ zeta_ref.cupy.fused.forward), and its outputs compared with the library kernel's
 before it is timed (medians of three medians of 25 launches, CUDA events). Written for one
 H200, not yet run (2026-12-04):
 
-    PYTHONPATH=$PWD python docs/data/attention_ahead_ab.py out.json 1x8x16384 1x8x65536 16x8x65536
+    PYTHONPATH=$PWD python docs/data/attention_ahead_ab.py out.json 1x3x1000 1x8x16384 1x8x65536 16x8x65536
 
-(B x H x N; float32, d_k = 3, d_v = 64, k = 32, the default config). It prints a line per shape
-and variant: registers, local memory (spills), the time, and whether the outputs are the same.
+(B x H x N; float32, d_k = 3, d_v = 64, k = 32, the default config; 1 x 3 x 1000 leaves the
+last block's last half-warps past the end). It prints each variant's registers and local
+memory (spills), then a line per shape and variant: the time (the library kernel timed first
+and again last, for drift) and whether the outputs were the library kernel's, bit for bit,
+on three launches: the default one, the same with the weights written, and the softmax
+score's.
 """
 import json
 import sys
@@ -56,8 +60,8 @@ def variants() -> dict:
     return fns
 
 
-def recorded_call(q, k, v):
-    """(grid, block, args) of the library kernel's launch in one fused pass."""
+def recorded_call(q, k, v, cfg):
+    """(grid, block, args) of the library kernel's launch in one fused pass with ``cfg``."""
     calls = {}
     real = T._fn
 
@@ -72,12 +76,43 @@ def recorded_call(q, k, v):
         return launch
     T._fn = recording
     try:
-        fused.forward(q, k, v, ZetaConfig())
+        fused.forward(q, k, v, cfg)
     finally:
         T._fn = real
     if LIBRARY not in calls:
         raise SystemExit(f"the fused pass did not launch {LIBRARY}")
-    return calls[LIBRARY]
+    grid, block, args = calls[LIBRARY]
+    assert len(args) == 22 and int(args[19]) == 0, "launch_topk's arguments have changed"
+    return grid, block, args
+
+
+def weights_written(call):
+    """The same launch with the weights written (argument 18, sized (rows, n, n_slots), and
+    with_weights = 1, argument 19): the fused pass writes none."""
+    grid, block, args = call
+    a = list(args)
+    rows, n, n_slots = int(a[9]), int(a[10]), int(a[13])
+    a[18], a[19] = cp.empty(rows * n * n_slots, np.float32), np.int32(1)
+    return grid, block, tuple(a)
+
+
+def same_bits(fns, call) -> dict:
+    """label -> whether the kernel's outputs (out, weights, mean_weight; poisoned before each
+    launch) are the library kernel's, bit for bit, on the launch ``call``."""
+    grid, block, args = call
+    outputs = [a for a in args if isinstance(a, cp.ndarray)][-3:]
+    reference, same = None, {}
+    for label, fn in fns.items():
+        for a in outputs:
+            a.view(np.uint32).fill(0xFFFFFFFF)
+        fn(grid, block, args)
+        cp.cuda.Device().synchronize()
+        got = [a.copy() for a in outputs]
+        if reference is None:
+            reference = got
+        same[label] = all(bool(cp.array_equal(x.view(np.uint8), y.view(np.uint8)))
+                          for x, y in zip(got, reference))
+    return same
 
 
 def main():
@@ -97,24 +132,23 @@ def main():
         q, k = (cp.asarray(rng.standard_normal((b, h, n, 3)).astype(np.float32))
                 for _ in range(2))
         v = cp.asarray(rng.standard_normal((b, h, n, 64)).astype(np.float32))
-        grid, block, args = recorded_call(q, k, v)
-        outputs = [a for a in args if isinstance(a, cp.ndarray)]
-        reference = None
+        cauchy = recorded_call(q, k, v, ZetaConfig())
+        # the bits on three launches: the default, with the weights written, an exp score
+        checks = {"cauchy": cauchy, "cauchy, weights written": weights_written(cauchy),
+                  "softmax": recorded_call(q, k, v, ZetaConfig(score="softmax"))}
+        same = {case: same_bits(fns, call) for case, call in checks.items()}
+        # the times on the default launch; the library kernel first and again last (drift)
+        grid, block, args = cauchy
         rows = {}
-        for label, fn in fns.items():
-            for a in outputs[-3:]:  # out, weights, mean_weight: poisoned before each check
-                a.view(np.uint32).fill(0xFFFFFFFF)
-            fn(grid, block, args)
-            cp.cuda.Device().synchronize()
-            got = [a.copy() for a in outputs]
-            if reference is None:
-                reference = got
-            same = all(bool(cp.array_equal(x.view(np.uint8), y.view(np.uint8)))
-                       for x, y in zip(got, reference))
+        for label, fn in list(fns.items()) + [("library, again", fns["library"])]:
             ms = rounds(lambda: fn(grid, block, args), warm=2)
-            rows[label] = {"ms": ms, "same_bits": same}
-            print(f"{shape} {label:50s} {ms:8.4f} ms  x{ms / rows['library']['ms']:.3f}  "
-                  f"same bits: {same}", flush=True)
+            rows[label] = {"ms": ms}
+            if label in fns:
+                rows[label]["same_bits"] = {case: s[label] for case, s in same.items()}
+            key = "library" if label == "library, again" else label
+            ok = all(s[key] for s in same.values())
+            print(f"{shape} {label:56s} {ms:8.4f} ms  x{ms / rows['library']['ms']:.3f}  "
+                  f"same bits (3 launches): {ok}", flush=True)
         result["shapes"][shape] = rows
     with open(sys.argv[1], "w") as f:
         json.dump(result, f, indent=1)
