@@ -109,7 +109,8 @@ def run(tag: str, overrides: dict, deadline: float | None, json_path: str,
                   "total_seconds": meta["total_seconds"],
                   "stopped_because": f"reached {stop_at}" if reached() else "deadline"}
     result.setdefault("stopped_because", "finished")  # trained to its last step
-    result.update(tag=tag, finished=now())
+    # the zeta_ref that trained (a merged file's machine says which one merged)
+    result.update(tag=tag, finished=now(), zeta_ref=source())
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
     last = result["evals"][-1]["accuracy"] if result["evals"] else float("nan")
