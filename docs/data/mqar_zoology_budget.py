@@ -50,6 +50,7 @@ import numpy as np
 # the module (zeta_ref.mqar's own name `train` is its function of that name)
 T = importlib.import_module("zeta_ref.mqar.train")
 from zeta_ref.tools.common import source  # noqa: E402  (the version and commit run)
+from zeta_ref.tools.mqar import machine as measured_on  # noqa: E402
 
 #: Zoology's budget for ZETA at d_model = 256 (the size of the paper's 100 % claim), N = 128.
 DEFAULTS = dict(attention="zeta", d_k=3, score="cauchy", k=32, seq_len=128, d_model=256,
@@ -123,15 +124,9 @@ def merge(paths: list[str]) -> None:
     for path in paths:
         with open(path) as f:
             runs.append(json.load(f))
-    machine = {"python": platform.python_version(), "host": platform.node(),
-               "zeta_ref": source()}
-    try:
-        import cupy
-
-        machine.update(cupy=cupy.__version__,
-                       gpu=cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    except Exception as exc:  # merged on a machine without a GPU
-        machine["gpu"] = f"(not read here: {type(exc).__name__})"
+    # what `zeta-ref mqar` records of a machine (the zeta_ref, Python, NumPy, CuPy, the GPU)
+    machine = {"host": platform.node(), **measured_on()}
+    machine.setdefault("gpu", "(not read here: no CuPy or no GPU)")  # merged on a CPU
     json.dump({"script": "docs/data/mqar_zoology_budget.py", "merged": now(),
                "machine": machine, "runs": runs}, sys.stdout, indent=1)
 
