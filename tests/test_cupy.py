@@ -175,6 +175,24 @@ def test_every_window_kernel_gives_the_specification_candidates(monkeypatch, lan
         np.testing.assert_array_equal(cp.asnumpy(cand), im.candidates, err_msg=f"N={n} k={k_top}")
 
 
+def test_more_rows_than_a_grid_has_y():
+    """The prefix pools' kernels take a row per y of their grid, and a grid's y is at most
+    65535: with 65537 rows (N = 300: one pool below the top) a block takes two rows. Each
+    row's candidates are those of the row passed alone, bit for bit, and so (within the
+    tolerances) its output; rows 0, 1 and the last three."""
+    rows, n = fused.MAX_GRID_Y + 2, 300
+    rng = np.random.default_rng(5)
+    q, k = (cp.asarray(rng.standard_normal((rows, n, 3), dtype=np.float32)) for _ in range(2))
+    v = cp.asarray(rng.standard_normal((rows, n, 4), dtype=np.float32))
+    cfg = ZetaConfig(k=4)
+    out, cand = fused.forward(q, k, v, cfg, return_candidates=True)
+    for r in (0, 1, rows - 3, rows - 2, rows - 1):
+        one = slice(r, r + 1)
+        out_r, cand_r = fused.forward(q[one], k[one], v[one], cfg, return_candidates=True)
+        np.testing.assert_array_equal(cp.asnumpy(cand[one]), cp.asnumpy(cand_r), err_msg=f"{r}")
+        assert_close(cp.asnumpy(out[one]), cp.asnumpy(out_r), err_msg=f"row {r}")
+
+
 @pytest.mark.parametrize("k_top, window, d_v", [(150, None, 64), (127, 300, 64), (40, 90, 260),
                                                  (20, 20, 6)])
 def test_wide_selections_and_odd_widths(k_top, window, d_v):

@@ -55,24 +55,27 @@ __device__ __forceinline__ int level_of(long long p, int s0_bits) {
 }
 
 // counts[(r * tiles + tile) * T + t]: the tile's keys whose level is exactly t (t < T).
-// Grid (tiles, rows), ZETA_TILE threads.
+// Grid (tiles, min(rows, 65535)), ZETA_TILE threads: a grid's y is at most 65535, so a block
+// takes rows blockIdx.y, blockIdx.y + gridDim.y, ...
 extern "C" __global__ void zeta_level_counts(const unsigned long long* __restrict__ sorted,
-                                             long long n, long long tiles, int n_levels,
-                                             int s0_bits, int code_bits, int pos_bits,
-                                             int* __restrict__ counts) {
+                                             long long rows, long long n, long long tiles,
+                                             int n_levels, int s0_bits, int code_bits,
+                                             int pos_bits, int* __restrict__ counts) {
     Packing pk{code_bits, pos_bits};
     __shared__ int hist[ZETA_MAX_LEVELS];
-    long long r = blockIdx.y, tile = blockIdx.x;
-    for (int t = threadIdx.x; t < n_levels; t += blockDim.x) hist[t] = 0;
-    __syncthreads();
-    long long s = tile * ZETA_TILE + threadIdx.x;
-    if (s < n) {
-        int lvl = level_of(pk.pos(sorted[r * n + s]), s0_bits);
-        if (lvl < n_levels) atomicAdd(&hist[lvl], 1);  // integer counts: any order gives them
+    long long tile = blockIdx.x, s = tile * ZETA_TILE + threadIdx.x;
+    for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+        for (int t = threadIdx.x; t < n_levels; t += blockDim.x) hist[t] = 0;
+        __syncthreads();
+        if (s < n) {
+            int lvl = level_of(pk.pos(sorted[r * n + s]), s0_bits);
+            if (lvl < n_levels) atomicAdd(&hist[lvl], 1);  // integer counts: any order
+        }
+        __syncthreads();
+        for (int t = threadIdx.x; t < n_levels; t += blockDim.x)
+            counts[(r * tiles + tile) * n_levels + t] = hist[t];
+        __syncthreads();  // hist is cleared for the next row
     }
-    __syncthreads();
-    for (int t = threadIdx.x; t < n_levels; t += blockDim.x)
-        counts[(r * tiles + tile) * n_levels + t] = hist[t];
 }
 
 // offsets[(r, tile, t)] = the keys of level <= t in row r's tiles before `tile`. One warp per
@@ -112,38 +115,40 @@ __device__ __forceinline__ long long level_start(int t, long long rows, int s0_b
 }
 
 // Every key of the tile goes to each level t >= lvl at rank offsets + (keys of level <= t
-// before it in the tile). Level t of row r starts at levels[level_start(t) + r * (S_0 << t)]
-// (the grid's y is the row: R = gridDim.y).
+// before it in the tile). Level t of row r starts at levels[level_start(t) + r * (S_0 << t)].
+// Grid (tiles, min(rows, 65535)), as zeta_level_counts.
 extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restrict__ sorted,
-                                              long long n, long long tiles, int n_levels,
-                                              int s0_bits, int code_bits, int pos_bits,
+                                              long long rows, long long n, long long tiles,
+                                              int n_levels, int s0_bits, int code_bits,
+                                              int pos_bits,
                                               const long long* __restrict__ offsets,
                                               unsigned long long* __restrict__ levels) {
     Packing pk{code_bits, pos_bits};
     __shared__ int warp_total[ZETA_TILE / 32];
-    long long r = blockIdx.y, tile = blockIdx.x;
-    long long s = tile * ZETA_TILE + threadIdx.x;
+    long long tile = blockIdx.x, s = tile * ZETA_TILE + threadIdx.x;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    unsigned long long key = 0;
-    int lvl = n_levels;  // past the end: in no level below the top
-    if (s < n) {
-        key = sorted[r * n + s];
-        lvl = level_of(pk.pos(key), s0_bits);
-    }
-    for (int t = 0; t < n_levels; ++t) {
-        bool in = lvl <= t;
-        unsigned ballot = __ballot_sync(0xffffffffu, in);
-        if (lane == 0) warp_total[warp] = __popc(ballot);
-        __syncthreads();
-        if (in) {
-            long long rank = offsets[(r * tiles + tile) * n_levels + t] +
-                             __popc(ballot & ((1u << lane) - 1));
-            for (int w = 0; w < warp; ++w) rank += warp_total[w];
-            long long level_row = level_start(t, gridDim.y, s0_bits) +
-                                  r * ((long long)1 << (s0_bits + t));
-            levels[level_row + rank] = key;
+    for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+        unsigned long long key = 0;
+        int lvl = n_levels;  // past the end: in no level below the top
+        if (s < n) {
+            key = sorted[r * n + s];
+            lvl = level_of(pk.pos(key), s0_bits);
         }
-        __syncthreads();  // warp_total is rewritten for the next level
+        for (int t = 0; t < n_levels; ++t) {
+            bool in = lvl <= t;
+            unsigned ballot = __ballot_sync(0xffffffffu, in);
+            if (lane == 0) warp_total[warp] = __popc(ballot);
+            __syncthreads();
+            if (in) {
+                long long rank = offsets[(r * tiles + tile) * n_levels + t] +
+                                 __popc(ballot & ((1u << lane) - 1));
+                for (int w = 0; w < warp; ++w) rank += warp_total[w];
+                long long level_row = level_start(t, rows, s0_bits) +
+                                      r * ((long long)1 << (s0_bits + t));
+                levels[level_row + rank] = key;
+            }
+            __syncthreads();  // warp_total is rewritten for the next level
+        }
     }
 }
 

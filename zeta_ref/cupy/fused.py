@@ -38,6 +38,8 @@ STAGE_NAMES = ("codes", "sort", "pools", "window", "means", "attention")
 #: log2 of S_0, the smallest prefix pool (window.cu); the tile of the level kernels.
 S0_BITS = 8
 TILE = 1024
+#: The largest y of a CUDA grid; the level kernels' grid has a y per row, up to this many.
+MAX_GRID_Y = 65535
 _CAUSAL_IDS = {"inclusive": 0, "strict": 1, "none": 2}
 _NAMES = ("zeta_fused_keys<float>", "zeta_fused_keys<double>", "zeta_level_counts",
           "zeta_level_offsets", "zeta_level_scatter", "zeta_fused_window<float, 0>",
@@ -78,15 +80,13 @@ def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int)
         tiles = -(-n // TILE)
         counts = rt.empty((rows, tiles, n_levels), np.int32)
         starts = rt.empty((rows, tiles, n_levels), np.int64)
-        packed = (np.int32(S0_BITS), np.int32(code_bits), np.int32(pos_bits))
-        _fn("zeta_level_counts")((tiles, rows), (TILE,),
-                                 (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
-                                 + packed + (counts,))
+        sizes = (rt.i64(rows), rt.i64(n), rt.i64(tiles), np.int32(n_levels),
+                 np.int32(S0_BITS), np.int32(code_bits), np.int32(pos_bits))
+        grid = (tiles, min(rows, MAX_GRID_Y))  # more rows: a block takes several
+        _fn("zeta_level_counts")(grid, (TILE,), (sorted_keys,) + sizes + (counts,))
         rt.launch(_fn("zeta_level_offsets"), 32 * rows * n_levels,  # a warp per (row, level)
                   (counts, rt.i64(rows), rt.i64(tiles), np.int32(n_levels), starts))
-        _fn("zeta_level_scatter")((tiles, rows), (TILE,),
-                                  (sorted_keys, rt.i64(n), rt.i64(tiles), np.int32(n_levels))
-                                  + packed + (starts, levels))
+        _fn("zeta_level_scatter")(grid, (TILE,), (sorted_keys,) + sizes + (starts, levels))
     return levels, n_levels
 
 
