@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import zeta_ref
@@ -108,3 +109,65 @@ def test_the_attention_experiment_asks_for_instances_its_source_has():
     assert asked and set(asked) <= made, (asked, made)
     assert "#pragma unroll 8\n        for (int t = 0; t < n_slots; ++t) {" in \
         (CUPY_DIR / "topk_softmax.cu").read_text()  # the loop the script unrolls 16 times
+
+
+def _experiment(name: str):
+    """The experiment script docs/data/NAME.py as a module (skipped outside a checkout)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "data" / f"{name}.py"
+    if not path.exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_merged_window_experiment_gives_the_library_pools_and_places():
+    """docs/data/window_merged.cu sorts each row's queries into its keys and takes every
+    query's place in its prefix pool from the pools' scan. Its NumPy replay must give the
+    library's pools, the places a binary search finds and the queries in Z order, at N = 1,
+    around the smallest pool (256), past a tile (1024), with bits = 1 (ties everywhere) and
+    with all 64 bits of the packing used, in every causal mode."""
+    replay = _experiment("window_merged_replay")
+    results = replay.run_cases()
+    assert len(results) == len(replay.CASES) >= 13
+    bad = {case: failures for case, failures in results.items() if failures}
+    assert not bad, bad
+
+
+def test_the_merged_window_replay_sees_a_wrong_tie_order():
+    """The replay's checks can fail: with the key bit inverted, each query sorts after the
+    keys of its own code, and its place is past the search's wherever a key shares its code
+    (bits = 1: everywhere)."""
+    replay = _experiment("window_merged_replay")
+    rng = np.random.default_rng(4)
+    q, k = rng.standard_normal((2, 300, 3))
+    cfg = zeta_ref.ZetaConfig(bits=1)
+    assert replay.check(q, k, cfg) == []
+    wrong = replay.check(q, k, cfg, key_bit=0)
+    assert wrong and all(f.startswith("places in level") for f in wrong), wrong
+
+
+def test_the_merged_window_experiment_asks_for_kernels_its_source_has():
+    """docs/data/window_merged_ab.py (run on a GPU only) asks NVRTC for these names: each
+    must be a kernel of docs/data/window_merged.cu or of the fused.cu it includes."""
+    data = Path(__file__).resolve().parents[1] / "docs" / "data"
+    if not (data / "window_merged_ab.py").exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    names = re.findall(r'"([^"]+)"', re.search(r"^NAMES = \(([^)]*)\)",
+                                                (data / "window_merged_ab.py").read_text(),
+                                                re.S | re.M).group(1))
+    source = (data / "window_merged.cu").read_text()
+    assert '#include "fused.cu"' in source
+    source += (CUPY_DIR / "fused.cu").read_text()
+    assert len(names) == 8
+    for name in names:
+        plain = name.split("<")[0]
+        if "<" in name:  # a template instance: instantiated (directly or by the macro)
+            arg = name[name.index("<") + 1:-1]
+            assert (f"{name}(" in source or f"{name.replace(', ', ',')}(" in source
+                    or re.search(rf"^ZETA_MERGED_WINDOW\({re.escape(arg)}\)$", source, re.M)), name
+        else:
+            assert re.search(rf'extern "C" __global__ void {plain}\(', source), name
