@@ -141,6 +141,42 @@ def test_stage_gradients_with_awkward_candidates(score, causal, mean):
     assert_matches_finite_differences((dq, dk, dv, dgamma), numeric, score)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("causal, chunk", [("inclusive", None), ("inclusive", 5),
+                                           ("strict", 8), ("strict", 1)])
+@pytest.mark.parametrize("score, window", [("cauchy", None), ("softmax", 48),
+                                           ("neg_euclidean", None)])
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("n_real", [1, 5, 20, 32, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_right_padding_with_zero_output_gradients_leaves_the_real_gradients(
+        make_qkv, backend, causal, chunk, score, window, mean, n_real, dtype):
+    """The backward pass of a sequence padded on the right (docs/roadmap.md), with zero output
+    gradients at the padding: the padding's gradients are exactly zero (a padded query's output
+    reaches no loss; a padded key is seen by padded queries only, in the causal modes), and
+    the real positions' dq, dk, dv are those of the sequence alone, bit for bit once the real
+    length reaches k. Below k, and for dgamma (one sum over every (query, slot), the padded
+    ones included), the pairwise sums group their terms by how many there are: within the
+    tolerances. (In "strict" mode with a chunk size given: the automatic one depends on N.)"""
+    k_top, n_pad = 32, 64
+    cfg = ZetaConfig(k=k_top, window=window, causal=causal, chunk_size=chunk, score=score,
+                     history_mean=mean)
+    q, k, v = make_qkv(np.random.default_rng(n_real), n_pad, 3, 8, lead=(2,), dtype=dtype)
+    grad = np.random.default_rng(100 + n_real).standard_normal(v.shape).astype(dtype)
+    grad[:, n_real:] = 0
+    padded = zeta_attention_backward(q, k, v, grad, cfg, backend=backend)
+    real = slice(0, n_real)
+    alone = zeta_attention_backward(q[:, real], k[:, real], v[:, real], grad[:, real], cfg,
+                                    backend=backend)
+    for name, got, want in zip(("dq", "dk", "dv"), padded[:3], alone[:3]):
+        assert not np.any(got[:, n_real:]), f"{name} at the padding"
+        if n_real >= k_top:
+            np.testing.assert_array_equal(got[:, real], want, err_msg=name)
+        else:
+            assert_close(got[:, real], want, err_msg=name)
+    assert_close(np.float64(padded.dgamma), np.float64(alone.dgamma), dtype=dtype)
+
+
 def test_history_means_backward_is_the_adjoint_of_history_means():
     # <d mean, dm> = <dx, x> for the linear map x -> mean(x): the adjoint, exactly in exact
     # arithmetic, to rounding here
