@@ -126,10 +126,11 @@ def _experiment(name: str):
 
 def test_the_merged_window_experiment_gives_the_library_pools_and_places():
     """docs/data/window_merged.cu sorts each row's queries into its keys and takes every
-    query's place in its prefix pool from the pools' scan. Its NumPy replay must give the
-    library's pools, the places a binary search finds and the queries in Z order, at N = 1,
-    around the smallest pool (256), past a tile (1024), with bits = 1 (ties everywhere) and
-    with all 64 bits of the packing used, in every causal mode."""
+    query's place in its prefix pool from the pools' scan. Its NumPy replay (the kernels'
+    buffers, every slot written once) must give the library's pools, the places a binary
+    search finds and the queries in Z order, at N = 1, around the smallest pool (256), past a
+    tile (1024), with bits = 1 (ties everywhere), with all 64 bits of the packing used, with
+    one to five rows, in every causal mode."""
     replay = _experiment("window_merged_replay")
     results = replay.run_cases()
     assert len(results) == len(replay.CASES) >= 13
@@ -143,11 +144,12 @@ def test_the_merged_window_replay_sees_a_wrong_tie_order():
     (bits = 1: everywhere)."""
     replay = _experiment("window_merged_replay")
     rng = np.random.default_rng(4)
-    q, k = rng.standard_normal((2, 300, 3))
+    q, k = rng.standard_normal((2, 2, 300, 3))  # two rows of 300
     cfg = zeta_ref.ZetaConfig(bits=1)
     assert replay.check(q, k, cfg) == []
     wrong = replay.check(q, k, cfg, key_bit=0)
-    assert wrong and all(f.startswith("places in level") for f in wrong), wrong
+    assert {f.split(":")[0] for f in wrong} == {"row 0", "row 1"}, wrong
+    assert all("places in level" in f for f in wrong), wrong
 
 
 def test_the_merged_window_experiment_asks_for_kernels_its_source_has():

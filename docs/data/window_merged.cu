@@ -4,9 +4,10 @@
 //
 // The library sorts the keys (rows 0 .. R-1) and the queries (rows R .. 2R-1) apart, builds
 // the prefix pools from the sorted keys, and the window kernel's first step is a binary search
-// of the query's pool: 5.3 of the 11.8 rounds of dependent loads a query makes at N = 65536
-// (docs/data/window_rounds.py). Here each row's queries are sorted INTO its keys, with one
-// more bit, below the code and above the position, that says which is which:
+// of the query's pool: 5.3 rounds of dependent loads a query at N = 65536, against 6.5 for the
+// walks and 6.0 for the output's (docs/data/window_rounds.py). Here each row's queries are
+// sorted INTO its keys, with one more bit, below the code and above the position, that says
+// which is which:
 //
 //     entry = row << (code_bits + 1 + pos_bits) | code << (1 + pos_bits) | is_key << pos_bits | i
 //
@@ -27,10 +28,9 @@
 //                           row's keys without its queries); every query's entry into
 //                           `queries` (the row's queries in Z order, the visiting order of the
 //                           attention kernel) and its place into `places`, at its rank.
-// zeta_merged_window_group  zeta_fused_window_group with the place read, not searched: its pool
-//                           answers group_find's probes from the place, with no load, so
-//                           window_walk.cuh's group_window runs unchanged (its search then
-//                           costs a few rounds of register arithmetic, no memory round).
+// zeta_merged_window_group  zeta_fused_window_group with the place read, not searched:
+//                           window_walk.cuh's group_window runs unchanged on a pool type whose
+//                           group_find returns the place.
 //
 // The pools hold the same keys in the same order as the library's and the places are what its
 // search finds, so the candidates must be the library's, bit for bit (the script checks that
@@ -169,14 +169,22 @@ extern "C" __global__ void zeta_merged_scatter(const unsigned long long* __restr
 }
 
 // ---------------------------------------------------------------- stage 5 per query
-// A pool whose query's place is known: group_find's probes are answered from the place, with
-// no load; the walks read the pool's entries as before.
+// A pool whose query's place is known; the walks read its entries as before.
 struct PlacedPool {
     PackedPool pool;
     long long m, place;
     __device__ long long position(long long e) const { return pool.position(e); }
     __device__ bool before(long long e, unsigned long long) const { return e < place; }
 };
+
+// group_window's search, for a PlacedPool: the place, with no round at all. (group_window
+// calls group_find(pool, qz, g) with its pool's type, so this overload, the more specialised,
+// is the one it takes; with `before` above, the general group_find would find the same place
+// in a few rounds of ballots on registers.)
+template <int LANES>
+__device__ long long group_find(const PlacedPool& pool, unsigned long long, const Group<LANES>&) {
+    return pool.place;
+}
 
 // zeta_fused_window_group with the queries and their places from zeta_merged_scatter.
 template <int LANES>
