@@ -173,3 +173,34 @@ def test_the_merged_window_experiment_asks_for_kernels_its_source_has():
                     or re.search(rf"^ZETA_MERGED_WINDOW\({re.escape(arg)}\)$", source, re.M)), name
         else:
             assert re.search(rf'extern "C" __global__ void {plain}\(', source), name
+
+
+def test_the_next_gpu_sessions_plan_parses_and_names_scripts_that_exist():
+    """docs/data/gpu_next.sh (run on the GPU machine only) is valid bash, refuses a step it
+    does not know, and every script it runs is in the checkout."""
+    root = Path(__file__).resolve().parents[1]
+    plan = root / "docs" / "data" / "gpu_next.sh"
+    if not plan.exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    assert subprocess.run(["bash", "-n", str(plan)]).returncode == 0
+    refused = subprocess.run(["bash", str(plan), "nonsense"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "usage" in refused.stderr
+    named = set(re.findall(r"(docs/data/\w+\.py)", plan.read_text()))
+    assert len(named) >= 3
+    for script in named:
+        assert (root / script).is_file(), script
+
+
+def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
+    """docs/data/attention_narrow_ab.py (run on a GPU only) asks NVRTC for the instances of
+    docs/data/attention_narrow.cu by name: each must be instantiated there, and G = 16 among
+    them (the library kernel written the new way, the check of the rewrite)."""
+    data = Path(__file__).resolve().parents[1] / "docs" / "data"
+    if not (data / "attention_narrow_ab.py").exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    script = (data / "attention_narrow_ab.py").read_text()
+    asked = set(re.findall(r"\((\d+), (\d+)\)", re.search(r"^NARROW = (.*)$", script,
+                                                          re.M).group(1)))
+    made = set(re.findall(r"^ZETA_TOPK_NARROW\((\d+), (\d+)\)$",
+                          (data / "attention_narrow.cu").read_text(), re.M))
+    assert ("16", "8") in asked and len(asked) >= 3 and asked <= made, (asked, made)

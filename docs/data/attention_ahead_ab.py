@@ -14,14 +14,13 @@ H200, not yet run (2026-12-04):
 
 (B x H x N; float32, d_k = 3, d_v = 64, k = 32, the default config; 1 x 3 x 1000 leaves the
 last block's last half-warps past the end). It prints each variant's registers and local
-memory (spills), then a line per shape and variant: the time (the library kernel timed first
-and again last, for drift) and whether the outputs were the library kernel's, bit for bit,
-on three launches: the default one, the same with the weights written, and the softmax
-score's.
+memory (spills), then a line per shape and variant: whether the outputs were the library
+kernel's, bit for bit, on three launches (the default one, the same with the weights
+written, and the softmax score's) and, if they were, the time (the library kernel timed
+first and again last, for drift).
 """
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ import cupy as cp
 
 from zeta_ref import ZetaConfig
 from zeta_ref.cupy import fused, topk_softmax as T, _runtime as rt
-from gpu_timing import rounds
+from gpu_timing import benchmark_inputs, header, rounds
 
 HERE = Path(__file__).resolve().parent
 LIBRARY = "zeta_topk_fast<3, 1>"
@@ -115,23 +114,21 @@ def same_bits(fns, call) -> dict:
     return same
 
 
-def main():
-    fns = variants()
+def compare(fns: dict, out_path: str, shapes) -> None:
+    """Each launch of ``fns`` (label -> launch(grid, block, args), the library kernel's under
+    "library") checked against the library kernel, bit for bit, on three launches at each
+    shape, then timed if the same (the library first and again last, for drift); printed,
+    and written to ``out_path`` as JSON with the registers and spills of each."""
     for label, fn in fns.items():
         print(f"{label}: {fn.attributes['num_regs']} registers, "
               f"{fn.attributes['local_size_bytes']} bytes of local memory", flush=True)
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+    result = {**header(),
               "kernels": {label: {"registers": fn.attributes["num_regs"],
                                   "local_bytes": fn.attributes["local_size_bytes"]}
                           for label, fn in fns.items()},
               "shapes": {}}
-    for shape in sys.argv[2:]:
-        b, h, n = (int(x) for x in shape.split("x"))
-        rng = np.random.default_rng(0)
-        q, k = (cp.asarray(rng.standard_normal((b, h, n, 3)).astype(np.float32))
-                for _ in range(2))
-        v = cp.asarray(rng.standard_normal((b, h, n, 64)).astype(np.float32))
+    for shape in shapes:
+        q, k, v = benchmark_inputs(shape)
         cauchy = recorded_call(q, k, v, ZetaConfig())
         # the bits on three launches: the default, with the weights written, an exp score
         checks = {"cauchy": cauchy, "cauchy, weights written": weights_written(cauchy),
@@ -141,17 +138,40 @@ def main():
         grid, block, args = cauchy
         rows = {}
         for label, fn in list(fns.items()) + [("library, again", fns["library"])]:
-            ms = rounds(lambda: fn(grid, block, args), warm=2)
-            rows[label] = {"ms": ms}
-            if label in fns:
-                rows[label]["same_bits"] = {case: s[label] for case, s in same.items()}
             key = "library" if label == "library, again" else label
             ok = all(s[key] for s in same.values())
-            print(f"{shape} {label:56s} {ms:8.4f} ms  x{ms / rows['library']['ms']:.3f}  "
-                  f"same bits (3 launches): {ok}", flush=True)
+            ms = rounds(lambda: fn(grid, block, args), warm=2) if ok else None
+            rows[label] = {"ms": ms, "same_bits": {case: s[key] for case, s in same.items()}}
+            shown = f"{ms:8.4f} ms  x{ms / rows['library']['ms']:.3f}" if ok else "not timed"
+            print(f"{shape} {label:56s} {shown}  same bits (3 launches): {ok}", flush=True)
         result["shapes"][shape] = rows
-    with open(sys.argv[1], "w") as f:
+    with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def check_only(fns: dict, shape: str = "1x3x1000") -> int:
+    """The bit checks of :func:`compare` at one small shape, nothing timed (the launches for
+    compute-sanitizer): 0 if every variant gave the library kernel's bits, else 1."""
+    q, k, v = benchmark_inputs(shape)
+    cauchy = recorded_call(q, k, v, ZetaConfig())
+    bad = 0
+    for call in (cauchy, weights_written(cauchy),
+                 recorded_call(q, k, v, ZetaConfig(score="softmax"))):
+        for label, same in same_bits(fns, call).items():
+            print(f"{shape} {label}: {'same bits' if same else 'DIFFERENT BITS'}", flush=True)
+            bad += not same
+    return 1 if bad else 0
+
+
+def main(make=None, usage=__doc__):
+    """The command line (this script's, and attention_narrow_ab.py's with its ``make``, the
+    function that builds its kernels): OUT.json SHAPE..., or --check-only."""
+    make = variants if make is None else make
+    if sys.argv[1:] == ["--check-only"]:
+        sys.exit(check_only(make()))
+    if len(sys.argv) < 3:
+        raise SystemExit(usage)
+    compare(make(), sys.argv[1], sys.argv[2:])
 
 
 if __name__ == "__main__":

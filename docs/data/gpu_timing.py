@@ -19,3 +19,22 @@ def rounds(fn, reps=25, n=3, warm=0):
     for _ in range(warm):
         fn()
     return float(np.median([timed(fn, reps) for _ in range(n)]))
+
+
+def header() -> dict:
+    """The first keys of an A/B's JSON: the date, the GPU and the command."""
+    import sys
+    import time
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+            "command": " ".join(sys.argv)}
+
+
+def benchmark_inputs(shape: str):
+    """q, k (B, H, N, 3) and v (B, H, N, 64), float32 standard normal (seed 0), on the GPU,
+    for a shape "BxHxN": the benchmark's workload."""
+    b, h, n = (int(x) for x in shape.split("x"))
+    rng = np.random.default_rng(0)
+    q, k = (cp.asarray(rng.standard_normal((b, h, n, 3)).astype(np.float32)) for _ in range(2))
+    v = cp.asarray(rng.standard_normal((b, h, n, 64)).astype(np.float32))
+    return q, k, v

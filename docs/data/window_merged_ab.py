@@ -24,7 +24,6 @@ runs only the bit checks (under compute-sanitizer: memcheck, then racecheck and 
 """
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from zeta_ref import ZetaConfig
 from zeta_ref.cupy import fused, _runtime as rt
 from zeta_ref.cupy.quantize import _squash_args
 from zeta_ref.cupy.topk_softmax import history_means, launch_topk
-from gpu_timing import rounds
+from gpu_timing import benchmark_inputs, header, rounds
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("zeta_merged_keys<float>", "zeta_merged_keys<double>", "zeta_merged_counts",
@@ -187,9 +186,7 @@ def stage_times(forward, reps=25) -> dict:
 def main():
     if not sys.argv[1:] or (sys.argv[1] != "--check-only" and len(sys.argv) < 3):
         raise SystemExit(__doc__)
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
-              "command": " ".join(sys.argv), "checks": check_bits(), "shapes": {}}
+    result = {**header(), "checks": check_bits(), "shapes": {}}
     if not all(r["same_candidates"] and r["same_output"] for r in result["checks"]):
         print("the passes differ: nothing timed")
         sys.exit(1)
@@ -197,11 +194,7 @@ def main():
         return
     cfg = ZetaConfig()
     for shape in sys.argv[2:]:
-        b, h, n = (int(x) for x in shape.split("x"))
-        rng = np.random.default_rng(0)
-        q, k = (cp.asarray(rng.standard_normal((b, h, n, 3)).astype(np.float32))
-                for _ in range(2))
-        v = cp.asarray(rng.standard_normal((b, h, n, 64)).astype(np.float32))
+        q, k, v = benchmark_inputs(shape)
         rows = {}
         plan = [(f"library, {lanes} lanes", library_forward, lanes) for lanes in (8, 16, 32)]
         plan += [(f"merged, {lanes} lanes", merged_forward, lanes) for lanes in (8, 16, 32)]
