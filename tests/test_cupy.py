@@ -175,16 +175,18 @@ def test_every_window_kernel_gives_the_specification_candidates(monkeypatch, lan
         np.testing.assert_array_equal(cp.asnumpy(cand), im.candidates, err_msg=f"N={n} k={k_top}")
 
 
-def test_more_rows_than_a_grid_has_y():
+def test_more_rows_than_a_grid_has_y(monkeypatch):
     """The prefix pools' kernels take a row per y of their grid, and a grid's y is at most
-    65535: with 65537 rows (N = 300: one pool below the top) a block takes two rows. Each
-    row's candidates are those of the row passed alone, bit for bit, and so (within the
-    tolerances) its output; rows 0, 1 and the last three."""
+    65535: with 65537 rows (N = 300: one pool below the top) the blocks of y = 0 and 1 take a
+    second row. Each row's candidates are those of the row passed alone, bit for bit, and so
+    (within the tolerances) its output; rows 0, 1 and the last three; buffers poisoned."""
     rows, n = fused.MAX_GRID_Y + 2, 300
     rng = np.random.default_rng(5)
     q, k = (cp.asarray(rng.standard_normal((rows, n, 3), dtype=np.float32)) for _ in range(2))
     v = cp.asarray(rng.standard_normal((rows, n, 4), dtype=np.float32))
     cfg = ZetaConfig(k=4)
+    assert fused.packing(rows, n, 3 * cfg.bits)[1] and fused.level_count(n) == 1  # fused, pools
+    monkeypatch.setattr(rt, "empty", _poisoned_empty(rt.empty))
     out, cand = fused.forward(q, k, v, cfg, return_candidates=True)
     for r in (0, 1, rows - 3, rows - 2, rows - 1):
         one = slice(r, r + 1)

@@ -167,10 +167,11 @@ def test_the_merged_window_experiment_asks_for_kernels_its_source_has():
     assert len(names) == 8
     for name in names:
         plain = name.split("<")[0]
-        if "<" in name:  # a template instance: instantiated (directly or by the macro)
+        if "<" in name:  # a template instance: instantiated, directly or by the macro
             arg = name[name.index("<") + 1:-1]
-            assert (f"{name}(" in source or f"{name.replace(', ', ',')}(" in source
-                    or re.search(rf"^ZETA_MERGED_WINDOW\({re.escape(arg)}\)$", source, re.M)), name
+            by_macro = plain == "zeta_merged_window_group" and re.search(
+                rf"^ZETA_MERGED_WINDOW\({re.escape(arg)}\)$", source, re.M)
+            assert f"template __global__ void {name}(" in source or by_macro, name
         else:
             assert re.search(rf'extern "C" __global__ void {plain}\(', source), name
 
@@ -201,6 +202,9 @@ def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
     script = (data / "attention_narrow_ab.py").read_text()
     asked = set(re.findall(r"\((\d+), (\d+)\)", re.search(r"^NARROW = (.*)$", script,
                                                           re.M).group(1)))
-    made = set(re.findall(r"^ZETA_TOPK_NARROW\((\d+), (\d+)\)$",
-                          (data / "attention_narrow.cu").read_text(), re.M))
+    source = (data / "attention_narrow.cu").read_text()
+    made = set(re.findall(r"^ZETA_TOPK_NARROW\((\d+), (\d+)\)$", source, re.M))
     assert ("16", "8") in asked and len(asked) >= 3 and asked <= made, (asked, made)
+    # the names the script builds, and the instances the macro makes: <G, 3, 1, UNROLL>
+    assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}>"' in script
+    assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL>(" in source

@@ -169,7 +169,7 @@ def main(make=None, usage=__doc__):
     make = variants if make is None else make
     if sys.argv[1:] == ["--check-only"]:
         sys.exit(check_only(make()))
-    if len(sys.argv) < 3:
+    if len(sys.argv) < 3 or "--check-only" in sys.argv:
         raise SystemExit(usage)
     compare(make(), sys.argv[1], sys.argv[2:])
 

@@ -7,6 +7,10 @@ kernel with 1 to 16 runs of 16 queries a block; then the whole call and SDPA bf1
     git show 6b14a38:zeta_ref/cupy/topk_softmax.cu > /tmp/topk_old.cu
     git show 6b14a38:zeta_ref/cupy/fused.cu > /tmp/fused_old.cu
     python docs/data/forward_kernels_ab.py /tmp/topk_old.cu /tmp/fused_old.cu out.json
+
+It runs on the trees of commits e868bc1 (which added it and its JSON: "the current ones" are
+that tree's kernels) to 27058e7 (its last change); since ac723b4 fused.prefix_levels returns
+two values, not three, and the script would stop there.
 """
 import json, sys, time
 import numpy as np, cupy as cp

@@ -33,12 +33,12 @@ case "${1:-}" in
         step merged 300 python3 docs/data/window_merged_ab.py "$OUT/merged.json" \
             1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
         for tool in memcheck racecheck synccheck; do
-            step sanitizer 90 compute-sanitizer --tool "$tool" \
+            step sanitizer 80 compute-sanitizer --tool "$tool" \
                 python3 docs/data/window_merged_ab.py --check-only
         done
         ;;
     attention)
-        step ahead 270 python3 docs/data/attention_ahead_ab.py "$OUT/ahead.json" \
+        step ahead 250 python3 docs/data/attention_ahead_ab.py "$OUT/ahead.json" \
             1x3x1000 1x8x16384 1x8x65536 16x8x65536
         step narrow 240 python3 docs/data/attention_narrow_ab.py "$OUT/narrow.json" \
             1x3x1000 1x8x16384 1x8x65536 16x8x65536

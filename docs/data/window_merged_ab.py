@@ -184,13 +184,14 @@ def stage_times(forward, reps=25) -> dict:
 
 
 def main():
-    if not sys.argv[1:] or (sys.argv[1] != "--check-only" and len(sys.argv) < 3):
+    check_only = sys.argv[1:] == ["--check-only"]
+    if not check_only and (len(sys.argv) < 3 or "--check-only" in sys.argv):
         raise SystemExit(__doc__)
     result = {**header(), "checks": check_bits(), "shapes": {}}
     if not all(r["same_candidates"] and r["same_output"] for r in result["checks"]):
         print("the passes differ: nothing timed")
         sys.exit(1)
-    if sys.argv[1:] == ["--check-only"]:
+    if check_only:
         return
     cfg = ZetaConfig()
     for shape in sys.argv[2:]:
