@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The plan of the next GPU session for issue 10 (docs/benchmarks.md, the sections "Prepared for
 # the next GPU session"), as four device calls of under ten minutes each, run from the
-# repository root on the lent GPU machine:
+# repository root on the lent GPU machine, in this order (a session's 30 minutes of device
+# time may not hold all four: the tests come first, as the library's pools kernels changed
+# on 2026-12-04 without a GPU; the benchmark is needed only once a variant is adopted):
 #
+#   bash docs/data/gpu_next.sh tests      # the whole GPU test suite (pytest -m gpu)
 #   bash docs/data/gpu_next.sh window     # the merged window's A/B, and it sanitized
 #   bash docs/data/gpu_next.sh attention  # the attention kernel's two A/Bs, one sanitized
-#   bash docs/data/gpu_next.sh tests      # the whole GPU test suite (pytest -m gpu)
 #   bash docs/data/gpu_next.sh bench      # the forward kernels sanitized, then the benchmark
 #
 # Each step's output goes to a log under $OUT (the device copies back at most eight files; each
