@@ -430,6 +430,26 @@ def test_unreadable_files_are_exit_2(good_dump, capsys):
     assert "truncated or corrupt" in capsys.readouterr().err
 
 
+def test_a_gamma_zeta_attention_refuses_is_refused_in_a_dump(good_dump, capsys, rng):
+    """A Cauchy gamma outside check_gamma's range for the dump's dtype (zeta_attention refuses
+    it, as its weights would overflow) is an invalid config: exit 2 with the reason, not a
+    NaN reference and a made-up diagnosis; save_dump and compare() refuse it too."""
+    tmp_path, arrays = good_dump  # float32, k = 4
+    path = _write(tmp_path, arrays, config=json.dumps({"k": 4, "gamma": 1e-30}))
+    with pytest.raises(SystemExit) as ex:
+        main(["compare", path])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert "gamma must lie in" in err and "Traceback" not in err
+    q, k, v = _qkv(rng, n=6, lead=(), dtype=np.float32)
+    with pytest.raises(DumpError, match="gamma must lie in"):
+        save_dump(tmp_path / "g", q, k, v, config=ZetaConfig(gamma=1e-30))
+    with pytest.raises(DumpError, match="gamma must lie in"):
+        compare(q, k, v, {"gamma": 1e-30}, weights=np.zeros((6, 6), np.float32))
+    # the score that has no gamma takes any
+    assert compare(q, k, v, {"gamma": 1e-30, "score": "softmax"}).ok
+
+
 def test_a_folder_of_npy_files_and_other_integer_dtypes(good_dump):
     tmp_path, arrays = good_dump
     folder = tmp_path / "folder"

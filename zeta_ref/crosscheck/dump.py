@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .._version import __version__
-from .._checks import as_host_array, check_bits_for_dim, check_qkv
+from .._checks import as_host_array, check_bits_for_dim, check_gamma, check_qkv
 from ..config import ZetaConfig
 from .schema import FIELD_BY_NAME, FIELDS, FORMAT_VERSION, KNOWN_NAMES
 
@@ -260,6 +260,8 @@ def check_dump(arrays: dict, cfg: ZetaConfig):
     try:
         q, k, v = check_qkv(arrays["q"], arrays["k"], arrays["v"])
         check_bits_for_dim(cfg.bits, q.shape[-1], name="config.bits")
+        if cfg.score == "cauchy":  # what zeta_attention refuses, the dump may not hold either
+            check_gamma(cfg.gamma, q.dtype, cfg.k_for(q.shape[-2]) + cfg.history_mean)
     except (TypeError, ValueError) as err:
         raise DumpError(_one_line(err)) from None
     n, d_k, d_v, lead = q.shape[-2], q.shape[-1], v.shape[-1], q.shape[:-2]
