@@ -502,6 +502,10 @@ def test_the_ablation_table_of_the_docs_is_its_data_files():
     (["--seeds", "1"], "--seeds needs --grid"),
     (["--seed", "-1"], "--seed must be in [0, 4294967295]; got -1"),
     (["--d-k", "64"], "--d-k must be <= 63"),
+    # a gamma the Cauchy weights cannot hold in the dtype: refused before any work
+    (["--attention", "zeta", "--gamma", "1e-30"], "--gamma must lie in ["),
+    (["--attention", "zeta", "--gamma", "1e20"], "--gamma must lie in"),
+    (["--attention", "zeta", "--gamma", "1e300", "--dtype", "float64"], "--gamma must lie in"),
     (["--table", "/nonexistent/x.json"], "--table /nonexistent/x.json: no such file"),
     (["--grid", "smoke", "--time-limit", "60"], "--time-limit needs --grid and --json"),
     (["--grid", "smoke", "--json", "/tmp/x.json", "--time-limit", "0"],

@@ -117,7 +117,11 @@ class RunConfig:
                      "d_k", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        self.model_config()  # the model's own checks (heads divide d_model, ...)
+        zeta = self.model_config().zeta  # the model's own checks (heads divide d_model, ...)
+        if self.attention == "zeta" and zeta.score == "cauchy":  # what zeta_attention refuses
+            from zeta_ref._checks import check_gamma
+
+            check_gamma(zeta.gamma, self.dtype, zeta.k_for(self.seq_len) + zeta.history_mean)
 
     def model_config(self) -> M.ModelConfig:
         from zeta_ref import ZetaConfig

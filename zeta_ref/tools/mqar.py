@@ -205,7 +205,7 @@ def _option_words(message: str) -> str:
 
     fields = ("seq_len", "d_model", "pairs", "vocab", "heads", "steps", "batch", "test_size",
               "log_every", "layers", "d_k", "k", "query_dist", "filler", "backend", "dtype",
-              "attention")
+              "attention", "gamma")
     # a field's name where it names a field: before " must" or "=", not inside a word
     pattern = r"(?<![\w-])(" + "|".join(fields) + r")(?= must|=)"
     return re.sub(pattern, lambda m: "--" + m.group(1).replace("_", "-"), message)
