@@ -128,6 +128,24 @@ def test_mixed_dtypes(dtypes):
         zeta_attention(q, k, v)
 
 
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_ragged_lists_are_named(which):
+    """Nested lists that do not make a rectangular array: an error that names the argument."""
+    args = [qkv(n=2)[i].tolist() for i in range(3)]
+    args[which] = [[1.0, 2.0, 3.0], [1.0]]
+    with pytest.raises(ValueError, match=rf"^{'qkv'[which]} cannot be read as an array"):
+        zeta_attention(*args)
+
+
+def test_a_clip_range_of_finite_width_near_the_largest_works():
+    """A width near the largest float is fine: the clip squash maps the range onto [0, 1], so
+    values near 0 land in the middle cell (a width that overflowed put every cell at 0)."""
+    cfg = ZetaConfig(squash="clip", clip_range=(-8e307, 8e307), k=2, causal="none")
+    x = np.array([[-1.0], [0.0], [1.0]])
+    _, inter = zeta_attention(x, x, np.ones((3, 1)), cfg, return_intermediates=True)
+    assert inter.q_coords.ravel().tolist() == [512, 512, 512]
+
+
 def test_lists_of_floats_work():
     q, k, v = qkv(n=3)
     out = zeta_attention(q.tolist(), k.tolist(), v.tolist(), ZetaConfig(k=2))
@@ -175,6 +193,8 @@ def test_lists_of_floats_work():
     (dict(clip_range=3.0), ValueError, r"^clip_range"),
     (dict(clip_range=(0.0, float("inf"))), ValueError, r"^clip_range"),
     (dict(clip_range=(0.0, 1.0, 2.0)), ValueError, r"^clip_range"),
+    (dict(clip_range=(0, 10**400)), ValueError, r"^clip_range must be finite"),
+    (dict(clip_range=(-1e308, 1e308)), ValueError, r"^clip_range must have a finite width"),
     (dict(k=2**70), ValueError, r"^k must be at most 2\*\*63 - 1"),
     (dict(k=2**63), ValueError, r"^k must be at most"),
     (dict(k=4, window=2**64), ValueError, r"^window must be at most"),

@@ -67,7 +67,13 @@ def as_array(x, name: str, xp=np):
     the caller's back); for CuPy, device arrays are taken as they are (zero-copy) and host
     arrays are copied to the device. Either byte order is accepted (:func:`native_byte_order`).
     """
-    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+    if isinstance(x, (list, tuple)):  # nested sequences: they must make a rectangular array
+        try:
+            return xp.asarray(np.asarray(x))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} cannot be read as an array: "
+                             f"{str(err).splitlines()[0]}") from None
+    if isinstance(x, np.ndarray) or np.isscalar(x):
         return xp.asarray(native_byte_order(x))
     if on_device(x):
         if xp is np:

@@ -63,7 +63,8 @@ class ZetaConfig:
     squash : {"sigmoid", "tanh", "clip"}, default "sigmoid"
         How real coordinates are mapped to [0, 1] before quantising (D1).
     clip_range : (float, float), default (-4.0, 4.0)
-        The fixed range mapped linearly onto [0, 1] by ``squash="clip"`` (D1).
+        The fixed range mapped linearly onto [0, 1] by ``squash="clip"`` (D1): finite, lo < hi,
+        and hi - lo finite as a float.
     """
 
     k: int = 32
@@ -106,8 +107,15 @@ class ZetaConfig:
             lo, hi = self.clip_range
         except (TypeError, ValueError):
             raise ValueError(f"clip_range must be a pair (lo, hi); got {self.clip_range!r}") from None
-        if not (is_real(lo) and is_real(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        try:  # an int too large for a float is not finite either
+            finite = is_real(lo) and is_real(hi) and math.isfinite(lo) and math.isfinite(hi)
+        except OverflowError:
+            finite = False
+        if not (finite and lo < hi):
             raise ValueError(f"clip_range must be finite numbers with lo < hi; got {self.clip_range!r}")
+        if not math.isfinite(float(hi) - float(lo)):  # the squash divides by the width (D1)
+            raise ValueError(f"clip_range must have a finite width hi - lo (the clip squash "
+                             f"divides by it); got {self.clip_range!r}")
         # Store plain Python numbers so that equal configs compare and print equal, and so
         # that a NumPy integer never reaches the stages: 1 << np.int32(31) overflows.
         for name in ("k", "bits", "chunk_size", "window"):
