@@ -104,6 +104,16 @@ def test_an_untouched_student_version_fails_as_not_written_yet(zeta_ref_cli):
     assert code == 1 and "not written yet: NotImplementedError" in out
 
 
+@pytest.mark.parametrize("name", ["quantize", "sort_keys"])
+def test_a_function_that_raises_on_every_input_passes_no_property(name, zeta_ref_cli):
+    """The properties of a right answer cannot hold of a function that answers nothing: the
+    untouched student version fails that check too, saying why (not a vacuous pass)."""
+    code, out, _ = zeta_ref_cli(["grade", name, str(markers.EXERCISES / f"{name}.py"),
+                                 "--examples", FEW])
+    line = next(row for row in out.splitlines() if "properties of any right answer" in row)
+    assert code == 1 and line.lstrip().startswith("FAIL") and "not written yet" in line, out
+
+
 # ------------------------------------------------------------------ common mistakes named
 
 MORTON_LSB_FIRST = '''
