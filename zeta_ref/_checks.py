@@ -69,7 +69,7 @@ def as_array(x, name: str, xp=np):
     """
     if isinstance(x, (list, tuple)):  # nested sequences: they must make a rectangular array
         try:
-            return xp.asarray(np.asarray(x))
+            return xp.asarray(x)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{name} cannot be read as an array: "
                              f"{str(err).splitlines()[0]}") from None
