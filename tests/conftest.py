@@ -156,6 +156,60 @@ def brute_weights():
     return _brute_weights
 
 
+def _gradient_sizes(q, k, v, g, cand, score, gamma, causal, mean, eps=1e-6):
+    """The size in play of each gradient of stage 6, for one row, in float64: (dq, dk, dv).
+
+    Every gradient is a sum of terms (each slot's share, and each query's share of a key),
+    and the terms can cancel: with "inv_euclidean" and a key 1e-3 from its query, a term is
+    of order 1e6 and the sum of order 1. A float32 backward is then accurate to a few units
+    of float32 in the terms, not in the sum, and ``max |dq|`` is no yardstick for comparing
+    two of them. This follows the backward pass (b1 to b5 of zeta_ref.stages.backward) with
+    every signed quantity replaced by its absolute value: the sums of |terms|, position by
+    position, to pass on as ``scale`` (their largest) to ``assert_close``.
+    """
+    q, k, v, g = (np.asarray(x, dtype=np.float64) for x in (q, k, v, g))
+    n, d_k = q.shape
+    mean_k = _cumulative_means(k, causal) if mean else None
+    mean_v = _cumulative_means(v, causal) if mean else None
+    _, weights, mean_weight = _brute_weights(q, k, v, cand, score, gamma, mean_k, mean_v, eps)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    dmean_k, dmean_v = np.zeros_like(q), np.zeros_like(v)
+    for i in range(n):
+        slots = [(int(j), weights[i, s], k[j], v[j]) for s, j in enumerate(cand[i]) if j >= 0]
+        if mean:
+            slots.append((None, mean_weight[i], mean_k[i], mean_v[i]))
+        dw = [np.abs(val) @ np.abs(g[i]) for _, _, _, val in slots]  # |<g, v_s>| at most
+        rho = sum(w * x for (_, w, _, _), x in zip(slots, dw))
+        for (j, w, key, _), x in zip(slots, dw):
+            dt = w * (x + rho)
+            if score in ("softmax", "neg_euclidean"):
+                dnear = dt / (np.sqrt(d_k) if score == "softmax" else 1.0)
+            else:
+                dnear = dt / (_sq_dist(q[i], key) + (gamma ** 2 if score == "cauchy" else eps))
+            if score == "softmax":
+                to_q, to_key = dnear * np.abs(key), dnear * np.abs(q[i])
+            else:
+                to_q = to_key = 2 * dnear * np.abs(q[i] - key)
+            dq[i] += to_q
+            (dk[j] if j is not None else dmean_k[i])[:] += to_key
+            (dv[j] if j is not None else dmean_v[i])[:] += w * np.abs(g[i])
+    if mean:  # a mean over positions 0..i (all N for "none") passes a share to each of them
+        for mean_grad, grad in ((dmean_k, dk), (dmean_v, dv)):
+            if causal == "none":
+                grad += mean_grad.sum(axis=0) / n
+            else:
+                share = mean_grad / np.arange(1, n + 1)[:, None]
+                grad += np.cumsum(share[::-1], axis=0)[::-1]
+    return dq, dk, dv
+
+
+@pytest.fixture(scope="session")
+def gradient_sizes():
+    """``gradient_sizes(q, k, v, g, cand, score, gamma, causal, mean) -> (dq, dk, dv)`` for
+    one row: the sums of |terms| each gradient adds up (see ``_gradient_sizes``)."""
+    return _gradient_sizes
+
+
 def _cumulative_means(x, causal):
     """Mean of rows 0..i for every i (or of all rows for causal="none"), float64 loop."""
     x = np.asarray(x, dtype=np.float64)

@@ -13,7 +13,10 @@ compared array; for attention outputs pass the largest ``|v|``, since an output 
 average of value rows). The absolute part is therefore *relative to the data*: values of size
 1e6 get the same relative slack as values of size 1. This is how FlashAttention reports its
 error (against the size of the reference, not in absolute units), and it makes a comparison
-independent of the units of v: multiplying v by 1000 multiplies both sides by 1000.
+independent of the units of v: multiplying v by 1000 multiplies both sides by 1000. For a
+gradient whose terms cancel (a key very near its query under "inv_euclidean"), the magnitude
+in play is that of the terms, not of their sum: pass the largest sum of |terms| (the tests'
+``gradient_sizes`` computes it; docs/backward.md, "What is checked").
 
 The float32 values allow for a different summation order over k + 1 candidates and d_v
 products: a few units in the last place of the largest value in play (float32's unit is
