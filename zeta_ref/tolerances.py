@@ -15,8 +15,8 @@ average of value rows). The absolute part is therefore *relative to the data*: v
 error (against the size of the reference, not in absolute units), and it makes a comparison
 independent of the units of v: multiplying v by 1000 multiplies both sides by 1000. For a
 gradient whose terms cancel (a key very near its query under "inv_euclidean"), the magnitude
-in play is that of the terms, not of their sum: pass the largest sum of |terms| (the tests'
-``gradient_sizes`` computes it; docs/backward.md, "What is checked").
+in play is that of the terms, not of their sum: pass the largest sum of their absolute
+values (the tests' ``gradient_sizes`` computes it; docs/backward.md, "What is checked").
 
 The float32 values allow for a different summation order over k + 1 candidates and d_v
 products: a few units in the last place of the largest value in play (float32's unit is

@@ -45,6 +45,10 @@ from . import layers as L
 ATTENTIONS = ("full", "zeta")
 POSITION_INITS = ("sinusoidal", "normal")
 QK_PROJECTIONS = ("linear", "mlp")
+#: Where training keeps a learned Cauchy gamma: HostAdam (and the torch model's optimiser)
+#: clamp log gamma to the logs of these, inside what zeta_attention accepts for float32
+#: (zeta_ref._checks.check_gamma); a run's initial gamma must lie here too (RunConfig).
+GAMMA_RANGE = (1e-3, 1e3)
 
 
 @dataclass(frozen=True)
@@ -318,12 +322,13 @@ class Adam:
 class HostAdam:
     """The same Adam rule on named Python floats (ZETA's log gammas, which live on the host).
 
-    ``clamp`` keeps each value in [lo, hi]: log gamma in [log 1e-3, log 1e3] keeps gamma
-    where the reference accepts it for float32 (zeta_ref._checks.check_gamma).
+    ``clamp`` keeps each value in [lo, hi]: log gamma within the logs of
+    :data:`GAMMA_RANGE` keeps gamma where the reference accepts it for float32
+    (zeta_ref._checks.check_gamma).
     """
 
     def __init__(self, names, betas=(0.9, 0.999), eps: float = 1e-8,
-                 clamp=(math.log(1e-3), math.log(1e3))):
+                 clamp=(math.log(GAMMA_RANGE[0]), math.log(GAMMA_RANGE[1]))):
         self.m = {n: 0.0 for n in names}
         self.v = {n: 0.0 for n in names}
         self.b1, self.b2 = betas

@@ -146,7 +146,7 @@ def train_torch(cfg, device="cpu", progress=None) -> dict:
     model = build(cfg, device)
     # Adam as HostAdam and Adam of the hand-written path: betas (0.9, 0.999), eps 1e-8
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    clamp = (math.log(1e-3), math.log(1e3))  # HostAdam's range for log gamma
+    clamp = (math.log(M.GAMMA_RANGE[0]), math.log(M.GAMMA_RANGE[1]))  # as HostAdam's
     stream = np.random.default_rng([cfg.seed, 1])
     test = held_out_set(cfg)
 

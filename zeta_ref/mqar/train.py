@@ -122,6 +122,10 @@ class RunConfig:
             from zeta_ref._checks import check_gamma
 
             check_gamma(zeta.gamma, self.dtype, zeta.k_for(self.seq_len) + zeta.history_mean)
+            lo, hi = M.GAMMA_RANGE  # training would move it there after its first step
+            if not lo <= zeta.gamma <= hi:
+                raise ValueError(f"gamma must lie in [{lo:g}, {hi:g}], the range training keeps "
+                                 f"the learned gamma in; got {zeta.gamma!r}")
 
     def model_config(self) -> M.ModelConfig:
         from zeta_ref import ZetaConfig

@@ -106,7 +106,8 @@ def add_arguments(parser):
                        choices=("cauchy", "neg_euclidean", "inv_euclidean", "softmax"),
                        help="ZETA's score (default cauchy)")
     model.add_argument("--gamma", type=float, default=0.5,
-                       help="initial gamma of the Cauchy score, trained (default 0.5)")
+                       help="initial gamma of the Cauchy score, trained within "
+                            "[0.001, 1000] (default 0.5)")
     model.add_argument("--no-history-mean", action="store_true",
                        help="leave out ZETA's mean term (D8)")
     train = parser.add_argument_group("training")
