@@ -195,6 +195,34 @@ def test_more_rows_than_a_grid_has_y(monkeypatch):
         assert_close(cp.asnumpy(out[one]), cp.asnumpy(out_r), err_msg=f"row {r}")
 
 
+def test_rows_too_long_or_too_wide_are_refused_on_every_path(monkeypatch):
+    """The kernels keep positions in int32 candidates and row widths in 32-bit ints: N past
+    window.MAX_N (2^31 - 1) and d_k + d_v past rt.MAX_WIDTH are refused with an error naming
+    them by the fused pass as by the stage path and the backward (until 2026-12-05 the fused
+    pass took N > 2^31 and dropped the keys past 2^31 as empty slots: an overflow audit's
+    find). The limits are lowered here to reach them."""
+    from zeta_ref.backward import zeta_attention_backward
+    from zeta_ref.cupy import window as cupy_window
+
+    rng = np.random.default_rng(9)
+    q, k = (cp.asarray(rng.standard_normal((2, 301, 3))) for _ in range(2))
+    v, g = (cp.asarray(rng.standard_normal((2, 301, 8))) for _ in range(2))
+    monkeypatch.setattr(cupy_window, "MAX_N", 300)
+    for intermediates in (False, True):
+        with pytest.raises(ValueError, match=r"2\^31 - 1 positions; got N = 301"):
+            zeta_attention(q, k, v, backend="cupy", return_intermediates=intermediates)
+    monkeypatch.setattr(cupy_window, "MAX_N", (1 << 31) - 1)
+    monkeypatch.setattr(rt, "MAX_WIDTH", 10)
+    words = r"got d_v = 8 \(v's last dimension\) with d_k = 3"
+    for intermediates in (False, True):
+        with pytest.raises(ValueError, match=words):
+            zeta_attention(q, k, v, backend="cupy", return_intermediates=intermediates)
+    with pytest.raises(ValueError, match=words):
+        zeta_attention_backward(q, k, v, g, backend="cupy")
+    with pytest.raises(ValueError, match=words):
+        topk_softmax.history_means(k, v, "inclusive")
+
+
 @pytest.mark.parametrize("k_top, window, d_v", [(150, None, 64), (127, 300, 64), (40, 90, 260),
                                                  (20, 20, 6)])
 def test_wide_selections_and_odd_widths(k_top, window, d_v):

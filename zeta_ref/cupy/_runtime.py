@@ -52,6 +52,18 @@ def device(x, dtype=None) -> "cp.ndarray":
     return cp.ascontiguousarray(cp.asarray(x, dtype=dtype))
 
 
+#: The most values a position's key and value rows may hold together (d_k + d_v): the kernels
+#: take widths as 32-bit ints, and some step through a row 32 columns at a time.
+MAX_WIDTH = (1 << 31) - 64
+
+
+def check_width(d_k: int, d_v: int) -> None:
+    """Refuse rows the kernels' 32-bit widths cannot hold, naming d_v (d_k <= 63 already)."""
+    if d_k + d_v > MAX_WIDTH:
+        raise ValueError(f"the CuPy backend handles d_k + d_v of up to 2^31 - 64 values a "
+                         f"position; got d_v = {d_v} (v's last dimension) with d_k = {d_k}")
+
+
 def i64(x) -> np.int64:
     return np.int64(x)
 

@@ -76,6 +76,7 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     q = rt.device(q)
     dtype = q.dtype
     k, v, grad = rt.device(k, dtype), rt.device(v, dtype), rt.device(grad_output, dtype)
+    rt.check_width(q.shape[-1], v.shape[-1])
     cand = rt.device(candidates)
     if cand.dtype not in (np.int32, np.int64):
         cand = cand.astype(np.int64)
@@ -216,6 +217,7 @@ def history_means_backward(dmean_k, dmean_v, causal: str, *, add_to=None):
     x1 = rt.device(dmean_k)
     x2 = rt.device(dmean_v, x1.dtype)
     n, d1, d2 = x1.shape[-2], x1.shape[-1], x2.shape[-1]
+    rt.check_width(d1, d2)
     rows = x1.size // (n * d1)
     d = d1 + d2
     block = scan_block(n)

@@ -32,6 +32,7 @@ from ..config import ZetaConfig
 from . import _runtime as rt
 from .quantize import _squash_args
 from .topk_softmax import history_means, launch_topk
+from .window import _check_n
 
 #: The stages as the benchmark times them (``marks``).
 STAGE_NAMES = ("codes", "sort", "pools", "window", "means", "attention")
@@ -99,6 +100,8 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     :data:`STAGE_NAMES`, for the benchmark's per-stage times.
     """
     lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+    _check_n(n)  # the candidates are int32, as on the stage path
+    rt.check_width(d_k, v.shape[-1])
     rows = q.size // (n * d_k)
     k_top, width = cfg.k_for(n), cfg.window_for(n)
     code_bits = d_k * cfg.bits

@@ -71,6 +71,7 @@ def history_means(k, v, causal: str):
     k = rt.device(k)
     v = rt.device(v, k.dtype)
     n, d_k, d_v = k.shape[-2], k.shape[-1], v.shape[-1]
+    rt.check_width(d_k, d_v)
     rows = k.size // (n * d_k)
     d = d_k + d_v
     block = scan_block(n)
@@ -102,6 +103,7 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     q = rt.device(q)
     dtype = q.dtype
     k, v = rt.device(k, dtype), rt.device(v, dtype)
+    rt.check_width(q.shape[-1], v.shape[-1])
     cand = rt.device(candidates)
     if cand.dtype not in (np.int32, np.int64):
         cand = cand.astype(np.int64)

@@ -163,8 +163,9 @@ __device__ void sort_ascending(long long* a, long long n) {
 }
 
 // The kept keys in window order into out[0 .. k), then -1 (D9). Each heap entry is a (slot,
-// position) pair; packed as slot * 2^32 + position (both below 2^31, checked by the launcher)
-// one sort by slot puts the positions in window order.
+// position) pair; packed as slot * 2^32 + position (both below 2^31: the launchers refuse
+// N >= 2^31, window.py's and fused.py's alike), one sort by slot puts the positions in window
+// order.
 template <typename T, typename I>
 __device__ void emit_kept(NearestK<T>& heap, I* out) {
     for (long long h = 0; h < heap.size; ++h) heap.slot[h] = (heap.slot[h] << 32) | heap.pos[h];
