@@ -208,3 +208,49 @@ def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
     # the names the script builds, and the instances the macro makes: <G, 3, 1, UNROLL>
     assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}>"' in script
     assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL>(" in source
+
+
+def test_the_one_kernel_experiment_asks_for_instances_its_source_has():
+    """docs/data/window_attend_ab.py (run on a GPU only) asks NVRTC for the instances of
+    docs/data/window_attend.cu by name: each must be instantiated there, and every variant
+    it times must be among them."""
+    data = Path(__file__).resolve().parents[1] / "docs" / "data"
+    if not (data / "window_attend_ab.py").exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    script = (data / "window_attend_ab.py").read_text()
+    names = re.findall(r'"([^"]+)"', re.search(r"^NAMES = \(([^)]*)\)", script,
+                                                re.S | re.M).group(1))
+    variants = re.findall(r':\s*"([^"]+)"', re.search(r"^VARIANTS = \{([^}]*)\}", script,
+                                                       re.S | re.M).group(1))
+    source = (data / "window_attend.cu").read_text()
+    assert len(names) == 6 and len(variants) == 3 and set(variants) <= set(names)
+    for name in names:
+        assert f"template __global__ void {name}(ZETA_WINDOW_ATTEND_ARGS);" in source, name
+
+
+def _code_lines(text: str, start: str, end: str) -> list:
+    """The lines of code of ``text`` from ``start`` up to ``end``, comments and blank lines
+    dropped, each stripped."""
+    body = text[text.index(start):]
+    body = body[:body.index(end)]
+    lines = (re.sub(r"//.*", "", line).strip() for line in body.splitlines())
+    return [line for line in lines if line]
+
+
+def test_the_one_kernel_experiment_weighs_as_the_library_kernel():
+    """The attention half of docs/data/window_attend.cu is zeta_topk_fast's steps 1 to 4 line
+    for line, less the weights' write (the fused pass writes none): the same arithmetic in
+    the same order, so that the outputs can be the library's bit for bit (which the script
+    checks on the GPU before it times anything)."""
+    data = Path(__file__).resolve().parents[1] / "docs" / "data"
+    if not (data / "window_attend.cu").exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    library = (CUPY_DIR / "topk_softmax.cu").read_text()
+    library = library[library.index("__global__ void zeta_topk_fast"):]
+    want = _code_lines(library, "float sc[U];", "// -----")
+    weights = "if (live && with_weights) weights[at * n_slots + s] = w;"
+    assert want.count(weights) == 1
+    want.remove(weights)
+    got = _code_lines((data / "window_attend.cu").read_text(), "float sc[U];",
+                      "// The kernel as NVRTC")
+    assert len(want) > 60 and got == want

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The plan of the next GPU session for issue 10 (docs/benchmarks.md, the sections "Prepared for
-# the next GPU session"), as four device calls of under ten minutes each, run from the
+# the next GPU session"), as five device calls of under ten minutes each, run from the
 # repository root on the lent GPU machine, in this order (a session's 30 minutes of device
-# time may not hold all four: the tests come first, as the library's pools kernels changed
-# on 2026-12-04 without a GPU; the benchmark is needed only once a variant is adopted):
+# time will not hold all five: the tests come first, as the library's pools kernels changed
+# on 2026-12-04 without a GPU; then the experiments by what they could take off; the
+# benchmark is needed only once a variant is adopted):
 #
 #   bash docs/data/gpu_next.sh tests      # the whole GPU test suite (pytest -m gpu)
+#   bash docs/data/gpu_next.sh attend     # the window and the attention in one kernel
 #   bash docs/data/gpu_next.sh window     # the merged window's A/B, and it sanitized
 #   bash docs/data/gpu_next.sh attention  # the attention kernel's two A/Bs, one sanitized
 #   bash docs/data/gpu_next.sh bench      # the forward kernels sanitized, then the benchmark
@@ -14,8 +16,8 @@
 # call writes at most six), and a line per step to $OUT/summary.txt, printed last.
 set -u
 case "${1:-}" in
-    window | attention | tests | bench) ;;
-    *) echo "usage: bash docs/data/gpu_next.sh window|attention|tests|bench" >&2; exit 2 ;;
+    attend | window | attention | tests | bench) ;;
+    *) echo "usage: bash docs/data/gpu_next.sh tests|attend|window|attention|bench" >&2; exit 2 ;;
 esac
 OUT=${OUT:-out/gpu_next}
 mkdir -p "$OUT" out
@@ -31,6 +33,14 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, summ
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/summary.txt"
 case "${1:-}" in
+    attend)
+        step attend 330 python3 docs/data/window_attend_ab.py "$OUT/attend.json" \
+            1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
+        for tool in memcheck racecheck synccheck; do
+            step sanitizer 80 compute-sanitizer --tool "$tool" \
+                python3 docs/data/window_attend_ab.py --check-only
+        done
+        ;;
     window)
         step merged 300 python3 docs/data/window_merged_ab.py "$OUT/merged.json" \
             1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
