@@ -223,7 +223,8 @@ def test_the_one_kernel_experiment_asks_for_instances_its_source_has():
     variants = re.findall(r':\s*"([^"]+)"', re.search(r"^VARIANTS = \{([^}]*)\}", script,
                                                        re.S | re.M).group(1))
     source = (data / "window_attend.cu").read_text()
-    assert len(names) == 6 and len(variants) == 3 and set(variants) <= set(names)
+    assert len(names) == 11 and len(variants) == 5 and set(variants) <= set(names)
+    assert '#include "window_merged.cu"' in source  # the merged variants' pools and places
     for name in names:
         assert f"template __global__ void {name}(ZETA_WINDOW_ATTEND_ARGS);" in source, name
 

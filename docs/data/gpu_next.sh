@@ -34,10 +34,10 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, summ
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/summary.txt"
 case "${1:-}" in
     attend)
-        step attend 330 python3 docs/data/window_attend_ab.py "$OUT/attend.json" \
+        step attend 300 python3 docs/data/window_attend_ab.py "$OUT/attend.json" \
             1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
         for tool in memcheck racecheck synccheck; do
-            step sanitizer 80 compute-sanitizer --tool "$tool" \
+            step sanitizer 90 compute-sanitizer --tool "$tool" \
                 python3 docs/data/window_attend_ab.py --check-only
         done
         ;;

@@ -19,13 +19,18 @@
 // and the attention's arithmetic are the library's, in the library's order: the candidates
 // and the outputs must be the library's, bit for bit (the script checks both before it times
 // anything). For W = k (no re-rank), float32, d_v a multiple of 4 up to 64 NX, k + 1 <= 16 U.
-#include "fused.cu"
+//
+// MERGED = 1 takes the pools and each query's place from window_merged.cu's scan (each row's
+// queries sorted into its keys; the section of docs/benchmarks.md before this one) instead of
+// searching the library's pools: both experiments at once.
+#include "window_merged.cu"  // and the fused.cu it includes
 #include "topk_softmax.cu"
 
 // Grid and runs as zeta_topk_fast's launch (launch_topk): blocks of ZETA_FAST_THREADS threads,
 // 16 queries a run, `rounds` runs a block. Task t is the t-th query of all rows in the
-// visiting order, the query of sorted key R N + t (fused.cu's packing).
-template <int U, int NX>
+// visiting order: the query of sorted key R N + t (fused.cu's packing), or with MERGED the
+// entry queries[t] and its place places[t] (zeta_merged_scatter's).
+template <int U, int NX, int MERGED>
 __device__ __forceinline__ void window_attend(const unsigned long long* __restrict__ sorted,
                                    const unsigned long long* __restrict__ levels, int n_levels,
                                    int s0_bits, int code_bits, int pos_bits, long long rows,
@@ -36,7 +41,9 @@ __device__ __forceinline__ void window_attend(const unsigned long long* __restri
                                    const float* __restrict__ mean_v, int with_mean, int d_k,
                                    int d_v, int n_slots, int score, float add, float root_d,
                                    float* __restrict__ out, float* __restrict__ mean_weight,
-                                   int* __restrict__ cand, int write_cand, int rounds) {
+                                   int* __restrict__ cand, int write_cand,
+                                   const unsigned long long* __restrict__ queries,
+                                   const int* __restrict__ places, int rounds) {
     const unsigned full = 0xffffffffu;
     __shared__ int2 staged[ZETA_FAST_THREADS / 16][16 * U];  // as zeta_topk_fast's
     __shared__ int window[ZETA_FAST_THREADS / 16][16 * U];   // each query's candidates
@@ -57,14 +64,25 @@ __device__ __forceinline__ void window_attend(const unsigned long long* __restri
         long long task = first + round * per_run;
         bool live = task < total_q;
         if (!live) task = total_q - 1;  // a copy of the last query, nothing written
-        unsigned long long qkey = sorted[total_q + task];  // queries: rows R .. 2R-1
+        // queries: rows R .. 2R-1 of the library's sorted keys, or the merged scan's
+        unsigned long long qkey = MERGED ? queries[task] : sorted[total_q + task];
         long long r = task / n, i = pk.pos(qkey), at = r * n + i;
-        // stage 5: the window, as zeta_fused_window_group, into shared memory
+        // stage 5: the window, as zeta_fused_window_group (or zeta_merged_window_group), into
+        // shared memory
         long long L = pool_length(i, n, causal, chunk);
-        PackedPool pool = prefix_pool(sorted, levels, rows, n_levels, s0_bits, r, n,
-                                      pool_level(L, n_levels, s0_bits), pk);
-        long long found = L > 0 ? group_window(pool, L, pk.code(qkey), (long long)n_slots, g, c)
-                                : 0;
+        int level = pool_level(L, n_levels, s0_bits);
+        long long found = 0;
+        if constexpr (MERGED) {
+            long long size = level < n_levels ? (long long)1 << (s0_bits + level) : n;
+            PlacedPool pool{PackedPool{levels + level_start(level, rows, s0_bits) + r * size,
+                                       size, 0ULL, pk},
+                            size, (long long)places[task]};
+            found = L > 0 ? group_window(pool, L, 0ULL, (long long)n_slots, g, c) : 0;
+        } else {
+            PackedPool pool = prefix_pool(sorted, levels, rows, n_levels, s0_bits, r, n, level,
+                                          pk);
+            found = L > 0 ? group_window(pool, L, pk.code(qkey), (long long)n_slots, g, c) : 0;
+        }
         for (long long s = found + lane; s < n_slots; s += 16) c[s] = -1;  // D9
         __syncwarp(full);  // the window is in shared memory for all 16 lanes
         if (live && write_cand)  // for the checks only
@@ -153,25 +171,36 @@ __device__ __forceinline__ void window_attend(const unsigned long long* __restri
 
 // The kernel as NVRTC compiles it (72 registers under nvcc 13.0: three blocks an SM), and
 // the same with __launch_bounds__ asking for MIN_BLOCKS blocks an SM (4: at most 64
-// registers; 5: at most 48), in case the occupancy pays for the spills.
+// registers; 5: at most 48), in case the occupancy pays for the spills; and both with the
+// merged pools and places. `sorted` is unused with them (`queries`, `places` without).
 #define ZETA_WINDOW_ATTEND_ARGS                                                                \
     const unsigned long long *sorted, const unsigned long long *levels, int n_levels,          \
         int s0_bits, int code_bits, int pos_bits, long long rows, long long n, int causal,     \
         long long chunk, const float *q, const float *k, const float *v, const float *mean_k,  \
         const float *mean_v, int with_mean, int d_k, int d_v, int n_slots, int score,          \
         float add, float root_d, float *out, float *mean_weight, int *cand, int write_cand,    \
-        int rounds
-#define ZETA_WINDOW_ATTEND_CALL                                                                \
-    window_attend<U, NX>(sorted, levels, n_levels, s0_bits, code_bits, pos_bits, rows, n,      \
-                         causal, chunk, q, k, v, mean_k, mean_v, with_mean, d_k, d_v, n_slots, \
-                         score, add, root_d, out, mean_weight, cand, write_cand, rounds)
+        const unsigned long long *queries, const int *places, int rounds
+#define ZETA_WINDOW_ATTEND_CALL(MERGED)                                                        \
+    window_attend<U, NX, MERGED>(sorted, levels, n_levels, s0_bits, code_bits, pos_bits, rows, \
+                                 n, causal, chunk, q, k, v, mean_k, mean_v, with_mean, d_k,    \
+                                 d_v, n_slots, score, add, root_d, out, mean_weight, cand,     \
+                                 write_cand, queries, places, rounds)
 
 template <int U, int NX>
-__global__ void zeta_window_attend(ZETA_WINDOW_ATTEND_ARGS) { ZETA_WINDOW_ATTEND_CALL; }
+__global__ void zeta_window_attend(ZETA_WINDOW_ATTEND_ARGS) { ZETA_WINDOW_ATTEND_CALL(0); }
 
 template <int U, int NX, int MIN_BLOCKS>
 __global__ void __launch_bounds__(ZETA_FAST_THREADS, MIN_BLOCKS)
-zeta_window_attend_bounded(ZETA_WINDOW_ATTEND_ARGS) { ZETA_WINDOW_ATTEND_CALL; }
+zeta_window_attend_bounded(ZETA_WINDOW_ATTEND_ARGS) { ZETA_WINDOW_ATTEND_CALL(0); }
+
+template <int U, int NX>
+__global__ void zeta_window_attend_merged(ZETA_WINDOW_ATTEND_ARGS) {
+    ZETA_WINDOW_ATTEND_CALL(1);
+}
+
+template <int U, int NX, int MIN_BLOCKS>
+__global__ void __launch_bounds__(ZETA_FAST_THREADS, MIN_BLOCKS)
+zeta_window_attend_merged_bounded(ZETA_WINDOW_ATTEND_ARGS) { ZETA_WINDOW_ATTEND_CALL(1); }
 
 template __global__ void zeta_window_attend<1, 1>(ZETA_WINDOW_ATTEND_ARGS);
 template __global__ void zeta_window_attend<2, 1>(ZETA_WINDOW_ATTEND_ARGS);
@@ -179,3 +208,8 @@ template __global__ void zeta_window_attend<3, 1>(ZETA_WINDOW_ATTEND_ARGS);
 template __global__ void zeta_window_attend<3, 2>(ZETA_WINDOW_ATTEND_ARGS);
 template __global__ void zeta_window_attend_bounded<3, 1, 4>(ZETA_WINDOW_ATTEND_ARGS);
 template __global__ void zeta_window_attend_bounded<3, 1, 5>(ZETA_WINDOW_ATTEND_ARGS);
+template __global__ void zeta_window_attend_merged<1, 1>(ZETA_WINDOW_ATTEND_ARGS);
+template __global__ void zeta_window_attend_merged<2, 1>(ZETA_WINDOW_ATTEND_ARGS);
+template __global__ void zeta_window_attend_merged<3, 1>(ZETA_WINDOW_ATTEND_ARGS);
+template __global__ void zeta_window_attend_merged<3, 2>(ZETA_WINDOW_ATTEND_ARGS);
+template __global__ void zeta_window_attend_merged_bounded<3, 1, 5>(ZETA_WINDOW_ATTEND_ARGS);

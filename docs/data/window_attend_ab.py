@@ -1,7 +1,9 @@
 """An A/B of the fused pass's last two kernels (docs/benchmarks.md, issue 10's analysis): the
 library's window kernel (zeta_fused_window_group<8>, candidates to memory) and attention
 kernel (zeta_topk_fast) against docs/data/window_attend.cu's zeta_window_attend, which finds
-each query's window and weighs it in one kernel, the candidates kept in shared memory.
+each query's window and weighs it in one kernel, the candidates kept in shared memory; and
+the same kernel on docs/data/window_merged.cu's pools, where each query's place comes from
+the sort instead of a search (the "merged" variants: both experiments at once).
 
 Written for one H200, not yet run (2026-12-05):
 
@@ -36,15 +38,21 @@ from zeta_ref.cupy import topk_softmax as T
 from zeta_ref.cupy.quantize import _squash_args
 from zeta_ref.stages.topk_softmax import EXP_SCORES, score_constant
 from gpu_timing import benchmark_inputs, header, rounds
+from window_merged_ab import merged_pools
 
 HERE = Path(__file__).resolve().parent
-#: label -> the kernel's name for U = 3, NX = 1 (the default config's instance)
+#: label -> the kernel's name for U = 3, NX = 1 (the default config's instance); "merged":
+#: on window_merged.cu's pools and places (window_merged_ab.merged_pools), no search
 VARIANTS = {"one kernel": "zeta_window_attend<3, 1>",
             "one kernel, 4 blocks an SM": "zeta_window_attend_bounded<3, 1, 4>",
-            "one kernel, 5 blocks an SM": "zeta_window_attend_bounded<3, 1, 5>"}
+            "one kernel, 5 blocks an SM": "zeta_window_attend_bounded<3, 1, 5>",
+            "one kernel, merged": "zeta_window_attend_merged<3, 1>",
+            "one kernel, merged, 5 blocks an SM": "zeta_window_attend_merged_bounded<3, 1, 5>"}
 NAMES = ("zeta_window_attend<1, 1>", "zeta_window_attend<2, 1>", "zeta_window_attend<3, 1>",
          "zeta_window_attend<3, 2>", "zeta_window_attend_bounded<3, 1, 4>",
-         "zeta_window_attend_bounded<3, 1, 5>")
+         "zeta_window_attend_bounded<3, 1, 5>", "zeta_window_attend_merged<1, 1>",
+         "zeta_window_attend_merged<2, 1>", "zeta_window_attend_merged<3, 1>",
+         "zeta_window_attend_merged<3, 2>", "zeta_window_attend_merged_bounded<3, 1, 5>")
 #: the stages of a pass of the experiment, as fused.STAGE_NAMES with window and attention one
 STAGES = ("codes", "sort", "pools", "means", "window + attention")
 _module = None
@@ -54,15 +62,16 @@ def fn(name):
     global _module
     if _module is None:
         _module = cp.RawModule(code=(HERE / "window_attend.cu").read_text(),
-                               options=rt.OPTIONS, name_expressions=NAMES)
+                               options=rt.OPTIONS + (f"-I{HERE}",),  # window_merged.cu
+                               name_expressions=NAMES)
     return _module.get_function(name)
 
 
-def instance(n_slots: int, d_v: int) -> str:
+def instance(n_slots: int, d_v: int, merged: bool = False) -> str:
     """The unbounded kernel's instance for k slots and d_v columns (launch_topk's choice)."""
     u = next((u for u in (1, 2, 3) if 16 * u >= n_slots + 1), None)
     nx = next((x for x in (1, 2) if 64 * x >= d_v), None)
-    name = f"zeta_window_attend<{u}, {nx}>"
+    name = f"zeta_window_attend{'_merged' if merged else ''}<{u}, {nx}>"
     assert name in NAMES, f"no instance for k = {n_slots}, d_v = {d_v}"
     return name
 
@@ -70,7 +79,8 @@ def instance(n_slots: int, d_v: int) -> str:
 def attend_forward(q, k, v, cfg: ZetaConfig, kernel=None, marks=None, candidates=False):
     """fused.forward with window_attend.cu's kernel for the window and the attention: the
     output, and with ``candidates`` the candidates (int32, written by the kernel for the
-    checks). For W = k (no re-rank), float32, packings that fit."""
+    checks). For W = k (no re-rank), float32, packings that fit. A "merged" kernel runs on
+    window_merged.cu's pools and places, the others on the library's."""
     lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
     d_v = v.shape[-1]
     rows = q.size // (n * d_k)
@@ -87,17 +97,22 @@ def attend_forward(q, k, v, cfg: ZetaConfig, kernel=None, marks=None, candidates
             event.record()
             marks.append(event)
 
-    mark()  # stages 2 to 4 and the pools: fused.forward's
-    keys = rt.empty(2 * rows * n, np.uint64)
-    rt.launch(fused._fn("zeta_fused_keys<float>"), keys.size,
-              (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
-              + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
-              + (np.int32(code_bits), np.int32(pos_bits), keys))
-    mark()
-    keys.sort()
-    mark()
-    levels, n_levels = fused.prefix_levels(keys, rows, n, code_bits, pos_bits)
-    mark()
+    mark()  # stages 2 to 4 and the pools: fused.forward's, or window_merged.cu's
+    if "merged" in kernel:
+        levels, queries, places, n_levels, _, _ = merged_pools(q, k, cfg, mark)
+        keys = queries  # not read by a merged kernel
+    else:
+        keys = rt.empty(2 * rows * n, np.uint64)
+        rt.launch(fused._fn("zeta_fused_keys<float>"), keys.size,
+                  (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
+                  + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
+                  + (np.int32(code_bits), np.int32(pos_bits), keys))
+        mark()
+        keys.sort()
+        mark()
+        levels, n_levels = fused.prefix_levels(keys, rows, n, code_bits, pos_bits)
+        mark()
+        queries, places = keys, rt.empty(1, np.int32)  # not read by the library's kind
     with_mean = cfg.history_mean
     if with_mean:
         mk, mv = T.history_means(k, v, cfg.causal)
@@ -118,7 +133,7 @@ def attend_forward(q, k, v, cfg: ZetaConfig, kernel=None, marks=None, candidates
                 np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk, q, k, v, mk, mv,
                 np.int32(with_mean), np.int32(d_k), np.int32(d_v), np.int32(k_top),
                 np.int32(T._SCORE_IDS[cfg.score]), add, root_d, out, mean_weight, cand,
-                np.int32(candidates), np.int32(runs)))
+                np.int32(candidates), queries, places, np.int32(runs)))
     mark()
     return (out, cand) if candidates else out
 
@@ -180,8 +195,9 @@ def check_bits(small_only: bool = False) -> list:
             v = cp.asarray(rng.standard_normal((b, h, n, d_v)).astype(np.float32))
             out_a, cand_a = library_forward(q, k, v, cfg, candidates=True)
             default = instance(cfg.k_for(n), d_v)
-            kernels = ({label: name for label, name in VARIANTS.items()}
-                       if default == VARIANTS["one kernel"] else {"one kernel": default})
+            kernels = (dict(VARIANTS) if default == VARIANTS["one kernel"] else
+                       {"one kernel": default,
+                        "one kernel, merged": instance(cfg.k_for(n), d_v, merged=True)})
             for label, name in kernels.items():
                 out_b, cand_b = attend_forward(q, k, v, cfg, name, candidates=True)
                 same_cand = (bool(cp.array_equal(cand_a, cand_b.astype(np.int64)))

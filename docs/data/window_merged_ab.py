@@ -50,24 +50,16 @@ def fn(name):
     return _module.get_function(name)
 
 
-def merged_forward(q, k, v, cfg: ZetaConfig, lanes: int = 8, marks=None):
-    """fused.forward with window_merged.cu's pools and window; (output, int32 candidates).
-    For W = k (no re-rank) and packings that fit, as the window group kernel is."""
-    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+def merged_pools(q, k, cfg: ZetaConfig, mark=lambda: None):
+    """Stages 2 to 4 and the pools of window_merged.cu: (levels, queries, places, n_levels,
+    code_bits, pos_bits), ``mark()`` called after the codes, the sort and the pools. For
+    packings that fit (the same bits as the library's: R rows and a key bit)."""
+    n, d_k = q.shape[-2], q.shape[-1]
     rows = q.size // (n * d_k)
-    k_top, width = cfg.k_for(n), cfg.window_for(n)
     code_bits = d_k * cfg.bits
-    pos_bits, fits = fused.packing(rows, n, code_bits)  # the same bits: R rows and a key bit
-    assert fits and width == k_top, "the experiment covers the group kernel's settings only"
+    pos_bits, fits = fused.packing(rows, n, code_bits)
+    assert fits, "the experiment covers packings that fit"
     causal, chunk = np.int32(fused._CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
-
-    def mark():
-        if marks is not None:
-            event = cp.cuda.Event()
-            event.record()
-            marks.append(event)
-
-    mark()
     entries = rt.empty(2 * rows * n, np.uint64)
     rt.launch(fn(f"zeta_merged_keys<{rt.ctype_name(q.dtype)}>"), entries.size,
               (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
@@ -93,6 +85,27 @@ def merged_forward(q, k, v, cfg: ZetaConfig, lanes: int = 8, marks=None):
     fn("zeta_merged_scatter")(grid, (fused.TILE,), (entries,) + sizes
                               + (causal, chunk, offsets, levels, queries, places))
     mark()
+    return levels, queries, places, n_levels, code_bits, pos_bits
+
+
+def merged_forward(q, k, v, cfg: ZetaConfig, lanes: int = 8, marks=None):
+    """fused.forward with window_merged.cu's pools and window; (output, int32 candidates).
+    For W = k (no re-rank) and packings that fit, as the window group kernel is."""
+    lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
+    rows = q.size // (n * d_k)
+    k_top, width = cfg.k_for(n), cfg.window_for(n)
+    assert width == k_top, "the experiment covers the group kernel's settings only"
+    causal, chunk = np.int32(fused._CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
+
+    def mark():
+        if marks is not None:
+            event = cp.cuda.Event()
+            event.record()
+            marks.append(event)
+
+    mark()
+    levels, queries, places, n_levels, code_bits, pos_bits = merged_pools(q, k, cfg, mark)
+    packed = (np.int32(fused.S0_BITS), np.int32(code_bits), np.int32(pos_bits))
     cand = rt.empty(lead + (n, k_top), np.int32)
     rt.launch(fn(f"zeta_merged_window_group<{lanes}>"), lanes * rows * n,
               (queries, places, levels, np.int32(n_levels)) + packed
