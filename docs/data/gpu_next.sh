@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The plan of the next GPU session for issue 10 (docs/benchmarks.md, the sections "Prepared for
-# the next GPU session"), as five device calls of under ten minutes each, run from the
+# the next GPU session"), as six device calls of under ten minutes each, run from the
 # repository root on the lent GPU machine, in this order (a session's 30 minutes of device
-# time will not hold all five: the tests come first, as the library's pools kernels changed
+# time will not hold all six: the tests come first, as the library's pools kernels changed
 # on 2026-12-04 without a GPU; then the experiments by what they could take off; the
 # benchmark is needed only once a variant is adopted):
 #
 #   bash docs/data/gpu_next.sh tests      # the whole GPU test suite (pytest -m gpu)
 #   bash docs/data/gpu_next.sh attend     # the window and the attention in one kernel
+#   bash docs/data/gpu_next.sh graph      # the whole call as one CUDA graph (4 minutes at most)
 #   bash docs/data/gpu_next.sh window     # the merged window's A/B, and it sanitized
 #   bash docs/data/gpu_next.sh attention  # the attention kernel's two A/Bs, one sanitized
 #   bash docs/data/gpu_next.sh bench      # the forward kernels sanitized, then the benchmark
@@ -16,8 +17,9 @@
 # call writes at most six), and a line per step to $OUT/summary.txt, printed last.
 set -u
 case "${1:-}" in
-    attend | window | attention | tests | bench) ;;
-    *) echo "usage: bash docs/data/gpu_next.sh tests|attend|window|attention|bench" >&2; exit 2 ;;
+    attend | graph | window | attention | tests | bench) ;;
+    *) echo "usage: bash docs/data/gpu_next.sh tests|attend|graph|window|attention|bench" >&2
+       exit 2 ;;
 esac
 OUT=${OUT:-out/gpu_next}
 mkdir -p "$OUT" out
@@ -40,6 +42,10 @@ case "${1:-}" in
             step sanitizer 90 compute-sanitizer --tool "$tool" \
                 python3 docs/data/window_attend_ab.py --check-only
         done
+        ;;
+    graph)
+        step graph 240 python3 docs/data/graph_plan_ab.py "$OUT/graph.json" \
+            1x8x4096 1x8x8192 1x8x16384 1x8x65536
         ;;
     window)
         step merged 300 python3 docs/data/window_merged_ab.py "$OUT/merged.json" \
