@@ -329,6 +329,22 @@ def test_numba_matches_numpy_where_the_terms_cancel(causal, gradient_sizes):
         assert largest_cancellation > 100
 
 
+def test_numba_backward_positions_in_int64_give_the_same_bits(monkeypatch):
+    """Pass 2 keeps query positions in int32 up to N = 2^31 and in int64 past it, where int32
+    would wrap to negative positions (a CPU audit's find, 2026-12-05: it was int32 at every
+    N). The int64 kernels, forced here at a small N, give the same bits."""
+    assert twin.position_dtype(2**31) == np.int32 and twin.position_dtype(2**31 + 1) == np.int64
+    rng = np.random.default_rng([SEED, 11])
+    q, k, v, g = _inputs(rng, (2,), 40, d_v=5, dtype=np.float32)
+    cfg = ZetaConfig(k=6, score="softmax")
+    _, inter = zeta_attention(q, k, v, cfg, backend="numba", return_intermediates=True)
+    want = zeta_attention_backward(q, k, v, g, cfg, intermediates=inter, backend="numba")
+    monkeypatch.setattr(twin, "position_dtype", lambda n: np.int64)
+    got = zeta_attention_backward(q, k, v, g, cfg, intermediates=inter, backend="numba")
+    for name, a, b in zip(("dq", "dk", "dv"), got[:3], want[:3]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 @pytest.mark.parametrize("causal", CAUSAL)
 def test_numba_history_means_backward_matches_spec(causal):
     rng = np.random.default_rng(SEED)

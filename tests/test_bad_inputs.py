@@ -1,6 +1,10 @@
 """Bad input (issue 2, section 4): a clear ValueError or TypeError that names the argument,
 never a wrong answer."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -195,6 +199,10 @@ def test_lists_of_floats_work():
     (dict(clip_range=(0.0, 1.0, 2.0)), ValueError, r"^clip_range"),
     (dict(clip_range=(0, 10**400)), ValueError, r"^clip_range must be finite"),
     (dict(clip_range=(-1e308, 1e308)), ValueError, r"^clip_range must have a finite width"),
+    # distinct as given, one float64 number once converted: the squash would divide by 0
+    (dict(clip_range=(2**53, 2**53 + 1)), ValueError, r"^clip_range must have lo < hi as float64"),
+    (dict(gamma=10**400), ValueError, r"^gamma must be a finite real number"),
+    (dict(gamma=np.longdouble("1e-4000")), ValueError, r"^gamma must be > 0"),
     (dict(k=2**70), ValueError, r"^k must be at most 2\*\*63 - 1"),
     (dict(k=2**63), ValueError, r"^k must be at most"),
     (dict(k=4, window=2**64), ValueError, r"^window must be at most"),
@@ -336,3 +344,28 @@ def test_morton_edges_that_are_fine():
     assert morton_encode(np.zeros((0, 3), dtype=np.int64), 4).shape == (0,)
     assert morton_decode(np.array([(1 << 63) - 1], dtype=np.uint64), 1, 63).tolist() == [
         [(1 << 63) - 1]]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+def test_a_window_too_large_for_memory_names_window_and_k():
+    """W near N makes the window (N, N): where that does not fit, the MemoryError names the
+    window and k and the memory they need, not an anonymous buffer (a CPU audit's find,
+    2026-12-05). Run in a process whose address space is held to 1.5 GiB."""
+    script = (
+        "import resource, numpy as np\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+        "from zeta_ref import ZetaConfig, zeta_attention\n"
+        "rng = np.random.default_rng(0)\n"
+        "q, k = (rng.standard_normal((1, 16384, 3)) for _ in range(2))\n"
+        "v = rng.standard_normal((1, 16384, 4))\n"
+        "try:\n"
+        "    zeta_attention(q, k, v, ZetaConfig(k=4, window=2**26, causal='none'))\n"
+        "except MemoryError as err:\n"
+        "    print(err)\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # small reserves
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("the window of W = 16384 keys for each of the 16384 queries"
+                                  " of 1 rows (config.window = 67108864, config.k = 4, each "
+                                  "capped at N) needs 2 GiB as int64"), done.stdout

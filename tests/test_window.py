@@ -430,3 +430,25 @@ def test_no_slow_warning_at_the_default_threshold(rng, fresh_slow_warning, causa
 def test_slow_threshold_is_the_inclusive_mode_near_23k():
     # the documented calibration: one row in "inclusive" mode crosses it between 16384 and 32768
     assert 16384 ** 2 < window.SLOW_WORK < 32768 ** 2
+
+
+def test_int64_codes_give_the_uint64_answers():
+    """Codes of 62 bits that differ below float64's resolution: NumPy compares uint64 with
+    int64 through float64, which would make them all equal (every insertion point 0). The
+    stage functions take the codes as uint64, as the Numba twins do (a CPU audit's find,
+    2026-12-05)."""
+    n = 4
+    codes = (np.uint64(2**62) + np.arange(1, n + 1, dtype=np.uint64))  # sorted, distinct
+    perm = np.arange(n, dtype=np.int64)
+    q = np.full(n, 2**62 + 3, dtype=np.uint64)
+    pool_len = window.pool_lengths(n, "none", n)
+    want = window.insertion_points(q, perm, codes, pool_len)
+    assert want.tolist() == [2] * n
+    want_window = window.neighbour_window(q, perm, codes, pool_len, 1)
+    assert want_window[:, 0].tolist() == [2] * n
+    for q_as, keys_as in ((np.int64, np.uint64), (np.uint64, np.int64), (np.int64, np.int64)):
+        np.testing.assert_array_equal(
+            window.insertion_points(q.astype(q_as), perm, codes.astype(keys_as), pool_len), want)
+        np.testing.assert_array_equal(
+            window.neighbour_window(q.astype(q_as), perm, codes.astype(keys_as), pool_len, 1),
+            want_window)

@@ -22,6 +22,7 @@ twin backend is checked stage by stage against the specification with the same i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -183,8 +184,15 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     # stage 5: causal pools, binary search, window, optional re-rank (D4, D5, D6, D9, D11)
     chunk = cfg.chunk_size_for(n)
     pool_len = pool_lengths(n, cfg.causal, chunk)  # (N,)
-    window_idx = s.neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len,
-                                    width, order=query_order)  # (..., N, W)
+    try:
+        window_idx = s.neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len,
+                                        width, order=query_order)  # (..., N, W)
+    except MemoryError as err:  # W (or k) near N: the window is (N, N)
+        raise MemoryError(
+            f"the window of W = {width} keys for each of the {n} queries of "
+            f"{math.prod(q.shape[:-2])} rows (config.window = {cfg.window}, config.k = {cfg.k}, "
+            f"each capped at N) needs {8 * width * q.size // d_k / 2**30:.3g} GiB as int64; "
+            f"choose a smaller window or k ({err})") from None
     if width > k_top:
         candidates = s.rerank(q, k, window_idx, k_top, cfg.score)  # (..., N, k)
     else:

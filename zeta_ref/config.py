@@ -96,9 +96,13 @@ class ZetaConfig:
                 f"window must be None or an integer >= k (= {self.k}); got {self.window!r}"
             )
         _choice("score", self.score, SCORES)
-        if not is_real(self.gamma) or not math.isfinite(self.gamma):
+        try:  # an int too large for a float is not finite either
+            gamma = float(self.gamma) if is_real(self.gamma) else math.nan
+        except OverflowError:
+            gamma = math.nan
+        if not math.isfinite(gamma):
             raise ValueError(f"gamma must be a finite real number; got {self.gamma!r}")
-        if self.score == "cauchy" and self.gamma <= 0:
+        if self.score == "cauchy" and gamma <= 0:  # as a float: a tiny longdouble rounds to 0
             raise ValueError(f"gamma must be > 0 for score='cauchy'; got {self.gamma!r}")
         if not isinstance(self.history_mean, (bool, np.bool_)):
             raise TypeError(f"history_mean must be True or False; got {self.history_mean!r}")
@@ -113,6 +117,10 @@ class ZetaConfig:
             finite = False
         if not (finite and lo < hi):
             raise ValueError(f"clip_range must be finite numbers with lo < hi; got {self.clip_range!r}")
+        if not float(lo) < float(hi):  # the stages compute in float64: two ints past 2^53 or
+            raise ValueError(     # two close long doubles can round to one number
+                f"clip_range must have lo < hi as float64 numbers (the squash divides by hi - "
+                f"lo); got {self.clip_range!r}, which rounds to ({float(lo)!r}, {float(hi)!r})")
         if not math.isfinite(float(hi) - float(lo)):  # the squash divides by the width (D1)
             raise ValueError(f"clip_range must have a finite width hi - lo (the clip squash "
                              f"divides by it); got {self.clip_range!r}")
@@ -122,7 +130,7 @@ class ZetaConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "clip_range", (float(lo), float(hi)))
-        object.__setattr__(self, "gamma", float(self.gamma))
+        object.__setattr__(self, "gamma", gamma)
         object.__setattr__(self, "history_mean", bool(self.history_mean))  # np.True_ -> True
 
     @property

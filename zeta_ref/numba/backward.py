@@ -372,6 +372,13 @@ def _inverse_body(cand, w_in, dnear_in, n_chunks, counts, starts, entry_query, e
 _inverse_serial, _inverse_parallel = serial_and_parallel(_inverse_body)
 
 
+def position_dtype(n: int):
+    """The dtype of pass 2's query positions: int32, which halves that array's traffic, where
+    every position 0 .. N - 1 fits it; int64 from N = 2^31 (int32 would wrap to negative
+    positions, which index from the end of a row)."""
+    return np.int32 if n <= 2**31 else np.int64
+
+
 # ---------------------------------------------------------------- pass 3: per key
 
 
@@ -496,7 +503,7 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
         np.multiply(w_mean[..., None], gr, out=dmv)
     # pass 2: which (query, slot) pairs selected each key
     starts = empty_output((n_rows, n + 1), np.int64)  # (R, N + 1)
-    entry_query = empty_output((n_rows, n * n_slots), np.int32)  # (R, N k); N < 2^31
+    entry_query = empty_output((n_rows, n * n_slots), position_dtype(n))  # (R, N k)
     entry_wd = empty_output((n_rows, n * n_slots, 2), dtype)  # (R, N k, 2)
     # rows in parallel, and each row in chunks when there are fewer rows than threads
     n_chunks = max(1, min(nb.get_num_threads() // n_rows, n)) if parallel else 1

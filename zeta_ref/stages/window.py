@@ -89,7 +89,7 @@ def _pools(q_codes, key_perm, sorted_key_codes, pool_len):
     """
     n = q_codes.shape[-1]
     perm = key_perm.reshape(-1, n)  # (R, N)
-    kz = sorted_key_codes.reshape(-1, n)  # (R, N)
+    kz = _as_codes(sorted_key_codes).reshape(-1, n)  # (R, N)
     lengths, first, count = np.unique(pool_len, return_index=True, return_counts=True)
     for r in range(perm.shape[0]):
         for L, q0, nq in zip(lengths, first, count):
@@ -173,6 +173,12 @@ def _warn_if_slow(rows: int, pool_len: np.ndarray, n: int) -> None:
         SlowSpecificationWarning, stacklevel=3)
 
 
+def _as_codes(x) -> np.ndarray:
+    """Codes as uint64: NumPy compares uint64 with int64 through float64, which cannot tell
+    codes apart above 2^53 (the Numba twins cast the same way)."""
+    return np.asarray(x).astype(np.uint64, copy=False)
+
+
 def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarray:
     """Step 2, the binary search: each query's insertion point p_i in its pool.
 
@@ -201,7 +207,7 @@ def insertion_points(q_codes, key_perm, sorted_key_codes, pool_len) -> np.ndarra
     _warn_if_slow(qz.shape[0], pool_len, n)
     out = np.zeros(qz.shape, dtype=np.int64)  # (R, N)
     for r, queries, _, pool_codes in _pools(q_codes, key_perm, sorted_key_codes, pool_len):
-        out[r, queries] = np.searchsorted(pool_codes, qz[r, queries], side="left")
+        out[r, queries] = np.searchsorted(pool_codes, _as_codes(qz[r, queries]), side="left")
     return out.reshape(lead + (n,))
 
 
@@ -246,7 +252,7 @@ def neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len, width: int, 
         if n_pool == 0:
             continue  # D9: nothing to see, all slots stay -1
         # step 2: binary search of each query's code in its pool
-        ins = np.searchsorted(pool_codes, qz[r, queries], side="left")  # (nq,)
+        ins = np.searchsorted(pool_codes, _as_codes(qz[r, queries]), side="left")  # (nq,)
         # step 3: W//2 below the insertion point, slid inside the pool (D11)
         start = np.clip(ins - width // 2, 0, max(n_pool - width, 0))  # (nq,)
         rank = start[:, None] + slots  # (nq, W)
