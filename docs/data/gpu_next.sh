@@ -1,43 +1,64 @@
 #!/usr/bin/env bash
 # The plan of the next GPU session for issue 10 (docs/benchmarks.md, the sections "Prepared for
-# the next GPU session"), as six device calls of under ten minutes each, run from the
-# repository root on the lent GPU machine, in this order (a session's 30 minutes of device
-# time will not hold all six: the tests come first, as the library's pools kernels changed
-# on 2026-12-04 without a GPU; then the experiments by what they could take off; the
-# benchmark is needed only once a variant is adopted):
+# the next GPU session"): six steps, run from the repository root on the lent GPU machine,
+# several in one device call where they fit its ten minutes (the machine is given back after
+# half a minute idle, and a fresh one takes minutes to start, out of the session's 30):
 #
-#   bash docs/data/gpu_next.sh tests      # the whole GPU test suite (pytest -m gpu)
-#   bash docs/data/gpu_next.sh attend     # the window and the attention in one kernel
-#   bash docs/data/gpu_next.sh graph      # the whole call as one CUDA graph (4 minutes at most)
-#   bash docs/data/gpu_next.sh window     # the merged window's A/B, and it sanitized
-#   bash docs/data/gpu_next.sh attention  # the attention kernel's two A/Bs, one sanitized
-#   bash docs/data/gpu_next.sh bench      # the forward kernels sanitized, then the benchmark
+#   bash docs/data/gpu_next.sh tests attend graph sanitize   # first call, as far as it goes
+#   bash docs/data/gpu_next.sh window attention              # second call
+#   bash docs/data/gpu_next.sh bench                         # once a variant is adopted
 #
-# Each step's output goes to a log under $OUT (the device copies back at most eight files; each
-# call writes at most six), and a line per step to $OUT/summary.txt, printed last.
+#   tests      the whole GPU test suite (pytest -m gpu): first, as the library's pools kernels
+#              changed on 2026-12-04 and its size limits on 2026-12-05 without a GPU
+#   attend     the window and the attention in one kernel
+#   graph      the whole call as one CUDA graph
+#   sanitize   the one kernel's checks under memcheck, racecheck and synccheck
+#   window     the merged window's A/B, and it sanitized
+#   attention  the attention kernel's two A/Bs, one sanitized
+#   bench      the forward kernels sanitized, then the benchmark
+#
+# The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
+# command gets its own limit or what is left of the budget, and one that cannot have 20
+# seconds is skipped (the summary says so). Each step's output goes to a log under $OUT (the
+# device copies back at most eight files: the first call writes seven), and a line per
+# command to $OUT/summary.txt, printed last.
 set -u
-case "${1:-}" in
-    attend | graph | window | attention | tests | bench) ;;
-    *) echo "usage: bash docs/data/gpu_next.sh tests|attend|graph|window|attention|bench" >&2
-       exit 2 ;;
-esac
+STEPS="tests attend graph sanitize window attention bench"
+[ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
+for name in "$@"; do
+    case " $STEPS " in
+        *" $name "*) ;;
+        *) echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS); got $name" >&2
+           exit 2 ;;
+    esac
+done
+BUDGET=${BUDGET:-570}
 OUT=${OUT:-out/gpu_next}
 mkdir -p "$OUT" out
 export PYTHONPATH=$PWD CUPY_CACHE_DIR=$PWD/out/cupy_cache
 
-step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, summarise it
+step() {  # step NAME SECONDS COMMAND...: run it within its limit and the budget, log it
     local name=$1 limit=$2 t0=$SECONDS rc
     shift 2
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 20 ]; then
+        echo "$name: skipped, $left s of the budget left" >> "$OUT/summary.txt"
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
     timeout "$limit" "$@" >> "$OUT/$name.log" 2>&1
     rc=$?
     echo "$name: rc $rc in $((SECONDS - t0)) s: $(tail -n 1 "$OUT/$name.log")" >> "$OUT/summary.txt"
 }
 
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/summary.txt"
-case "${1:-}" in
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv >> "$OUT/summary.txt"
+for name in "$@"; do
+case "$name" in
     attend)
         step attend 300 python3 docs/data/window_attend_ab.py "$OUT/attend.json" \
             1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
+        ;;
+    sanitize)
         for tool in memcheck racecheck synccheck; do
             step sanitizer 90 compute-sanitizer --tool "$tool" \
                 python3 docs/data/window_attend_ab.py --check-only
@@ -76,4 +97,5 @@ case "${1:-}" in
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
         ;;
 esac
+done
 cat "$OUT/summary.txt"
