@@ -10,6 +10,10 @@ specification unless told otherwise). Three uses, one mechanism:
   dump's ``k_codes``), so an early disagreement does not hide the later stages;
 - ``Chain(dump, given=..., rules={...})``: the same with some rules replaced by a common
   mistake (:mod:`zeta_ref.crosscheck.variants`), to name the mistake a dump shows.
+
+The gradients (``dq``, ``dk``, ``dv``, ``dgamma``) are those of
+:func:`~zeta_ref.zeta_attention_backward` on the chain's candidates and mean term, for the
+dump's ``grad_output``: the specification's backward steps and the mean term's share.
 """
 
 from __future__ import annotations
@@ -71,6 +75,25 @@ class Chain:
 
     def chunk(self) -> int:
         return self.cfg.chunk_size_for(self.n)
+
+    def backward(self):
+        """(dq, dk, dv, dgamma) on the chain's candidates and means, for the dump's
+        grad_output: the composer's steps (zeta_ref.backward)."""
+        if "_backward" not in self._memo:
+            c = self.cfg
+            mean_k = self["mean_k"] if c.history_mean else None
+            mean_v = self["mean_v"] if c.history_mean else None
+            g = self.dump.grad_output
+            if g is None:
+                raise ValueError("the gradients need grad_output in the dump")
+            with np.errstate(over="ignore", invalid="ignore"):
+                dq, dk, dv, dmk, dmv, dgamma = self.s.topk_attention_backward(
+                    self.q, self.k, self.v, np.ascontiguousarray(self["candidates"]), c.score,
+                    c.gamma, mean_k, mean_v, g)
+                if c.history_mean:
+                    dk, dv = self.s.history_means_backward(dmk, dmv, c.causal, add_to=(dk, dv))
+            self._memo["_backward"] = (dq, dk, dv, np.float64(dgamma))
+        return self._memo["_backward"]
 
     def attention(self):
         """(output, weights, mean_weight) of stage 6 on the chain's candidates and means."""
@@ -166,6 +189,12 @@ def weighted_sum(ch: Chain, with_mean: bool = True):
     return out.astype(ch.v.dtype, copy=False)
 
 
+def _gradient(index: int):
+    def rule(ch: Chain):
+        return ch.backward()[index]
+    return rule
+
+
 RULES = {
     "q_coords": _coords("q"),
     "k_coords": _coords("k"),
@@ -182,4 +211,8 @@ RULES = {
     "weights": _weights,
     "mean_weight": _mean_weight,
     "output": _output,
+    "dq": _gradient(0),
+    "dk": _gradient(1),
+    "dv": _gradient(2),
+    "dgamma": _gradient(3),
 }

@@ -259,9 +259,11 @@ def _row(d: Dump, row: tuple) -> Dump:
     """The dump restricted to one leading (batch, head) index."""
     if not row:
         return d
-    results = {name: (a if name == "pool_len" else a[row]) for name, a in d.results.items()}
+    results = {name: (a if name in ("pool_len", "dgamma") else a[row])
+               for name, a in d.results.items()}
     return Dump(q=d.q[row], k=d.k[row], v=d.v[row], config=d.config, results=results,
-                source=d.source)
+                source=d.source,
+                grad_output=None if d.grad_output is None else d.grad_output[row])
 
 
 # ------------------------------------------------------------------ the table
@@ -308,7 +310,8 @@ def format_report(report: Report) -> str:
         lines += ["", "notes:"] + extra
     if any(f.shown.tolerance != "exact" for f in report.fields):
         lines += ["", "tolerance of a float: |yours - zeta_ref| <= rtol |zeta_ref| + atol x "
-                  "scale, scale the largest |k|, |v| or 1 in play (zeta_ref.tolerances)"]
+                  "scale, scale the largest |k|, |v| or 1 in play (zeta_ref.tolerances); for a "
+                  "gradient, the largest sum of the magnitudes of the terms it adds up"]
     lines += ["", report.summary()]
     return "\n".join(lines)
 

@@ -8,8 +8,11 @@ A dump is a ``.npz`` archive (or a folder of ``.npy`` files, one per name) holdi
   defaults): ``np.savez(path, config=json.dumps({"k": 16}), ...)``; in a folder, ``config.npy``
   or ``config.json``;
 - any subset of the stage results named in :data:`~zeta_ref.crosscheck.schema.FIELDS` (the
-  fields of :class:`~zeta_ref.Intermediates`), with the documented shapes; integer results in
-  any integer dtype where the values fit;
+  fields of :class:`~zeta_ref.Intermediates`, and the gradients ``dq``, ``dk``, ``dv``,
+  ``dgamma`` of the backward pass), with the documented shapes; integer results in any
+  integer dtype where the values fit;
+- with any gradient, ``grad_output``: the gradient of the output they come from (the loss
+  L = sum(grad_output * output)), (..., N, d_v), q's dtype;
 - optionally ``format_version`` (this zeta_ref writes and reads version
   :data:`~zeta_ref.crosscheck.schema.FORMAT_VERSION`) and ``zeta_ref_version``.
 
@@ -54,6 +57,7 @@ class Dump:
     config: ZetaConfig
     results: dict = field(default_factory=dict)
     source: str = "arrays"  # the path it came from, for the report
+    grad_output: np.ndarray | None = None  # dL/doutput, where the dump holds gradients
 
     @property
     def n(self) -> int:
@@ -78,7 +82,8 @@ def save_dump(path, q, k, v, config=None, **results) -> str:
     config : ZetaConfig, dict of its fields, or None (the defaults)
     **results : arrays
         Any of the stage results, by the names of :data:`~zeta_ref.crosscheck.schema.FIELDS`
-        (``q_codes=..., candidates=..., output=...``), from any framework.
+        (``q_codes=..., candidates=..., output=...``), from any framework; with gradients
+        (``dq=..., dk=..., dv=..., dgamma=...``), ``grad_output=``, the output's gradient.
 
     Returns
     -------
@@ -187,7 +192,7 @@ def dump_from_arrays(raw: dict, source: str = "arrays", config=None) -> Dump:
         name = unknown[0]
         near = difflib.get_close_matches(name, KNOWN_NAMES, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else \
-            f"; known names: q, k, v, config, {', '.join(FIELD_BY_NAME)}"
+            f"; known names: q, k, v, grad_output, config, {', '.join(FIELD_BY_NAME)}"
         raise DumpError(f"unknown array {name!r}{hint}")
     if "format_version" in raw:
         version = _scalar(raw["format_version"], "format_version")
@@ -203,7 +208,8 @@ def dump_from_arrays(raw: dict, source: str = "arrays", config=None) -> Dump:
     arrays = {name: a for name, a in raw.items()
               if name not in ("config", "format_version", "zeta_ref_version")}
     q, k, v, results = check_dump(arrays, cfg)
-    return Dump(q=q, k=k, v=v, config=cfg, results=results, source=source)
+    return Dump(q=q, k=k, v=v, config=cfg, results=results, source=source,
+                grad_output=_grad_output(arrays, q, v, results))
 
 
 def _parse_config(value) -> dict:
@@ -272,12 +278,34 @@ def check_dump(arrays: dict, cfg: ZetaConfig):
             continue
         a = np.asarray(arrays[spec.name])
         want = _expected_shape(spec.shape, lead, sizes)
+        if spec.name == "dgamma" and a.size == 1:  # a scalar, however it was saved
+            a = a.reshape(())
         if a.shape != want:
             raise DumpError(f"{spec.name} must have shape {want} {spec.shape} "
                             f"({_sizes_text(spec.shape, sizes)}); got {a.shape}"
                             + _shape_hint(spec.name, a.shape, want, cfg))
         results[spec.name] = _checked_values(spec, a, n, d_k, cfg)
     return q, k, v, results
+
+
+def _grad_output(arrays: dict, q, v, results: dict):
+    """The dump's ``grad_output``, checked: needed by any gradient, useless without one."""
+    gradients = [name for name in ("dq", "dk", "dv", "dgamma") if name in results]
+    if "grad_output" not in arrays:
+        if gradients:
+            raise DumpError(f"{gradients[0]} needs grad_output, the gradient of the output it "
+                            f"comes from (L = sum(grad_output * output)), of shape {v.shape}")
+        return None
+    g = np.asarray(arrays["grad_output"])
+    if g.shape != v.shape:
+        raise DumpError(f"grad_output must have the shape of v, {v.shape} (..., N, d_v); got "
+                        f"{g.shape}")
+    if g.dtype != q.dtype:
+        raise DumpError(f"grad_output must have q's dtype, {q.dtype}; got {g.dtype}")
+    if g.size and not np.isfinite(g).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(g))[0])
+        raise DumpError(f"grad_output contains NaN or Inf (first at index {bad})")
+    return g
 
 
 def _expected_shape(shape: str, lead: tuple, sizes: dict) -> tuple:

@@ -1,4 +1,5 @@
-"""What a dump may hold: the inputs, the config, and each stage's results, in pipeline order.
+"""What a dump may hold: the inputs, the config, each stage's results in pipeline order, and
+the gradients of the backward pass (with the gradient of the output they come from).
 
 One table, used by the loader (names, shapes, dtypes, ranges), by :func:`compare` (which
 stage a field belongs to, what it is computed from) and by docs/compare.md (which documents
@@ -38,7 +39,7 @@ class Stage:
 
 INPUTS = ("q", "k", "v")
 
-FIELDS = (
+FORWARD_FIELDS = (
     Field("q_coords", "quantize", "(..., N, d_k)", "uint", "D1, D2, D12, D13",
           "queries' cells: min(floor(squash(q) * 2^B), 2^B - 1)",
           inputs=('q',)),
@@ -85,6 +86,26 @@ FIELDS = (
           "sum of weight x value over the candidates, plus mean_weight x mean_v",
           inputs=('v', 'candidates', 'weights', 'mean_weight', 'mean_v')),
 )
+#: The backward pass's results (docs/backward.md): gradients of L = sum(grad_output * output)
+#: with the selection (the candidates) held fixed; a dump holding one holds ``grad_output``.
+GRADIENT_INPUTS = ('q', 'k', 'v', 'grad_output', 'candidates', 'mean_k', 'mean_v')
+GRADIENT_FIELDS = (
+    Field("dq", "backward", "(..., N, d_k)", "float", "b1-b5",
+          "dL/dq: each query's slots' shares through their scores",
+          inputs=GRADIENT_INPUTS),
+    Field("dk", "backward", "(..., N, d_k)", "float", "b1-b5, D8",
+          "dL/dk: the shares of every (query, slot) that chose the key, added, and the mean "
+          "term's share of the keys it averages",
+          inputs=GRADIENT_INPUTS),
+    Field("dv", "backward", "(..., N, d_v)", "float", "b1, D8",
+          "dL/dv: weight x grad_output over every (query, slot) that chose the value, added, "
+          "and the mean term's share",
+          inputs=GRADIENT_INPUTS),
+    Field("dgamma", "backward", "()", "float", "b4, D7",
+          "dL/dgamma, summed over every query (0 for the scores without gamma)",
+          inputs=GRADIENT_INPUTS),
+)
+FIELDS = FORWARD_FIELDS + GRADIENT_FIELDS
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
 STAGES = (
@@ -98,12 +119,14 @@ STAGES = (
     Stage("means", "6a mean term", ("mean_k", "mean_v")),
     Stage("weights", "6b weights", ("weights", "mean_weight")),
     Stage("output", "6c output", ("output",)),
+    Stage("backward", "7 gradients", ("dq", "dk", "dv", "dgamma")),
 )
 STAGE_BY_NAME = {s.name: s for s in STAGES}
 STAGE_OF = {f: s.name for s in STAGES for f in s.fields}
 
-#: Names a dump may hold besides the fields: the inputs, the config and bookkeeping.
-OTHER_NAMES = INPUTS + ("config", "format_version", "zeta_ref_version")
+#: Names a dump may hold besides the fields: the inputs, the gradient of the output (needed by
+#: the gradients), the config and bookkeeping.
+OTHER_NAMES = INPUTS + ("grad_output", "config", "format_version", "zeta_ref_version")
 KNOWN_NAMES = OTHER_NAMES + tuple(FIELD_BY_NAME)
 
 

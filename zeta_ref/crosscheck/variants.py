@@ -21,6 +21,7 @@ from ..stages.quantize import squash
 from ..stages.topk_softmax import history_means
 from ..stages.window import gather_rows, nearness
 from .chain import Chain, weighted_sum
+from .gradients import gradients, slot_terms
 from .schema import FIELDS, STAGE_OF, STAGES
 from .verdicts import judge
 
@@ -358,7 +359,51 @@ def catalogue(cfg, n: int) -> list[Variant]:
     if cfg.history_mean:
         out.append(Variant("the mean term counted in the weights but its value left out of "
                            "the sum", "D8", "output", {"output": _output_without_mean}))
+    out += [
+        Variant("the shares of a key chosen by several queries overwritten instead of added "
+                "(a scatter by assignment: the last query's share stays)", "b5",
+                "backward", _gradient_rules(overwrite=True)),
+        Variant("no gradient through the normalisation (dt = w <g, v> without "
+                "- w sum_l w_l <g, v_l>)", "b3", "backward",
+                _gradient_rules(normalisation=False)),
+    ]
+    if cfg.history_mean:
+        out.append(Variant("the mean term's share left out of dk and dv", "D8", "backward",
+                           _gradient_rules(mean_share=False)))
+    if cfg.score == "cauchy":
+        out.append(Variant("dL/d(gamma^2) for dL/dgamma (the factor 2 gamma left out)",
+                           "b4, D7", "backward", {"dgamma": _dgamma_of_c}))
     return out
+
+
+# ------------------------------------------------------------------ stage 7: gradients
+
+
+def _gradient_rules(**mistake) -> dict:
+    """dq, dk, dv, dgamma computed with one of the mistakes of
+    :func:`~zeta_ref.crosscheck.gradients.gradients` (or of its slot shares)."""
+    def computed(ch: Chain):
+        if "_mistaken_backward" not in ch._memo:
+            c = ch.cfg
+            means = (ch["mean_k"], ch["mean_v"]) if c.history_mean else (None, None)
+            cand = np.asarray(ch["candidates"])
+            terms = slot_terms(ch.q, ch.k, ch.v, cand, c.score, c.gamma, *means,
+                               ch.dump.grad_output,
+                               normalisation=mistake.get("normalisation", True))
+            ch._memo["_mistaken_backward"] = gradients(
+                terms, cand, ch.n, c.score, c.gamma, c.causal, c.history_mean,
+                overwrite=mistake.get("overwrite", False),
+                mean_share=mistake.get("mean_share", True))
+        return ch._memo["_mistaken_backward"]
+
+    def rule(index: int):
+        return lambda ch: computed(ch)[index]
+    return {name: rule(i) for i, name in enumerate(("dq", "dk", "dv", "dgamma"))}
+
+
+def _dgamma_of_c(ch: Chain):
+    """dL/dc for c = gamma^2: zeta_ref's dL/dgamma divided by 2 gamma."""
+    return np.float64(ch.backward()[3] / (2.0 * ch.cfg.gamma))
 
 
 # ------------------------------------------------------------------ gamma

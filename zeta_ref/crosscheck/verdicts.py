@@ -16,6 +16,10 @@ What counts as equally right, field by field:
   re-rank, D6);
 - ``weights``: compared slot by slot after putting both sides' slots in the order of their
   candidates, so a permutation of slots is no difference.
+
+The gradients are measured against the size of the terms each adds up, not of the result
+(:func:`~zeta_ref.crosscheck.gradients.gradient_sizes`): where those terms cancel, two right
+float32 backward passes differ by a few units of float32 in the terms.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ from ..stages.morton import morton_decode
 from ..stages.quantize import squash
 from ..stages.window import gather_rows, nearness
 from ..tolerances import tolerance
+from .gradients import gradient_sizes
 
+#: The fields compared within a tolerance (the rest exactly, or up to ties).
+FLOAT_FIELDS = ("mean_k", "mean_v", "weights", "mean_weight", "output", "dq", "dk", "dv",
+                "dgamma")
 #: How many units in the last place (of the input's dtype) the squash of another
 #: implementation may be off for a cell difference at an edge to count as its rounding (D13).
 EDGE_ULPS = 4
@@ -88,7 +96,7 @@ def judge(name: str, ours, theirs, chain, their_candidates=None, *,
     """
     ours = np.asarray(ours)
     theirs = np.asarray(theirs)
-    if name in ("mean_k", "mean_v", "weights", "mean_weight", "output"):
+    if name in FLOAT_FIELDS:
         return _floats(name, ours, theirs, chain, their_candidates)
     verdict = _exact(ours, theirs)
     if verdict.ok:
@@ -161,8 +169,22 @@ def _scale(name: str, chain) -> float:
     """The size of the data a float field is measured against (see zeta_ref.tolerances)."""
     if name in ("weights", "mean_weight"):
         return 1.0  # weights are fractions of 1
+    if name in ("dq", "dk", "dv", "dgamma"):  # the terms each gradient adds up
+        size = _gradient_sizes(chain)[("dq", "dk", "dv", "dgamma").index(name)]
+        return float(np.max(size)) if np.size(size) else 0.0
     source = chain.k if name == "mean_k" else chain.v
     return float(np.max(np.abs(source))) if source.size else 0.0
+
+
+def _gradient_sizes(chain):
+    """(dq, dk, dv, dgamma) sizes of the chain's gradients, computed once a chain."""
+    if "_gradient_sizes" not in chain._memo:
+        c = chain.cfg
+        means = ((chain["mean_k"], chain["mean_v"]) if c.history_mean else (None, None))
+        chain._memo["_gradient_sizes"] = gradient_sizes(
+            chain.q, chain.k, chain.v, np.asarray(chain["candidates"]), c.score, c.gamma,
+            *means, chain.dump.grad_output, c.causal)
+    return chain._memo["_gradient_sizes"]
 
 
 def _by_candidate(weights, candidates):
