@@ -843,3 +843,29 @@ def test_the_command_line_compares_gradients(rng, tmp_path, zeta_ref_cli):
     code, out, err = zeta_ref_cli(["compare", path])
     assert code == 0 and err == "", err
     assert "7 gradients  dgamma" in out and "all 5 provided fields match zeta_ref" in out
+
+
+@pytest.mark.parametrize("score", ["cauchy", "softmax", "neg_euclidean", "inv_euclidean"])
+def test_gradient_sizes_and_shares_agree_with_loops_and_the_backward(rng, score,
+                                                                      gradient_sizes):
+    """crosscheck.gradients, vectorised, against conftest's loop over queries and slots (the
+    sizes), and its signed shares summed against zeta_attention_backward (the gradients)."""
+    from zeta_ref.crosscheck.gradients import gradients, slot_terms
+    from zeta_ref.crosscheck import gradients as G
+    from zeta_ref.stages.topk_softmax import history_means
+
+    for causal, mean in (("inclusive", True), ("strict", False), ("none", True)):
+        cfg = ZetaConfig(k=4, score=score, causal=causal, chunk_size=3, gamma=0.7,
+                         history_mean=mean)
+        q, k, v, g, results = _with_gradients(rng, cfg, n=23, d_k=2)
+        cand = results["candidates"]
+        means = history_means(k, v, causal) if mean else (None, None)
+        sizes = G.gradient_sizes(q, k, v, cand, score, 0.7, *means, g, causal)
+        for r in range(q.shape[0]):
+            loop = gradient_sizes(q[r], k[r], v[r], g[r], cand[r], score, 0.7, causal, mean)
+            for a, b in zip(sizes[:3], loop):
+                np.testing.assert_allclose(a[r], b, rtol=1e-12, atol=1e-300)
+        summed = gradients(slot_terms(q, k, v, cand, score, 0.7, *means, g), cand, 23, score,
+                           0.7, causal, mean)
+        for a, name in zip(summed, ("dq", "dk", "dv", "dgamma")):
+            np.testing.assert_allclose(a, results[name], rtol=1e-10, atol=1e-12)
