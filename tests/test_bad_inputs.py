@@ -352,8 +352,15 @@ def test_a_window_too_large_for_memory_names_window_and_k():
     window and k and the memory they need, not an anonymous buffer (a CPU audit's find,
     2026-12-05). Run in a process whose address space is held to 1.5 GiB."""
     script = (
-        "import resource, numpy as np\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+        "import resource, sys, numpy as np\n"
+        "try:\n"
+        "    resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+        "    np.empty(1 << 31, np.uint8)  # 2 GiB: refused where the limit holds\n"
+        "    print('unenforced'); sys.exit(0)\n"
+        "except (ValueError, OSError):\n"
+        "    print('unenforced'); sys.exit(0)\n"
+        "except MemoryError:\n"
+        "    pass\n"
         "from zeta_ref import ZetaConfig, zeta_attention\n"
         "rng = np.random.default_rng(0)\n"
         "q, k = (rng.standard_normal((1, 16384, 3)) for _ in range(2))\n"
@@ -366,6 +373,8 @@ def test_a_window_too_large_for_memory_names_window_and_k():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    if done.stdout.strip() == "unenforced":
+        pytest.skip("this system does not hold a process to RLIMIT_AS")
     assert done.stdout.startswith("the window of W = 16384 keys for each of the 16384 queries"
                                   " of 1 rows (config.window = 67108864, config.k = 4, each "
-                                  "capped at N) needs 2 GiB as int64"), done.stdout
+                                  "capped at N) needs 2 GiB as int64 alone"), done.stdout

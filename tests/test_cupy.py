@@ -221,6 +221,16 @@ def test_rows_too_long_or_too_wide_are_refused_on_every_path(monkeypatch):
         zeta_attention_backward(q, k, v, g, backend="cupy")
     with pytest.raises(ValueError, match=words):
         topk_softmax.history_means(k, v, "inclusive")
+    # the stage functions' own checks, which the composers' forward passes come before
+    from zeta_ref.cupy import backward as cupy_backward
+
+    cand = cp.zeros((2, 301, 4), dtype=cp.int64)
+    with pytest.raises(ValueError, match=words):
+        topk_softmax.topk_attention(q, k, v, cand)
+    with pytest.raises(ValueError, match=words):
+        cupy_backward.topk_attention_backward(q, k, v, cand, "cauchy", 0.5, None, None, g)
+    with pytest.raises(ValueError, match=words):
+        cupy_backward.history_means_backward(k, v, "inclusive")
 
 
 @pytest.mark.parametrize("k_top, window, d_v", [(150, None, 64), (127, 300, 64), (40, 90, 260),

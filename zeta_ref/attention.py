@@ -187,16 +187,17 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     try:
         window_idx = s.neighbour_window(q_codes, key_perm, sorted_key_codes, pool_len,
                                         width, order=query_order)  # (..., N, W)
+        if width > k_top:
+            candidates = s.rerank(q, k, window_idx, k_top, cfg.score)  # (..., N, k)
+        else:
+            candidates = window_idx
     except MemoryError as err:  # W (or k) near N: the window is (N, N)
         raise MemoryError(
             f"the window of W = {width} keys for each of the {n} queries of "
             f"{math.prod(q.shape[:-2])} rows (config.window = {cfg.window}, config.k = {cfg.k}, "
-            f"each capped at N) needs {8 * width * q.size // d_k / 2**30:.3g} GiB as int64; "
-            f"choose a smaller window or k ({err})") from None
-    if width > k_top:
-        candidates = s.rerank(q, k, window_idx, k_top, cfg.score)  # (..., N, k)
-    else:
-        candidates = window_idx
+            f"each capped at N) needs {8 * width * q.size // d_k / 2**30:.3g} GiB as int64 "
+            f"alone, and the pass several times that; choose a smaller window or k ({err})"
+        ) from None
     # stage 6: weights over the candidates and the mean term (D7, D8, D9)
     mean_k = mean_v = None
     if cfg.history_mean:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The plan of the next GPU session for issue 10 (docs/benchmarks.md, the sections "Prepared for
-# the next GPU session"): six steps, run from the repository root on the lent GPU machine,
+# the next GPU session"): seven steps, run from the repository root on the lent GPU machine,
 # several in one device call where they fit its ten minutes (the machine is given back after
 # half a minute idle, and a fresh one takes minutes to start, out of the session's 30):
 #

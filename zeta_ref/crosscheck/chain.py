@@ -76,13 +76,20 @@ class Chain:
     def chunk(self) -> int:
         return self.cfg.chunk_size_for(self.n)
 
+    def means(self):
+        """(mean_k, mean_v) in the inputs' dtype, or (None, None) with the mean term off: a
+        dump's own may be of another float dtype, which the stage functions do not take."""
+        if not self.cfg.history_mean:
+            return None, None
+        return tuple(np.ascontiguousarray(self[name], dtype=self.q.dtype)
+                     for name in ("mean_k", "mean_v"))
+
     def backward(self):
         """(dq, dk, dv, dgamma) on the chain's candidates and means, for the dump's
         grad_output: the composer's steps (zeta_ref.backward)."""
         if "_backward" not in self._memo:
             c = self.cfg
-            mean_k = self["mean_k"] if c.history_mean else None
-            mean_v = self["mean_v"] if c.history_mean else None
+            mean_k, mean_v = self.means()
             g = self.dump.grad_output
             if g is None:
                 raise ValueError("the gradients need grad_output in the dump")
@@ -99,8 +106,7 @@ class Chain:
         """(output, weights, mean_weight) of stage 6 on the chain's candidates and means."""
         if "_attention" not in self._memo:
             c = self.cfg
-            mean_k = self["mean_k"] if c.history_mean else None
-            mean_v = self["mean_v"] if c.history_mean else None
+            mean_k, mean_v = self.means()
             self._memo["_attention"] = self.s.topk_attention(
                 self.q, self.k, self.v, np.ascontiguousarray(self["candidates"]), c.score,
                 c.gamma, mean_k, mean_v)

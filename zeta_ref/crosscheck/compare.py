@@ -101,7 +101,7 @@ class Report:
 
     def summary(self) -> str:
         if not self.fields:
-            return "nothing to compare: the dump holds no stage results (only q, k, v)"
+            return "nothing to compare: the dump holds no stage results (only its inputs)"
         wrong = self.first_wrong
         if wrong is None:
             eq = [f.name for f in self.fields if f.status == "equivalent"]
@@ -310,8 +310,9 @@ def format_report(report: Report) -> str:
         lines += ["", "notes:"] + extra
     if any(f.shown.tolerance != "exact" for f in report.fields):
         lines += ["", "tolerance of a float: |yours - zeta_ref| <= rtol |zeta_ref| + atol x "
-                  "scale, scale the largest |k|, |v| or 1 in play (zeta_ref.tolerances); for a "
-                  "gradient, the largest sum of the magnitudes of the terms it adds up"]
+                  "scale, scale the largest |k|, |v| or 1 in play (zeta_ref.tolerances)"
+                  + ("; for a gradient, each entry's sum of the magnitudes of the terms it "
+                     "adds up" if any(f.stage == "backward" for f in report.fields) else "")]
     lines += ["", report.summary()]
     return "\n".join(lines)
 

@@ -278,8 +278,10 @@ def check_dump(arrays: dict, cfg: ZetaConfig):
             continue
         a = np.asarray(arrays[spec.name])
         want = _expected_shape(spec.shape, lead, sizes)
-        if spec.name == "dgamma" and a.size == 1:  # a scalar, however it was saved
+        if spec.name == "dgamma" and a.size == 1:  # a number, however it was saved
             a = a.reshape(())
+            if a.dtype.kind in "iu":  # 0 for the scores without gamma, say
+                a = a.astype(np.float64)
         if a.shape != want:
             raise DumpError(f"{spec.name} must have shape {want} {spec.shape} "
                             f"({_sizes_text(spec.shape, sizes)}); got {a.shape}"

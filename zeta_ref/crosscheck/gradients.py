@@ -81,47 +81,73 @@ def slot_terms(q, k, v, candidates, score: str, gamma: float, mean_k, mean_v, g,
             "dnear": np.where(valid, dnear, 0.0)}
 
 
-def gradients(terms: dict, candidates, n: int, score: str, gamma: float, causal: str,
-              with_mean: bool, *, overwrite: bool = False, mean_share: bool = True) -> tuple:
-    """(dq, dk, dv, dgamma) in float64 from :func:`slot_terms`' shares: dq the sum over each
+#: Bytes of float64 a block of queries may hold in one array of shares (..., b, S, d).
+BLOCK_BYTES = 1 << 23
+
+
+def shares_and_sums(q, k, v, candidates, score: str, gamma: float, mean_k, mean_v, g,
+                    causal: str, *, absolute: bool = False, normalisation: bool = True,
+                    overwrite: bool = False, mean_share: bool = True) -> tuple:
+    """(dq, dk, dv, dgamma) in float64 from :func:`slot_terms`' shares, taken over blocks of
+    queries so that no array of shares exceeds :data:`BLOCK_BYTES`: dq the sum over each
     query's slots; dk, dv the sums over the (query, slot) pairs that chose each key, and the
     mean term's share spread over the keys and values it averages; dgamma = 2 gamma times the
-    sum of dnear ("cauchy"; 0 for the other scores). ``overwrite``: each key keeps the share
-    of the last (query, slot) that chose it instead of the sum (a scatter by assignment);
-    ``mean_share=False`` leaves the mean term's share out of dk and dv."""
-    n_slots = candidates.shape[-1]
-    dq = terms["to_q"].sum(axis=-2)
-    if overwrite:
-        dk, dv = (_assign_rows(terms[name][..., :n_slots, :], candidates, n)
-                  for name in ("to_key", "to_value"))
-    else:
-        dk, dv = (scatter_rows(terms[name][..., :n_slots, :], candidates, n)
-                  for name in ("to_key", "to_value"))
+    sum of dnear ("cauchy"; 0 for the other scores).
+
+    ``absolute`` and ``normalisation`` as :func:`slot_terms` takes them; ``overwrite``: each
+    key keeps the share of the last (query, slot) that chose it instead of the sum (a scatter
+    by assignment); ``mean_share=False`` leaves the mean term's share out of dk and dv.
+    """
+    n, n_slots = q.shape[-2], candidates.shape[-1]
+    with_mean = mean_k is not None
+    rows = int(np.prod(q.shape[:-2], dtype=np.int64))
+    per_query = rows * (n_slots + 1) * max(q.shape[-1], v.shape[-1]) * 8
+    step = max(1, BLOCK_BYTES // per_query)
+    dq = np.zeros(q.shape)
+    dk, dv = np.zeros(k.shape), np.zeros(v.shape)
+    dmean_k = np.zeros(q.shape) if with_mean else None
+    dmean_v = np.zeros(v.shape) if with_mean else None
+    dnear_sum = 0.0
+    for i0 in range(0, n, step):
+        block = slice(i0, min(i0 + step, n))  # the block's queries
+        means = ((mean_k[..., block, :], mean_v[..., block, :]) if with_mean
+                 else (None, None))
+        terms = slot_terms(q[..., block, :], k, v, candidates[..., block, :], score, gamma,
+                           *means, g[..., block, :], absolute=absolute,
+                           normalisation=normalisation)
+        cand = candidates[..., block, :]
+        dq[..., block, :] = terms["to_q"].sum(axis=-2)
+        for name, out in (("to_key", dk), ("to_value", dv)):
+            shares = terms[name][..., :n_slots, :]
+            if overwrite:  # a later block's writers come later
+                _assign_rows(shares, cand, out)
+            else:
+                out += scatter_rows(shares, cand, n)
+        if with_mean:
+            dmean_k[..., block, :] = terms["to_key"][..., n_slots, :]
+            dmean_v[..., block, :] = terms["to_value"][..., n_slots, :]
+        dnear_sum += float(terms["dnear"].sum())
     if with_mean and mean_share:
-        dk, dv = history_means_backward(terms["to_key"][..., n_slots, :],
-                                        terms["to_value"][..., n_slots, :], causal,
-                                        add_to=(dk, dv))
-    dgamma = 2.0 * float(gamma) * float(terms["dnear"].sum()) if score == "cauchy" else 0.0
+        dk, dv = history_means_backward(dmean_k, dmean_v, causal, add_to=(dk, dv))
+    dgamma = 2.0 * float(gamma) * dnear_sum if score == "cauchy" else 0.0
     return dq, dk, dv, dgamma
 
 
-def _assign_rows(x, idx, n: int) -> np.ndarray:
-    """Row ``x[..., i, s, :]`` written to row ``idx[..., i, s]`` of the result, in the order of
-    (i, s) ascending, so that the last writer stays (rows nobody chose: 0)."""
-    lead, d = idx.shape[:-2], x.shape[-1]
-    out = np.zeros(lead + (n, d))
-    flat_out = out.reshape(-1, n, d)
+def _assign_rows(x, idx, out) -> None:
+    """Row ``x[..., i, s, :]`` written to row ``idx[..., i, s]`` of ``out`` (..., N, d), in the
+    order of (i, s) ascending, so that the last writer stays."""
+    d = x.shape[-1]
+    flat_out = out.reshape(-1, out.shape[-2], d)
     rows, vals = idx.reshape(len(flat_out), -1), x.reshape(len(flat_out), -1, d)
     for r in range(len(flat_out)):
         order = np.flatnonzero(rows[r] >= 0)[::-1]  # (query, slot) pairs, last first
         keys, first = np.unique(rows[r][order], return_index=True)  # each key's last writer
         flat_out[r, keys] = vals[r][order[first]]
-    return out
 
 
 def gradient_sizes(q, k, v, candidates, score: str, gamma: float, mean_k, mean_v, g,
                    causal: str) -> tuple:
     """The size in play of each gradient: (dq, dk, dv) arrays and dgamma, a float, each the
     sum of the magnitudes of the terms it adds up (see the module docstring)."""
-    terms = slot_terms(q, k, v, candidates, score, gamma, mean_k, mean_v, g, absolute=True)
-    return gradients(terms, candidates, q.shape[-2], score, gamma, causal, mean_k is not None)
+    return shares_and_sums(q, k, v, candidates, score, gamma, mean_k, mean_v, g, causal,
+                           absolute=True)

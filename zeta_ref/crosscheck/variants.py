@@ -21,7 +21,7 @@ from ..stages.quantize import squash
 from ..stages.topk_softmax import history_means
 from ..stages.window import gather_rows, nearness
 from .chain import Chain, weighted_sum
-from .gradients import gradients, slot_terms
+from .gradients import shares_and_sums
 from .schema import FIELDS, STAGE_OF, STAGES
 from .verdicts import judge
 
@@ -380,20 +380,15 @@ def catalogue(cfg, n: int) -> list[Variant]:
 
 
 def _gradient_rules(**mistake) -> dict:
-    """dq, dk, dv, dgamma computed with one of the mistakes of
-    :func:`~zeta_ref.crosscheck.gradients.gradients` (or of its slot shares)."""
+    """dq, dk, dv, dgamma computed with one of the mistakes
+    :func:`~zeta_ref.crosscheck.gradients.shares_and_sums` can make."""
     def computed(ch: Chain):
         if "_mistaken_backward" not in ch._memo:
             c = ch.cfg
             means = (ch["mean_k"], ch["mean_v"]) if c.history_mean else (None, None)
-            cand = np.asarray(ch["candidates"])
-            terms = slot_terms(ch.q, ch.k, ch.v, cand, c.score, c.gamma, *means,
-                               ch.dump.grad_output,
-                               normalisation=mistake.get("normalisation", True))
-            ch._memo["_mistaken_backward"] = gradients(
-                terms, cand, ch.n, c.score, c.gamma, c.causal, c.history_mean,
-                overwrite=mistake.get("overwrite", False),
-                mean_share=mistake.get("mean_share", True))
+            ch._memo["_mistaken_backward"] = shares_and_sums(
+                ch.q, ch.k, ch.v, np.asarray(ch["candidates"]), c.score, c.gamma, *means,
+                ch.dump.grad_output, c.causal, **mistake)
         return ch._memo["_mistaken_backward"]
 
     def rule(index: int):

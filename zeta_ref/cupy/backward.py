@@ -73,10 +73,10 @@ def topk_attention_backward(q, k, v, candidates, score: str, gamma: float, mean_
     """
     if score not in _SCORE_IDS:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    rt.check_width(q.shape[-1], v.shape[-1])  # before any copy to the device
     q = rt.device(q)
     dtype = q.dtype
     k, v, grad = rt.device(k, dtype), rt.device(v, dtype), rt.device(grad_output, dtype)
-    rt.check_width(q.shape[-1], v.shape[-1])
     cand = rt.device(candidates)
     if cand.dtype not in (np.int32, np.int64):
         cand = cand.astype(np.int64)
@@ -214,10 +214,10 @@ def history_means_backward(dmean_k, dmean_v, causal: str, *, add_to=None):
     (dk, dv), the shares are added into those arrays where they are contiguous device arrays
     of the dtype (into copies otherwise), in the scan's last kernel, and they are returned.
     """
+    rt.check_width(dmean_k.shape[-1], dmean_v.shape[-1])  # before any copy to the device
     x1 = rt.device(dmean_k)
     x2 = rt.device(dmean_v, x1.dtype)
     n, d1, d2 = x1.shape[-2], x1.shape[-1], x2.shape[-1]
-    rt.check_width(d1, d2)
     rows = x1.size // (n * d1)
     d = d1 + d2
     block = scan_block(n)

@@ -68,10 +68,10 @@ def history_means(k, v, causal: str):
     Keys and values go through the same three kernels together (``topk_softmax.cu``).
     Returns CuPy arrays (..., N, d_k) and (..., N, d_v) in the input dtype.
     """
+    rt.check_width(k.shape[-1], v.shape[-1])  # before any copy to the device
     k = rt.device(k)
     v = rt.device(v, k.dtype)
     n, d_k, d_v = k.shape[-2], k.shape[-1], v.shape[-1]
-    rt.check_width(d_k, d_v)
     rows = k.size // (n * d_k)
     d = d_k + d_v
     block = scan_block(n)
@@ -100,10 +100,10 @@ def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.
     """
     if score not in _SCORE_IDS:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    rt.check_width(q.shape[-1], v.shape[-1])  # before any copy to the device
     q = rt.device(q)
     dtype = q.dtype
     k, v = rt.device(k, dtype), rt.device(v, dtype)
-    rt.check_width(q.shape[-1], v.shape[-1])
     cand = rt.device(candidates)
     if cand.dtype not in (np.int32, np.int64):
         cand = cand.astype(np.int64)

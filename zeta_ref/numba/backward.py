@@ -374,8 +374,8 @@ _inverse_serial, _inverse_parallel = serial_and_parallel(_inverse_body)
 
 def position_dtype(n: int):
     """The dtype of pass 2's query positions: int32, which halves that array's traffic, where
-    every position 0 .. N - 1 fits it; int64 from N = 2^31 (int32 would wrap to negative
-    positions, which index from the end of a row)."""
+    every position 0 .. N - 1 fits it (N <= 2^31); int64 past that (int32 would wrap to
+    negative positions, which index from the end of a row)."""
     return np.int32 if n <= 2**31 else np.int64
 
 

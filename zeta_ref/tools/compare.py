@@ -1,8 +1,9 @@
 """Hold a dump from another ZETA implementation against zeta_ref, stage by stage.
 
 DUMP is a .npz archive or a folder of .npy files with q, k, v, the config (a JSON string of
-ZetaConfig fields) and any of the stages' results, under the names of zeta_ref.Intermediates
-(docs/compare.md gives the schema; zeta_ref.save_dump writes one). Every provided result is
+ZetaConfig fields) and any of the stages' results, under the names of zeta_ref.Intermediates,
+and of the gradients dq, dk, dv, dgamma with grad_output (docs/compare.md gives the schema;
+zeta_ref.save_dump writes one). Every provided result is
 checked end to end (from q, k, v) and locally (from the dump's own inputs to its stage), up to
 ties that are equally right; a wrong field is tried against common mistakes, and the first
 wrong stage is named with the mistake that reproduces it.
