@@ -38,7 +38,9 @@ from zeta_ref.cupy import topk_softmax as T
 from zeta_ref.cupy.quantize import _squash_args
 from zeta_ref.stages.topk_softmax import EXP_SCORES, score_constant
 from gpu_timing import benchmark_inputs, header, rounds
-from window_merged_ab import merged_pools
+# the library's pass at 8 or 16 threads a query in its window kernel (the one kernel's 16: a
+# control of what the lanes alone change), and buffers filled with poison
+from window_merged_ab import library_forward, merged_pools, poisoned
 
 HERE = Path(__file__).resolve().parent
 #: label -> the kernel's name for U = 3, NX = 1 (the default config's instance); "merged":
@@ -136,24 +138,6 @@ def attend_forward(q, k, v, cfg: ZetaConfig, kernel=None, marks=None, candidates
                 np.int32(candidates), queries, places, np.int32(runs)))
     mark()
     return (out, cand) if candidates else out
-
-
-def library_forward(q, k, v, cfg, kernel=None, marks=None, candidates=False):
-    """fused.forward; ``kernel``, if given, the threads a query of its window kernel (8, the
-    library's, or 16, the one kernel's: a control of what the lanes alone change)."""
-    saved, fused.WINDOW_LANES = fused.WINDOW_LANES, kernel or fused.WINDOW_LANES
-    try:
-        return fused.forward(q, k, v, cfg, return_candidates=candidates, marks=marks)
-    finally:
-        fused.WINDOW_LANES = saved
-
-
-def poisoned(shape, dtype):
-    """rt.empty's array filled with NaN bits (floats) or 0x7F7F... (integers: not -1, the
-    empty slot's value, so an unwritten candidate shows)."""
-    a = cp.empty(shape, dtype=dtype)
-    a.view(np.uint8).fill(0xFF if np.dtype(dtype).kind == "f" else 0x7F)
-    return a
 
 
 CHECKS = [  # (B, H, N, d_v, config)
