@@ -58,6 +58,36 @@ def _scale(*arrays):
     return max(float(np.abs(a).max()) for a in arrays if a is not None and a.size)
 
 
+@pytest.mark.parametrize("causal", CAUSAL)
+def test_the_twin_matches_where_the_gradients_terms_cancel(causal):
+    """float32, "inv_euclidean", d_k = 1, one bit a coordinate: keys 1e-3 from their queries
+    make terms hundreds of times the gradients they cancel to, and every entry is held
+    against the size of its own terms (zeta_ref.crosscheck.gradients, as `zeta-ref compare`
+    holds another implementation's; tests/test_backward.py's cases for the Numba twin)."""
+    from zeta_ref.crosscheck.gradients import gradient_sizes
+    from zeta_ref.tolerances import tolerance
+
+    tol = tolerance(np.float32)
+    rng = np.random.default_rng([20250414, 7, CAUSAL.index(causal)])
+    for case in range(40):
+        n, d_v, rows = int(rng.integers(2, 60)), int(rng.integers(1, 9)), int(rng.integers(1, 3))
+        q, k, v, g = (rng.standard_normal((rows, n, d)).astype(np.float32)
+                      for d in (1, 1, d_v, d_v))
+        cfg = ZetaConfig(k=int(rng.integers(1, 10)), bits=1, score="inv_euclidean",
+                         causal=causal, history_mean=bool(case % 2))
+        _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
+        want = zeta_attention_backward(q, k, v, g, cfg, intermediates=inter)
+        got = zeta_attention_backward(cp.asarray(q), cp.asarray(k), cp.asarray(v),
+                                      cp.asarray(g), cfg, intermediates=inter, backend="cupy")
+        means = history_means(k, v, causal) if cfg.history_mean else (None, None)
+        sizes = gradient_sizes(q, k, v, inter.candidates, cfg.score, cfg.gamma, *means, g,
+                               causal)
+        for name, a, b, size in zip(("dq", "dk", "dv"), got[:3], want[:3], sizes):
+            err = np.abs(cp.asnumpy(a).astype(np.float64) - b)
+            allowed = tol["rtol"] * np.abs(b) + tol["atol"] * size
+            assert (err <= allowed).all(), (name, case, float((err / allowed).max()))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mean", [True, False])
 @pytest.mark.parametrize("causal", CAUSAL)
