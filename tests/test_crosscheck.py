@@ -20,6 +20,7 @@ import zeta_ref
 from zeta_ref import ZetaConfig, compare, save_dump, zeta_attention
 from zeta_ref.crosscheck import DumpError, load_dump
 from zeta_ref.crosscheck.golden import CASES, MANIFEST, case_arrays, write_golden
+from zeta_ref.crosscheck.gradients import gradient_sizes
 from zeta_ref.crosscheck.schema import FIELDS, FORMAT_VERSION, FORWARD_FIELDS, STAGES
 from zeta_ref.stages.topk_softmax import topk_attention
 from zeta_ref.tolerances import assert_close
@@ -548,11 +549,24 @@ def test_zeta_ref_reproduces_the_golden_files(case, backend):
     np.testing.assert_array_equal(dump.q, q)  # the manifest's recipe gives the stored inputs
     _, inter = zeta_attention(dump.q, dump.k, dump.v, dump.config, backend=backend,
                               return_intermediates=True)
-    ours = inter.arrays()
+    np.testing.assert_array_equal(dump.grad_output, case.inputs(grad_output=True)[3])
+    grads = zeta_ref.zeta_attention_backward(dump.q, dump.k, dump.v, dump.grad_output,
+                                             dump.config, intermediates=inter, backend=backend)
+    ours = {**inter.arrays(), "dq": grads.dq, "dk": grads.dk, "dv": grads.dv,
+            "dgamma": np.float64(grads.dgamma)}
     assert set(ours) == set(dump.results)
+    c = dump.config
+    means = inter.mean_k, inter.mean_v
+    sizes = dict(zip(("dq", "dk", "dv", "dgamma"), gradient_sizes(
+        dump.q, dump.k, dump.v, inter.candidates, c.score, c.gamma,
+        *(means if c.history_mean else (None, None)), dump.grad_output, c.causal)))
     for name, stored in dump.results.items():
         if stored.dtype.kind in "iu":
             np.testing.assert_array_equal(ours[name], stored, err_msg=name)
+        elif name in sizes:  # each entry against the terms it adds up, as compare holds it
+            tol = zeta_ref.tolerances.tolerance(dump.q.dtype)
+            err = np.abs(np.asarray(ours[name], np.float64) - stored)
+            assert (err <= tol["rtol"] * np.abs(stored) + tol["atol"] * sizes[name]).all(), name
         else:
             scale = np.abs(dump.v).max() if name in ("output", "mean_v") else None
             assert_close(ours[name], stored, scale=scale, err_msg=name)
@@ -561,7 +575,7 @@ def test_zeta_ref_reproduces_the_golden_files(case, backend):
 def test_compare_passes_golden_files_and_names_a_corrupted_stage(tmp_path, capsys):
     path = os.path.join(GOLDEN, CASES[0].name + ".npz")
     assert main(["compare", path]) == 0
-    assert "all 15 provided fields match zeta_ref" in capsys.readouterr().out
+    assert "all 19 provided fields match zeta_ref" in capsys.readouterr().out
     data = dict(np.load(path))
     data["k_codes"] = data["k_codes"].copy()
     data["k_codes"][0, 1, 5] ^= np.uint64(1 << 7)

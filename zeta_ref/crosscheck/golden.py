@@ -3,8 +3,9 @@
 :data:`CASES` is the documented set: every causal mode and score, the mean term on and off,
 W = k and W > k, float32 and float64, an odd N, k >= N, coarse grids full of ties in Z order,
 each squash, at sizes small enough to commit. :func:`write_golden` writes one dump per case
-(inputs, config, every stage's result, the output) and a ``manifest.json`` listing each file
-with its config, its format version, the zeta_ref version that wrote it and its SHA-256.
+(inputs, config, every stage's result, the output, and the gradients of the backward pass for
+a seeded ``grad_output``) and a ``manifest.json`` listing each file with its config, its format
+version, the zeta_ref version that wrote it and its SHA-256.
 
 tests/golden/ holds the set in the repository; tests/test_crosscheck.py checks that zeta_ref
 reproduces it (integers exactly, floats within tolerance), so a change that moves any
@@ -25,6 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from ..attention import zeta_attention
+from ..backward import zeta_attention_backward
 from ..config import ZetaConfig
 from .dump import config_fields, load_dump, write_archive
 from .schema import FORMAT_VERSION
@@ -46,14 +48,16 @@ class Case:
     config: dict
     seed: int
 
-    def inputs(self):
-        """q, k, v: seeded standard normals of this case's shapes and dtype."""
+    def inputs(self, grad_output: bool = False):
+        """q, k, v (and with ``grad_output`` the gradient of the output the stored gradients
+        are for): seeded standard normals of this case's shapes and dtype, in that order."""
         rng = np.random.default_rng(self.seed)
         shape = self.lead + (self.n,)
         q = rng.standard_normal(shape + (self.d_k,))
         k = rng.standard_normal(shape + (self.d_k,))
         v = rng.standard_normal(shape + (self.d_v,))
-        return tuple(x.astype(self.dtype) for x in (q, k, v))
+        drawn = (q, k, v) + ((rng.standard_normal(shape + (self.d_v,)),) if grad_output else ())
+        return tuple(x.astype(self.dtype) for x in drawn)
 
 
 CASES = (
@@ -82,11 +86,14 @@ CASES = (
 
 
 def case_arrays(case: Case) -> dict:
-    """Every array of a case's dump: the inputs and every intermediate (the spec's)."""
-    q, k, v = case.inputs()
+    """Every array of a case's dump: the inputs, every intermediate and the gradients for the
+    case's grad_output (the spec's)."""
+    q, k, v, g = case.inputs(grad_output=True)
     cfg = ZetaConfig(**case.config)
     _, inter = zeta_attention(q, k, v, cfg, return_intermediates=True)
-    return {"q": q, "k": k, "v": v, **inter.arrays()}
+    grads = zeta_attention_backward(q, k, v, g, cfg, intermediates=inter)
+    return {"q": q, "k": k, "v": v, **inter.arrays(), "grad_output": g, "dq": grads.dq,
+            "dk": grads.dk, "dv": grads.dv, "dgamma": np.float64(grads.dgamma)}
 
 
 def write_golden(out: str, cases=CASES) -> list[str]:
@@ -111,8 +118,9 @@ def write_golden(out: str, cases=CASES) -> list[str]:
     manifest = os.path.join(out, MANIFEST)
     with open(manifest, "w", encoding="utf-8") as f:
         json.dump({"format_version": FORMAT_VERSION, "zeta_ref_version": __version__,
-                   "inputs": "q, k, v: numpy.random.default_rng(seed).standard_normal, "
-                             "in the order q, k, v, cast to dtype",
+                   "inputs": "q, k, v, grad_output: numpy.random.default_rng(seed)"
+                             ".standard_normal, in the order q, k, v, grad_output, cast to "
+                             "dtype",
                    "files": entries}, f, indent=2)
         f.write("\n")
     written.append(manifest)

@@ -2,7 +2,8 @@
 
 Each case (every causal mode and score, the mean term on and off, W = k and W > k, float32
 and float64, ties in Z order, k >= N, bits = 1, N = 1; see zeta_ref.crosscheck.golden.CASES)
-becomes OUT/<case>.npz holding q, k, v, the config and every stage's result, and
+becomes OUT/<case>.npz holding q, k, v, the config, every stage's result and the gradients of
+the backward pass for a seeded grad_output, and
 OUT/manifest.json lists them with their configs, the format version, the zeta_ref version and
 a SHA-256 per file. `zeta-ref compare OUT/<case>.npz` passes on each; an implementation
 checks itself by recomputing from each file's q, k, v and config.
