@@ -4,9 +4,10 @@
 # several in one device call where they fit its ten minutes (the machine is given back after
 # half a minute idle, and a fresh one takes minutes to start, out of the session's 30):
 #
-#   bash docs/data/gpu_next.sh tests attend graph sanitize   # first call, as far as it goes
-#   bash docs/data/gpu_next.sh window attention              # second call
-#   bash docs/data/gpu_next.sh bench                         # once a variant is adopted
+#   bash docs/data/gpu_next.sh tests attend graph sanitize   # ran 2026-12-05 02:03 UTC
+#   bash docs/data/gpu_next.sh window attention              # ran 2026-12-05 02:10 UTC
+#   bash docs/data/gpu_next.sh tests bench     # next: the narrow attention kernel, adopted
+#                                              # after those runs, tested and benchmarked
 #
 #   tests      the whole GPU test suite (pytest -m gpu): first, as the library's pools kernels
 #              changed on 2026-12-04 and its size limits on 2026-12-05 without a GPU
