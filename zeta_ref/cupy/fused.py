@@ -14,7 +14,8 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
    ``zeta_fused_window``, a thread a query keeping the k nearest as it walks. Either writes
    int32 candidates (R, N, k), no (N, W) array (stage 5).
 5. the mean term's blocked scan, three kernels for keys and values together (D8).
-6. the attention kernel, 16 threads per query, queries in Z order (stage 6).
+6. the attention kernel, 16 threads per query (8 for the default k = 32 and d_v <= 64),
+   queries in Z order (stage 6).
 
 It computes what the stage-by-stage path computes: the same candidates, bit for bit, and the
 same outputs within the tolerances (tests/test_cupy.py checks both); the visiting order

@@ -14,6 +14,8 @@
 //            exp(logit_s - max logit) with logit = -near / sqrt(d_k) ("softmax") or -near
 //   w_s    = a_s / sum a;  out_i = sum_s w_s v_{j_s} + w_k vbar_i
 // zeta_topk_plain: one thread per query, any d_k, d_v and dtype: the obviously right version.
+// zeta_topk_narrow (below zeta_topk_fast): its steps at 8 threads a query, same bits, for the
+// default k = 32 and d_v <= 64.
 // zeta_topk_fast (float, d_v a multiple of 4 up to 256, int32 candidates): 16 threads per
 // query, two queries per warp. Lane l scores slots l, l + 16, ...; shuffles give the maximum
 // and the sum; each lane stages its slots' (key, weight) in shared memory, and then all 16
