@@ -17,6 +17,7 @@
 #   window     the merged window's A/B, and it sanitized
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   bench      the forward kernels sanitized, then the benchmark
+#   profile    where the host's time goes in one call (docs/data/host_profile.py)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -24,7 +25,7 @@
 # device copies back at most eight files: the first call writes seven), and a line per
 # command to $OUT/summary.txt, printed last.
 set -u
-STEPS="tests attend graph sanitize window attention bench"
+STEPS="tests attend graph sanitize window attention bench profile"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -86,6 +87,9 @@ case "$name" in
             step sanitizer 40 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only
         done
+        ;;
+    profile)
+        step profile 120 python3 docs/data/host_profile.py
         ;;
     tests)
         step gpu_tests 560 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10
