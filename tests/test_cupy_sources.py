@@ -124,10 +124,10 @@ def _experiment(name: str):
     return module
 
 
-def test_the_merged_window_experiment_gives_the_library_pools_and_places():
-    """docs/data/window_merged.cu sorts each row's queries into its keys and takes every
-    query's place in its prefix pool from the pools' scan. Its NumPy replay (the kernels'
-    buffers, every slot written once) must give the library's pools, the places a binary
+def test_the_fused_pass_scan_gives_the_library_pools_and_places():
+    """fused.cu sorts each row's queries into its keys and takes every query's place in its
+    prefix pool from the pools' scan. Its NumPy replay (docs/data/window_merged_replay.py:
+    the kernels' buffers, every slot written once) must give the pools, the places a binary
     search finds and the queries in Z order, at N = 1, around the smallest pool (256), past a
     tile (1024), with bits = 1 (ties everywhere), with all 64 bits of the packing used, with
     one to five rows, in every causal mode."""
@@ -150,30 +150,6 @@ def test_the_merged_window_replay_sees_a_wrong_tie_order():
     wrong = replay.check(q, k, cfg, key_bit=0)
     assert {f.split(":")[0] for f in wrong} == {"row 0", "row 1"}, wrong
     assert all("places in level" in f for f in wrong), wrong
-
-
-def test_the_merged_window_experiment_asks_for_kernels_its_source_has():
-    """docs/data/window_merged_ab.py (run on a GPU only) asks NVRTC for these names: each
-    must be a kernel of docs/data/window_merged.cu or of the fused.cu it includes."""
-    data = Path(__file__).resolve().parents[1] / "docs" / "data"
-    if not (data / "window_merged_ab.py").exists():
-        pytest.skip("not a checkout: docs/data is absent")
-    names = re.findall(r'"([^"]+)"', re.search(r"^NAMES = \(([^)]*)\)",
-                                                (data / "window_merged_ab.py").read_text(),
-                                                re.S | re.M).group(1))
-    source = (data / "window_merged.cu").read_text()
-    assert '#include "fused.cu"' in source
-    source += (CUPY_DIR / "fused.cu").read_text()
-    assert len(names) == 8
-    for name in names:
-        plain = name.split("<")[0]
-        if "<" in name:  # a template instance: instantiated, directly or by the macro
-            arg = name[name.index("<") + 1:-1]
-            by_macro = plain == "zeta_merged_window_group" and re.search(
-                rf"^ZETA_MERGED_WINDOW\({re.escape(arg)}\)$", source, re.M)
-            assert f"template __global__ void {name}(" in source or by_macro, name
-        else:
-            assert re.search(rf'extern "C" __global__ void {plain}\(', source), name
 
 
 def test_the_next_gpu_sessions_plan_parses_and_names_scripts_that_exist():
@@ -212,50 +188,3 @@ def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
     assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}>"' in script
     assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL>(" in source
     assert "template __global__ void zeta_topk_narrow<8, U, 1, 8>(" in library
-
-
-def test_the_one_kernel_experiment_asks_for_instances_its_source_has():
-    """docs/data/window_attend_ab.py (run on a GPU only) asks NVRTC for the instances of
-    docs/data/window_attend.cu by name: each must be instantiated there, and every variant
-    it times must be among them."""
-    data = Path(__file__).resolve().parents[1] / "docs" / "data"
-    if not (data / "window_attend_ab.py").exists():
-        pytest.skip("not a checkout: docs/data is absent")
-    script = (data / "window_attend_ab.py").read_text()
-    names = re.findall(r'"([^"]+)"', re.search(r"^NAMES = \(([^)]*)\)", script,
-                                                re.S | re.M).group(1))
-    variants = re.findall(r':\s*"([^"]+)"', re.search(r"^VARIANTS = \{([^}]*)\}", script,
-                                                       re.S | re.M).group(1))
-    source = (data / "window_attend.cu").read_text()
-    assert len(names) == 11 and len(variants) == 5 and set(variants) <= set(names)
-    assert '#include "window_merged.cu"' in source  # the merged variants' pools and places
-    for name in names:
-        assert f"template __global__ void {name}(ZETA_WINDOW_ATTEND_ARGS);" in source, name
-
-
-def _code_lines(text: str, start: str, end: str) -> list:
-    """The lines of code of ``text`` from ``start`` up to ``end``, comments and blank lines
-    dropped, each stripped."""
-    body = text[text.index(start):]
-    body = body[:body.index(end)]
-    lines = (re.sub(r"//.*", "", line).strip() for line in body.splitlines())
-    return [line for line in lines if line]
-
-
-def test_the_one_kernel_experiment_weighs_as_the_library_kernel():
-    """The attention half of docs/data/window_attend.cu is zeta_topk_fast's steps 1 to 4 line
-    for line, less the weights' write (the fused pass writes none): the same arithmetic in
-    the same order, so that the outputs can be the library's bit for bit (which the script
-    checks on the GPU before it times anything)."""
-    data = Path(__file__).resolve().parents[1] / "docs" / "data"
-    if not (data / "window_attend.cu").exists():
-        pytest.skip("not a checkout: docs/data is absent")
-    library = (CUPY_DIR / "topk_softmax.cu").read_text()
-    library = library[library.index("__global__ void zeta_topk_fast"):]
-    want = _code_lines(library, "float sc[U];", "// -----")
-    weights = "if (live && with_weights) weights[at * n_slots + s] = w;"
-    assert want.count(weights) == 1
-    want.remove(weights)
-    got = _code_lines((data / "window_attend.cu").read_text(), "float sc[U];",
-                      "// The kernel as NVRTC")
-    assert len(want) > 60 and got == want

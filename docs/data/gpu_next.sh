@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# The plan of the next GPU session for issue 10 (docs/benchmarks.md, the sections "Prepared for
-# the next GPU session"): seven steps, run from the repository root on the lent GPU machine,
-# several in one device call where they fit its ten minutes (the machine is given back after
-# half a minute idle, and a fresh one takes minutes to start, out of the session's 30):
+# The plan of the next GPU session for issue 10 (docs/benchmarks.md): the steps below, run from
+# the repository root on the lent GPU machine, several in one device call where they fit its
+# ten minutes (the machine is given back after half a minute idle, and a fresh one takes
+# minutes to start, out of the session's 30):
 #
 #   bash docs/data/gpu_next.sh tests attend graph sanitize   # ran 2026-12-05 02:03 UTC
 #   bash docs/data/gpu_next.sh window attention              # ran 2026-12-05 02:10 UTC
-#   bash docs/data/gpu_next.sh tests bench     # next: the narrow attention kernel, adopted
-#                                              # after those runs, tested and benchmarked
+#   (the one-kernel and merged-window experiments, attend / sanitize / window, were removed
+#   once run: the first dropped, the second taken into fused.cu)
+#   bash docs/data/gpu_next.sh tests profile bench     # next: the narrow attention kernel and
+#                                                      # the merged window, adopted since
 #
-#   tests      the whole GPU test suite (pytest -m gpu): first, as the library's pools kernels
-#              changed on 2026-12-04 and its size limits on 2026-12-05 without a GPU
-#   attend     the window and the attention in one kernel
+#   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
-#   sanitize   the one kernel's checks under memcheck, racecheck and synccheck
-#   window     the merged window's A/B, and it sanitized
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   bench      the forward kernels sanitized, then the benchmark
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
@@ -22,10 +20,10 @@
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
 # seconds is skipped (the summary says so). Each step's output goes to a log under $OUT (the
-# device copies back at most eight files: the first call writes seven), and a line per
-# command to $OUT/summary.txt, printed last.
+# device copies back at most eight files), and a line per command to $OUT/summary.txt,
+# printed last.
 set -u
-STEPS="tests attend graph sanitize window attention bench profile"
+STEPS="tests graph attention bench profile"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -56,27 +54,9 @@ step() {  # step NAME SECONDS COMMAND...: run it within its limit and the budget
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv >> "$OUT/summary.txt"
 for name in "$@"; do
 case "$name" in
-    attend)
-        step attend 300 python3 docs/data/window_attend_ab.py "$OUT/attend.json" \
-            1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
-        ;;
-    sanitize)
-        for tool in memcheck racecheck synccheck; do
-            step sanitizer 90 compute-sanitizer --tool "$tool" \
-                python3 docs/data/window_attend_ab.py --check-only
-        done
-        ;;
     graph)
         step graph 240 python3 docs/data/graph_plan_ab.py "$OUT/graph.json" \
             1x8x4096 1x8x8192 1x8x16384 1x8x65536
-        ;;
-    window)
-        step merged 300 python3 docs/data/window_merged_ab.py "$OUT/merged.json" \
-            1x8x4096 1x8x16384 1x8x65536 16x8x65536 1x8x131072
-        for tool in memcheck racecheck synccheck; do
-            step sanitizer 80 compute-sanitizer --tool "$tool" \
-                python3 docs/data/window_merged_ab.py --check-only
-        done
         ;;
     attention)
         step ahead 250 python3 docs/data/attention_ahead_ab.py "$OUT/ahead.json" \
@@ -97,6 +77,8 @@ case "$name" in
     bench)
         step sanitizer 120 compute-sanitizer --tool memcheck python3 docs/data/forward_sanitizer.py
         step sanitizer 120 compute-sanitizer --tool racecheck \
+            python3 docs/data/forward_sanitizer.py race
+        step sanitizer 120 compute-sanitizer --tool synccheck \
             python3 docs/data/forward_sanitizer.py race
         step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"

@@ -1,13 +1,14 @@
-"""A replay on the CPU, in NumPy, of docs/data/window_merged.cu's sort and scan (no GPU needed):
-each query's place in its prefix pool taken from one sort of its row's keys and queries
-together, instead of a binary search of the pool (docs/benchmarks.md, issue 10).
+"""A replay on the CPU, in NumPy, of the fused GPU pass's sort and scan (zeta_ref/cupy/fused.cu;
+no GPU needed): each query's place in its prefix pool taken from one sort of its row's keys and
+queries together, instead of a binary search of the pool (docs/benchmarks.md, issue 10; an
+experiment, docs/data/window_merged.cu, until the library took it on 2026-12-05).
 
     python docs/data/window_merged_replay.py
 
-The replay follows the kernels step for step on one row: the packing of zeta_merged_keys
+The replay follows the kernels step for step on one row: the packing of zeta_fused_keys
 (code, then a bit that is 0 for a query and 1 for a key, then the position), one sort, the
-per-tile counts of zeta_merged_counts (the top level's from the tile's keys less the levels
-below), the scan over the tiles (zeta_level_offsets), and zeta_merged_scatter's ranks. It
+per-tile counts of zeta_level_counts (the top level's from the tile's keys less the levels
+below), the scan over the tiles (zeta_level_offsets), and zeta_level_scatter's ranks. It
 then checks what the GPU kernels rely on against the library's own definitions:
 
 - level t holds the keys at positions < S_0 2^t (the top level: all N) in Z order, ties by
@@ -70,7 +71,7 @@ def level_start(t: int, rows: int) -> int:
 def replay(q_codes: np.ndarray, k_codes: np.ndarray, code_bits: int, causal: str, chunk: int,
            key_bit: int = 1):
     """R rows (q_codes, k_codes of shape (R, N)) through the kernels: (levels, queries,
-    places), the flat buffers zeta_merged_scatter writes (levels: level t of row r at
+    places), the flat buffers zeta_level_scatter writes (levels: level t of row r at
     level_start(t) + r S_t, the top level's row at level_start(T) + r N; queries and places
     at r N + the query's rank among its row's queries). Every slot is asserted written once.
     ``key_bit`` is the bit that marks a key (1, as in the kernels; 0 puts each query after
@@ -79,7 +80,7 @@ def replay(q_codes: np.ndarray, k_codes: np.ndarray, code_bits: int, causal: str
     pos_bits = (n - 1).bit_length()
     row_shift = code_bits + 1 + pos_bits
     one = np.uint64(1)
-    # zeta_merged_keys: keys first, then queries (the sort mixes them)
+    # zeta_fused_keys: keys first, then queries (the sort mixes them)
     r_bits = (np.arange(rows, dtype=np.uint64) << np.uint64(row_shift) if row_shift < 64
               else np.zeros(rows, np.uint64))[:, None]
     i = np.arange(n, dtype=np.uint64)
@@ -107,7 +108,7 @@ def replay(q_codes: np.ndarray, k_codes: np.ndarray, code_bits: int, causal: str
         q_level = np.where(is_key, -1, pool_level(lengths[pos], n_levels))
         lvl_t = np.concatenate([lvl, np.full(pad, n_levels + 1)]).reshape(tiles, TILE)
         key_t = np.concatenate([is_key, np.zeros(pad, bool)]).reshape(tiles, TILE)
-        # zeta_merged_counts: the levels below the top by counting, the top by subtraction
+        # zeta_level_counts: the levels below the top by counting, the top by subtraction
         counts = np.zeros((tiles, n_levels + 1), dtype=np.int64)
         for t in range(n_levels):
             counts[:, t] = (lvl_t == t).sum(axis=1)
@@ -115,7 +116,7 @@ def replay(q_codes: np.ndarray, k_codes: np.ndarray, code_bits: int, causal: str
         # zeta_level_offsets: the keys of level <= t in the tiles before
         upto = np.cumsum(counts, axis=1)
         offsets = np.cumsum(upto, axis=0) - upto
-        # zeta_merged_scatter, level by level; the count of keys of level <= t before each
+        # zeta_level_scatter, level by level; the count of keys of level <= t before each
         # entry in its tile (the kernel's ballots and warp totals) as a cumulative sum
         place = np.zeros(2 * n, dtype=np.int64)
         for t in range(n_levels + 1):

@@ -3,14 +3,17 @@ does not need (``zeta_attention(..., backend="cupy")`` without intermediates).
 
 Per call, for all (batch, head) rows at once, with no synchronisation with the host:
 
-1. ``zeta_fused_keys``: queries and keys quantised, interleaved and packed with their row and
-   position into uint64 sort keys, one kernel (stages 2, 3; ``fused.cu``).
-2. one radix sort of all 2 R N keys (``cupy.sort``'s, in place): every row's keys in Z order,
-   and every row's queries in Z order, which is the order the next steps visit them in
-   (stage 4).
-3. the prefix pools, three kernels for all levels of all rows.
-4. ``zeta_fused_window_group``: every query's window, 8 threads a query, each step of the
-   search and of the walk reading 8 neighbouring pool entries at once; with W > k,
+1. ``zeta_fused_keys``: queries and keys quantised, interleaved and packed with their row,
+   kind (key or query) and position into uint64 sort entries, one kernel (stages 2, 3;
+   ``fused.cu``).
+2. one radix sort of all 2 R N entries (``cupy.sort``'s, in place): every row's keys and
+   queries together in Z order, each query just before the keys of its own code (stage 4).
+3. the prefix pools, three kernels for all levels of all rows; the same scan counts, for each
+   query, the keys of its own pool before it: its place in that pool, which the binary search
+   of the stage path finds, and lists every row's queries in Z order, the order the next steps
+   visit them in.
+4. ``zeta_fused_window_group``: every query's window from its place, 8 threads a query, each
+   step of the walk reading 8 neighbouring pool entries at once; with W > k,
    ``zeta_fused_window``, a thread a query keeping the k nearest as it walks. Either writes
    int32 candidates (R, N, k), no (N, W) array (stage 5).
 5. the mean term's blocked scan, three kernels for keys and values together (D8).
@@ -65,31 +68,38 @@ def level_count(n: int) -> int:
 
 
 def packing(rows: int, n: int, code_bits: int):
-    """(pos_bits, fits): the position's bits, and whether 2 rows, code and position fit 64."""
+    """(pos_bits, fits): the position's bits, and whether row, code, kind and position fit 64."""
     pos_bits = (n - 1).bit_length()
-    row_bits = (2 * rows - 1).bit_length()
-    return pos_bits, row_bits + code_bits + pos_bits <= 64
+    row_bits = (rows - 1).bit_length()
+    return pos_bits, row_bits + code_bits + 1 + pos_bits <= 64
 
 
-def prefix_levels(sorted_keys, rows: int, n: int, code_bits: int, pos_bits: int):
-    """The prefix pools below the top one, from the sorted keys: (levels, T).
+def prefix_levels(sorted_entries, rows: int, n: int, code_bits: int, pos_bits: int,
+                  causal, chunk):
+    """The prefix pools and the queries' places, from the sorted entries: (levels, T, queries,
+    places).
 
-    Level t holds R rows of S_t = S_0 2^t keys and begins where the levels below it end, at
-    R S_0 (2^t - 1) (fused.cu's ``level_start``): no table of offsets is copied to the GPU."""
+    Level t < T holds R rows of S_t = S_0 2^t keys and begins where the levels below it end,
+    at R S_0 (2^t - 1) (fused.cu's ``level_start``: no table of offsets is copied to the GPU);
+    the top level T, R rows of all N keys, follows. ``queries`` (R N uint64) lists each row's
+    query entries in Z order; ``places`` (R N int32) the place of each in its own pool."""
     n_levels = level_count(n)
-    levels = rt.empty(max(rows * ((1 << (S0_BITS + n_levels)) - (1 << S0_BITS)), 1), np.uint64)
-    if n_levels:
-        tiles = -(-n // TILE)
-        counts = rt.empty((rows, tiles, n_levels), np.int32)
-        starts = rt.empty((rows, tiles, n_levels), np.int64)
-        sizes = (rt.i64(rows), rt.i64(n), rt.i64(tiles), np.int32(n_levels),
-                 np.int32(S0_BITS), np.int32(code_bits), np.int32(pos_bits))
-        grid = (tiles, min(rows, MAX_GRID_Y))  # more rows: a block takes several
-        _fn("zeta_level_counts")(grid, (TILE,), (sorted_keys,) + sizes + (counts,))
-        rt.launch(_fn("zeta_level_offsets"), 32 * rows * n_levels,  # a warp per (row, level)
-                  (counts, rt.i64(rows), rt.i64(tiles), np.int32(n_levels), starts))
-        _fn("zeta_level_scatter")(grid, (TILE,), (sorted_keys,) + sizes + (starts, levels))
-    return levels, n_levels
+    top = rows * ((1 << (S0_BITS + n_levels)) - (1 << S0_BITS))  # where level T begins
+    levels = rt.empty(top + rows * n, np.uint64)
+    queries = rt.empty(rows * n, np.uint64)
+    places = rt.empty(rows * n, np.int32)
+    tiles = -(-2 * n // TILE)
+    counts = rt.empty((rows, tiles, n_levels + 1), np.int32)
+    starts = rt.empty((rows, tiles, n_levels + 1), np.int64)
+    sizes = (rt.i64(rows), rt.i64(n), rt.i64(tiles), np.int32(n_levels),
+             np.int32(S0_BITS), np.int32(code_bits), np.int32(pos_bits))
+    grid = (tiles, min(rows, MAX_GRID_Y))  # more rows: a block takes several
+    _fn("zeta_level_counts")(grid, (TILE,), (sorted_entries,) + sizes + (counts,))
+    rt.launch(_fn("zeta_level_offsets"), 32 * rows * (n_levels + 1),  # a warp per (row, level)
+              (counts, rt.i64(rows), rt.i64(tiles), np.int32(n_levels + 1), starts))
+    _fn("zeta_level_scatter")(grid, (TILE,), (sorted_entries,) + sizes
+                              + (causal, chunk, starts, levels, queries, places))
+    return levels, n_levels, queries, places
 
 
 def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None):
@@ -118,22 +128,24 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
             marks.append(event)
 
     mark()
-    # stages 2 and 3: rows 0 .. R-1 the keys, R .. 2R-1 the queries, as packed sort keys
+    # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
     keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
     rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
               (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
               + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
               + (np.int32(code_bits), np.int32(pos_bits), keys))
     mark()
-    # stage 4: one sort for every row of keys and of queries
+    # stage 4: one sort for every row's keys and queries together
     keys.sort()  # in place (cupy.sort would copy the keys first)
     mark()
-    levels, n_levels = prefix_levels(keys, rows, n, code_bits, pos_bits)
+    levels, n_levels, queries, places = prefix_levels(keys, rows, n, code_bits, pos_bits,
+                                                      causal, chunk)
+    del keys  # the pools, the queries and their places hold all the rest needs
     mark()
     # stage 5: window (and re-rank) per query, in Z order, into int32 candidates
     cand = rt.empty(lead + (n, k_top), np.int32)  # (..., N, k)
     rerank = width > k_top
-    pools = (keys, levels, np.int32(n_levels), np.int32(S0_BITS),
+    pools = (queries, places, levels, np.int32(n_levels), np.int32(S0_BITS),
              np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk,
              rt.i64(width))
     if not rerank and WINDOW_LANES:  # a group of threads a query: the window is the selection
@@ -152,8 +164,7 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     if cfg.history_mean:
         mean_k, mean_v = history_means(k, v, cfg.causal)
     mark()
-    query_keys = keys[rows * n:]  # the queries of every row, in Z order
-    out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, query_keys,
+    out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, queries,
                             np.uint64((1 << pos_bits) - 1), False)
     mark()
     if return_candidates:

@@ -22,7 +22,8 @@ __device__ __forceinline__ int level_for(const long long* level_size, int n_leve
 }
 
 // A pool in Z order, two layouts. SplitPool: positions and codes in two arrays (the stage by
-// stage path, any code width). PackedPool: packed sort keys (fused.cu), row bits included.
+// stage path, any code width); its query's place is found by a binary search. PlacedPool:
+// packed sort entries (fused.cu), its query's place already known from the sort.
 struct SplitPool {
     const long long* pos;
     const unsigned long long* codes;
@@ -32,35 +33,34 @@ struct SplitPool {
     __device__ bool before(long long e, unsigned long long qz) const { return codes[e] < qz; }
 };
 
-// A packed sort key of fused.cu: row | code | position, from the top bit down.
+// A packed sort entry of fused.cu, from the top bit down: row | code | is_key | position.
+// Sorted, a row's keys and queries are in Z order together, ties by position, and a query
+// (is_key = 0) comes before the keys of its own code.
 struct Packing {
     int code_bits, pos_bits;
-    __device__ long long pos(unsigned long long key) const {
-        return (long long)(key & ((1ULL << pos_bits) - 1));
+    __device__ unsigned long long entry(long long r, unsigned long long code, int is_key,
+                                        long long i) const {
+        int row_shift = code_bits + 1 + pos_bits;  // 64 only where R = 1: no row bits
+        unsigned long long row = row_shift < 64 ? (unsigned long long)r << row_shift : 0ULL;
+        return row | (code << (1 + pos_bits)) | ((unsigned long long)is_key << pos_bits) |
+               (unsigned long long)i;
     }
-    __device__ unsigned long long code(unsigned long long key) const {
-        unsigned long long mask = code_bits >= 64 ? ~0ULL : (1ULL << code_bits) - 1;
-        return (key >> pos_bits) & mask;
+    __device__ long long pos(unsigned long long e) const {
+        return (long long)(e & ((1ULL << pos_bits) - 1));
     }
-    __device__ unsigned long long row_bits(long long r) const {
-        return code_bits + pos_bits < 64 ? (unsigned long long)r << (code_bits + pos_bits) : 0;
-    }
+    __device__ bool is_key(unsigned long long e) const { return (e >> pos_bits) & 1ULL; }
 };
 
-struct PackedPool {
+// A prefix pool of packed entries (keys only) and its query's place in it: the number of the
+// pool's keys before the query in Z order, which is what a binary search for the query's code
+// would find (fused.cu's zeta_level_scatter counts it while building the pools).
+struct PlacedPool {
     const unsigned long long* keys;
-    long long m;
-    unsigned long long row;  // the row's bits, as in every key of the pool
+    long long m, place;
     Packing pk;
     __device__ long long position(long long e) const { return pk.pos(keys[e]); }
-    // the first key whose code is >= qz: the first key >= (row, qz, position 0)
-    __device__ long long find(unsigned long long qz) const {
-        return lower_bound(keys, m, row | (qz << pk.pos_bits));
-    }
-    // is key e before every key of code qz? (what find counts)
-    __device__ bool before(long long e, unsigned long long qz) const {
-        return keys[e] < (row | (qz << pk.pos_bits));
-    }
+    __device__ long long find(unsigned long long) const { return place; }
+    __device__ bool before(long long e, unsigned long long) const { return e < place; }
 };
 
 // Steps 2 and 3 for one query: calls sink(slot, position) for each window key in Z order and
@@ -221,6 +221,13 @@ __device__ long long group_find(const Pool& pool, unsigned long long qz, const G
         }
     }
     return lo;
+}
+
+// The same for a pool whose place is known: no round at all (the overload the more
+// specialised, so group_window takes it for a PlacedPool).
+template <int LANES>
+__device__ long long group_find(const PlacedPool& pool, unsigned long long, const Group<LANES>&) {
+    return pool.place;
 }
 
 // From entry `from` outward (dir +1 or -1) to the pool's end, the first `want` visible entries
