@@ -202,9 +202,22 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     mean_k = mean_v = None
     if cfg.history_mean:
         mean_k, mean_v = s.history_means(k, v, cfg.causal)  # (..., N, d_k), (..., N, d_v)
-    output, weights, mean_weight = s.topk_attention(
-        q, k, v, candidates, cfg.score, cfg.gamma, mean_k, mean_v, order=query_order,
-        with_weights=return_intermediates)  # (..., N, d_v), (..., N, k) or None, (..., N)
+    try:
+        output, weights, mean_weight = s.topk_attention(
+            q, k, v, candidates, cfg.score, cfg.gamma, mean_k, mean_v, order=query_order,
+            with_weights=return_intermediates)  # (..., N, d_v), (..., N, k) or None, (..., N)
+    except MemoryError as err:
+        if entry.name != "numpy":  # the twins weigh a query at a time: nothing to explain
+            raise
+        # k near N: the specification gathers (..., N, k, d_v) value rows
+        rows_n = q.size // d_k
+        raise MemoryError(
+            f"the weighted sum over k = {k_top} candidates for each of the {n} queries of "
+            f"{rows_n // n} rows (config.k = {cfg.k}, capped at N) with d_v = {v.shape[-1]} "
+            f"needs {rows_n * k_top * v.shape[-1] * v.itemsize / 2**30:.3g} GiB for the "
+            f"gathered value rows alone on the numpy backend; choose a smaller k, or a "
+            f"backend that weighs one query at a time (numba) ({err})"
+        ) from None
     if not return_intermediates:
         return output.get() if to_host else output
     inter = Intermediates(
