@@ -8,13 +8,14 @@
 #   bash docs/data/gpu_next.sh window attention              # ran 2026-12-05 02:10 UTC
 #   (the one-kernel and merged-window experiments, attend / sanitize / window, were removed
 #   once run: the first dropped, the second taken into fused.cu)
-#   bash docs/data/gpu_next.sh tests profile bench     # next: the narrow attention kernel and
-#                                                      # the merged window, adopted since
+#   BUDGET=590 bash docs/data/gpu_next.sh tests profile sanitize   # next: the narrow attention
+#   BUDGET=590 bash docs/data/gpu_next.sh bench       # kernel and the merged window, adopted since
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
-#   bench      the forward kernels sanitized, then the benchmark
+#   sanitize   the forward kernels under memcheck, racecheck and synccheck
+#   bench      the benchmark of every default shape
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
@@ -23,7 +24,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention bench profile"
+STEPS="tests graph attention sanitize bench profile"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -74,13 +75,15 @@ case "$name" in
     tests)
         step gpu_tests 560 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10
         ;;
-    bench)
+    sanitize)
         step sanitizer 120 compute-sanitizer --tool memcheck python3 docs/data/forward_sanitizer.py
-        step sanitizer 120 compute-sanitizer --tool racecheck \
-            python3 docs/data/forward_sanitizer.py race
-        step sanitizer 120 compute-sanitizer --tool synccheck \
-            python3 docs/data/forward_sanitizer.py race
-        step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
+        for tool in racecheck synccheck; do
+            step sanitizer 120 compute-sanitizer --tool "$tool" \
+                python3 docs/data/forward_sanitizer.py race
+        done
+        ;;
+    bench)
+        step bench 560 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
         ;;
 esac
