@@ -188,3 +188,54 @@ def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
     assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}>"' in script
     assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL>(" in source
     assert "template __global__ void zeta_topk_narrow<8, U, 1, 8>(" in library
+
+
+def _function_body(source: str, name: str) -> str:
+    """The body of the first function (or kernel) ``name`` defined in ``source``: from its
+    signature to the matching brace."""
+    at = re.search(rf"\bvoid (__launch_bounds__\([^)]*\)\s*)?{name}\s*\(", source)
+    depth, start = 0, source.index("{", at.end())
+    for i in range(start, len(source)):
+        depth += {"{": 1, "}": -1}.get(source[i], 0)
+        if depth == 0:
+            return source[start:i + 1]
+    raise AssertionError(f"{name}: no closing brace")
+
+
+def test_the_checks_largest_is_one_helper_on_the_bits_of_doubles():
+    """The input checks' max |x| on the GPU (checks.cu's zeta_max_abs, and the fused pass's
+    zeta_fused_keys and zeta_block_sums, which find max |q|, |k|, |v| as they read them) keep
+    the largest bit pattern of |x| as a double, reduced over a block by zeta_common.cuh's
+    block_max_into and then ONE atomicMax per block. Checked here without a GPU:
+
+    - the order that rests on: for |x| (sign cleared, as CUDA's fabs does), the largest uint64
+      bit pattern is the bit pattern of max |x| as the host's max_abs finds it: NaN above +inf
+      above every finite value, subnormals and zeros included, float32 values widened;
+    - each of the three kernels calls the helper and has no shuffle or atomic of its own (one
+      reduction, not three copies that could drift apart)."""
+    from zeta_ref._checks import max_abs
+
+    rng = np.random.default_rng(0)
+    tiny = np.finfo(np.float64).smallest_subnormal
+    special = np.array([0.0, -0.0, tiny, -tiny, 1e-310, 1.0, -1.0, 1e308, -1e308, np.inf,
+                        -np.inf, np.nan, -np.nan])
+    for trial in range(200):
+        size = int(rng.integers(1, 40))
+        x = rng.standard_normal(size) * 10.0 ** rng.integers(-320, 300, size)
+        if trial % 2:
+            x[rng.integers(0, size, 3)] = rng.choice(special, 3)
+        if trial % 3 == 0:  # a float32 array, as the GPU widens it (beyond its range: inf)
+            with np.errstate(over="ignore"):
+                x = x.astype(np.float32).astype(np.float64)
+        got = np.abs(x).view(np.uint64).max().view(np.float64)
+        want = max_abs([(x, None)])[0]
+        assert got == want or (np.isnan(got) and np.isnan(want)), (x, got, want)
+    assert np.uint64(0).view(np.float64) == 0.0  # a zeroed slot reads as +0.0, the empty max
+
+    common = (CUPY_DIR / "zeta_common.cuh").read_text()
+    assert "atomicMax" in _function_body(common, "block_max_into")
+    for stem, name in (("checks", "zeta_max_abs"), ("fused", "zeta_fused_keys"),
+                       ("topk_softmax", "zeta_block_sums")):
+        body = _function_body((CUPY_DIR / f"{stem}.cu").read_text(), name)
+        assert "block_max_into" in body, name
+        assert "atomicMax" not in body and "__shfl" not in body, name
