@@ -346,11 +346,9 @@ def test_morton_edges_that_are_fine():
         [(1 << 63) - 1]]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
-def test_a_window_too_large_for_memory_names_window_and_k():
-    """W near N makes the window (N, N): where that does not fit, the MemoryError names the
-    window and k and the memory they need, not an anonymous buffer (a CPU audit's find,
-    2026-12-05). Run in a process whose address space is held to 1.5 GiB."""
+def _memory_error_held_to_1_5_gib(body: str) -> str:
+    """Run ``body`` (Python that prints a MemoryError's message) in a process whose address
+    space is held to 1.5 GiB; its output. Skips where the system does not hold the limit."""
     script = (
         "import resource, sys, numpy as np\n"
         "try:\n"
@@ -362,22 +360,31 @@ def test_a_window_too_large_for_memory_names_window_and_k():
         "except MemoryError:\n"
         "    pass\n"
         "from zeta_ref import ZetaConfig, zeta_attention\n"
-        "rng = np.random.default_rng(0)\n"
-        "q, k = (rng.standard_normal((1, 16384, 3)) for _ in range(2))\n"
-        "v = rng.standard_normal((1, 16384, 4))\n"
-        "try:\n"
-        "    zeta_attention(q, k, v, ZetaConfig(k=4, window=2**26, causal='none'))\n"
-        "except MemoryError as err:\n"
-        "    print(err)\n")
+        "rng = np.random.default_rng(0)\n" + body)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # small reserves
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     if done.stdout.strip() == "unenforced":
         pytest.skip("this system does not hold a process to RLIMIT_AS")
-    assert done.stdout.startswith("the window of W = 16384 keys for each of the 16384 queries"
-                                  " of 1 rows (config.window = 67108864, config.k = 4, each "
-                                  "capped at N) needs 2 GiB as int64 alone"), done.stdout
+    return done.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+def test_a_window_too_large_for_memory_names_window_and_k():
+    """W near N makes the window (N, N): where that does not fit, the MemoryError names the
+    window and k and the memory they need, not an anonymous buffer (a CPU audit's find,
+    2026-12-05). Run in a process whose address space is held to 1.5 GiB."""
+    out = _memory_error_held_to_1_5_gib(
+        "q, k = (rng.standard_normal((1, 16384, 3)) for _ in range(2))\n"
+        "v = rng.standard_normal((1, 16384, 4))\n"
+        "try:\n"
+        "    zeta_attention(q, k, v, ZetaConfig(k=4, window=2**26, causal='none'))\n"
+        "except MemoryError as err:\n"
+        "    print(err)\n")
+    assert out.startswith("the window of W = 16384 keys for each of the 16384 queries"
+                          " of 1 rows (config.window = 67108864, config.k = 4, each "
+                          "capped at N) needs 2 GiB as int64 alone"), out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
@@ -385,31 +392,14 @@ def test_a_weighted_sum_too_large_for_memory_names_k_and_d_v():
     """k near N makes the specification's stage 6 gather (N, k, d_v) value rows: where that
     does not fit, the MemoryError names k, d_v and the memory they need (the window fits).
     Run in a process whose address space is held to 1.5 GiB."""
-    script = (
-        "import resource, sys, numpy as np\n"
-        "try:\n"
-        "    resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
-        "    np.empty(1 << 31, np.uint8)  # 2 GiB: refused where the limit holds\n"
-        "    print('unenforced'); sys.exit(0)\n"
-        "except (ValueError, OSError):\n"
-        "    print('unenforced'); sys.exit(0)\n"
-        "except MemoryError:\n"
-        "    pass\n"
-        "from zeta_ref import ZetaConfig, zeta_attention\n"
-        "rng = np.random.default_rng(0)\n"
+    out = _memory_error_held_to_1_5_gib(
         "q, k = (rng.standard_normal((1, 4096, 3)) for _ in range(2))\n"
         "v = rng.standard_normal((1, 4096, 64))\n"
         "try:\n"
         "    zeta_attention(q, k, v, ZetaConfig(k=4096, causal='none'))\n"
         "except MemoryError as err:\n"
         "    print(err)\n")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")  # small reserves
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    if done.stdout.strip() == "unenforced":
-        pytest.skip("this system does not hold a process to RLIMIT_AS")
-    assert done.stdout.startswith("the weighted sum over k = 4096 candidates for each of the "
-                                  "4096 queries of 1 rows (config.k = 4096, capped at N) with "
-                                  "d_v = 64 needs 8 GiB for the gathered value rows alone on "
-                                  "the numpy backend"), done.stdout
+    assert out.startswith("the weighted sum over k = 4096 candidates for each of the 4096 "
+                          "queries of 1 rows (config.k = 4096, capped at N) with d_v = 64 "
+                          "needs 8 GiB for the gathered value rows alone on the numpy "
+                          "backend"), out
