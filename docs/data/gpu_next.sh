@@ -17,6 +17,9 @@
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck
 #   bench      the benchmark of every default shape
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
+#   ab         this tree's call against an older tree's, in turns (docs/data/tree_ab.py; the
+#              older package under out/old, carried to the device: `git archive REV zeta_ref
+#              | tar -x -C out/old`)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -24,7 +27,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention sanitize bench profile"
+STEPS="tests graph attention sanitize bench profile ab"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -68,6 +71,10 @@ case "$name" in
             step sanitizer 40 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only
         done
+        ;;
+    ab)
+        step ab 300 python3 docs/data/tree_ab.py out/old "$OUT/tree_ab.json" \
+            1x8x4096 1x8x16384 1x8x65536 16x8x65536
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
