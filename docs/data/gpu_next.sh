@@ -8,14 +8,16 @@
 #   bash docs/data/gpu_next.sh window attention              # ran 2026-12-05 02:10 UTC
 #   (the one-kernel and merged-window experiments, attend / sanitize / window, were removed
 #   once run: the first dropped, the second taken into fused.cu)
-#   BUDGET=590 bash docs/data/gpu_next.sh tests profile sanitize   # next: the narrow attention
-#   BUDGET=590 bash docs/data/gpu_next.sh bench       # kernel and the merged window, adopted since
+#   BUDGET=590 bash docs/data/gpu_next.sh tests ab sanitize   # next: the narrow attention kernel,
+#   BUDGET=590 bash docs/data/gpu_next.sh targets             # the merged window and the checks
+#                                                             # in the pass, adopted since
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck
 #   bench      the benchmark of every default shape
+#   targets    the benchmark of the shapes the targets name (B = 1 to 131072, B = 16 at 65536)
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
 #   ab         this tree's call against an older tree's, in turns (docs/data/tree_ab.py; the
 #              older package under out/old, carried to the device: `git archive REV zeta_ref
@@ -27,7 +29,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention sanitize bench profile ab"
+STEPS="tests graph attention sanitize bench targets profile ab"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -71,6 +73,11 @@ case "$name" in
             step sanitizer 40 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only
         done
+        ;;
+    targets)
+        step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
+            --gpu-shapes 1x8x4096 1x8x8192 1x8x16384 1x8x65536 1x8x131072 16x8x65536 \
+            --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
         ;;
     ab)
         step ab 300 python3 docs/data/tree_ab.py out/old "$OUT/tree_ab.json" \
