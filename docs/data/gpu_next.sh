@@ -20,8 +20,8 @@
 #   targets    the benchmark of the shapes the targets name (B = 1 to 131072, B = 16 at 65536)
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
 #   ab         this tree's call against an older tree's, in turns (docs/data/tree_ab.py; the
-#              older package under out/old, carried to the device: `git archive REV zeta_ref
-#              | tar -x -C out/old`)
+#              older packages under out/trees, carried to the device: `git archive REV zeta_ref
+#              | tar -x -C out/trees/NAME`)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -80,7 +80,7 @@ case "$name" in
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
         ;;
     ab)
-        step ab 300 python3 docs/data/tree_ab.py out/old "$OUT/tree_ab.json" \
+        step ab 300 python3 docs/data/tree_ab.py out/trees/before,out/trees/merged "$OUT/tree_ab.json" \
             1x8x4096 1x8x16384 1x8x65536 16x8x65536
         ;;
     profile)

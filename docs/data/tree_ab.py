@@ -1,13 +1,14 @@
-"""Two trees of the library timed against each other on the GPU, in turns: the call
+"""Trees of the library timed against each other on the GPU, in turns: the call
 `zeta_attention(q, k, v, backend="cupy")` on the benchmark's workload, the same output bit for
 bit (docs/benchmarks.md).
 
-    python docs/data/tree_ab.py OLD_TREE OUT.json SHAPE...     e.g. 1x8x65536 16x8x65536
+    python docs/data/tree_ab.py OLD_TREES OUT.json SHAPE...     e.g. 1x8x65536 16x8x65536
 
-OLD_TREE holds an older `zeta_ref` package (e.g. `git archive REV zeta_ref | tar -x -C
-out/old`); the new one is this checkout's. Each tree runs in a process of its own (both are
-called zeta_ref), four rounds in turns (old, new, old, new, ...), each a median of three
-medians of 25 calls per shape; the JSON holds every round's numbers and the medians.
+OLD_TREES, comma-separated folders, each holding an older `zeta_ref` package (e.g. `git
+archive REV zeta_ref | tar -x -C out/old`); "new" is this checkout's. Each tree runs in a
+process of its own (all are called zeta_ref), four rounds in turns (each old tree, then new),
+each a median of three medians of 25 calls per shape; the JSON holds every round's numbers and
+the medians, each tree's over the first old one's.
 """
 import json
 import os
@@ -44,29 +45,33 @@ def run(tree: str, shapes) -> dict:
 
 def main() -> None:
     if len(sys.argv) < 4:
-        sys.exit("usage: python docs/data/tree_ab.py OLD_TREE OUT.json SHAPE...")
-    old, path, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
+        sys.exit("usage: python docs/data/tree_ab.py OLD_TREES OUT.json SHAPE...")
+    olds, path, shapes = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
     new = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from gpu_timing import header
 
     result = header()
     result["rounds"] = []
+    trees = [(os.path.basename(os.path.normpath(t)), t) for t in olds] + [("new", new)]
     for _ in range(ROUNDS):
-        for name, tree in (("old", old), ("new", new)):
+        for name, tree in trees:
             row = run(tree, shapes)
             row["tree"] = name
             result["rounds"].append(row)
             print(name, {s: round(row[s]["ms"], 4) for s in shapes}, flush=True)
     for shape in shapes:
-        ms = {name: sorted(r[shape]["ms"] for r in result["rounds"] if r["tree"] == name)
-              for name in ("old", "new")}
-        med = {name: (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2 for name, v in ms.items()}
+        med = {}
+        for name, _ in trees:
+            v = sorted(r[shape]["ms"] for r in result["rounds"] if r["tree"] == name)
+            med[name] = (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+        base = trees[0][0]
         same = len({r[shape]["output_sha1"] for r in result["rounds"]}) == 1
-        result[shape] = {"old_ms": med["old"], "new_ms": med["new"],
-                         "new_over_old": med["new"] / med["old"], "same_output": same}
-        print(f"{shape}: old {med['old']:.4f} ms, new {med['new']:.4f} ms, new / old "
-              f"{med['new'] / med['old']:.3f}, same output: {same}", flush=True)
+        result[shape] = {"ms": med, "over_" + base: {n: m / med[base] for n, m in med.items()},
+                         "same_output": same}
+        print(f"{shape}: " + ", ".join(f"{n} {m:.4f} ms ({m / med[base]:.3f})"
+                                       for n, m in med.items()) + f"; same output: {same}",
+              flush=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
 
