@@ -8,16 +8,16 @@
 #   bash docs/data/gpu_next.sh window attention              # ran 2026-12-05 02:10 UTC
 #   (the one-kernel and merged-window experiments, attend / sanitize / window, were removed
 #   once run: the first dropped, the second taken into fused.cu)
-#   BUDGET=590 bash docs/data/gpu_next.sh tests ab sanitize   # next: the narrow attention kernel,
-#   BUDGET=590 bash docs/data/gpu_next.sh targets             # the merged window and the checks
-#                                                             # in the pass, adopted since
+#   BUDGET=590 bash docs/data/gpu_next.sh tests targets sanitize ab   # next: the narrow
+#            # attention kernel, the merged window and the checks in the pass, adopted since
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck
 #   bench      the benchmark of every default shape
-#   targets    the benchmark of the shapes the targets name (B = 1 to 131072, B = 16 at 65536)
+#   targets    the benchmark at the targets' shapes (B = 1, N = 8192 to 131072; 16 x 8 x 65536;
+#              SDPA fp32 only to N = 16384)
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
 #   ab         this tree's call against an older tree's, in turns (docs/data/tree_ab.py; the
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
@@ -76,7 +76,8 @@ case "$name" in
         ;;
     targets)
         step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
-            --gpu-shapes 1x8x4096 1x8x8192 1x8x16384 1x8x65536 1x8x131072 16x8x65536 \
+            --gpu-shapes 1x8x8192 1x8x16384 1x8x65536 1x8x131072 16x8x65536 \
+            --sdpa-fp32-max-pairs 2000000000 \
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
         ;;
     ab)
