@@ -266,100 +266,21 @@ def test_fast_kernel_every_instance(d_v, k_top):
         _compare(w_mean, im.mean_weight, "mean_weight")
 
 
-def _fused_configs(history_mean):
-    """Configurations of the fused call: the default (W = k), W > k (the re-rank), and codes
-    too wide to pack (63 bits: fused._by_stages), with the mean term on or off (max |v| from
-    zeta_block_sums, or from a pass of zeta_max_abs)."""
-    return (ZetaConfig(history_mean=history_mean),
-            ZetaConfig(k=16, window=48, history_mean=history_mean),
-            ZetaConfig(bits=21, history_mean=history_mean))
-
-
-def _too_large(name, dtype, n, d):
-    """-2 times the largest magnitude the checks allow in q or k (width d) or v (N = n)."""
-    from zeta_ref._checks import magnitude_limit, value_limit
-
-    return -2 * (value_limit(dtype, n) if name == "v" else magnitude_limit(dtype, d))
-
-
-@pytest.mark.parametrize("bad", ("nan", "inf", "-inf", "too large"))
-@pytest.mark.parametrize("name", ("q", "k", "v"))
-@pytest.mark.parametrize("history_mean", (True, False))
-def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, name, history_mean):
-    """The fused pass's kernels find max |q|, |k| and |v| as they read them, and the call
-    checks the three after the pass: the same error, word for word, as the specification's
-    check before any work, naming the array. A NaN, an inf or a too large value in each of
-    q, k and v, at the first element, in the second row, and at the very last element (the
-    last thread of the last block to read it); host and device inputs; W = k, W > k and codes
-    too wide to pack; the mean term on and off."""
-    n, d_v = 500, 32
-    clean = dict(zip("qkv", _inputs(6, (2,), n, 3, d_v, np.float32)))
-    value = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf,
-             "too large": _too_large(name, np.float32, n, 3)}[bad]
-    words = "contains NaN or Inf" if bad != "too large" else "holds values up to"
-    assert not fused.packing(2, n, 63)[1]  # bits=21 takes the stage functions
-    for where in ((0, 0, 0), (1, 17, 1), (1, n - 1, clean[name].shape[-1] - 1)):
-        x = {key: a.copy() for key, a in clean.items()}
-        x[name][where] = value
-        with pytest.raises(ValueError, match=f"^{name} {words}") as want:
-            zeta_attention(x["q"], x["k"], x["v"], backend="numpy")
-        for on_gpu in (False, True):
-            inputs = [cp.asarray(x[key]) if on_gpu else x[key] for key in "qkv"]
-            for cfg in _fused_configs(history_mean):
-                with pytest.raises(ValueError) as got:
-                    zeta_attention(*inputs, cfg, backend="cupy")
-                assert str(got.value) == str(want.value), (where, on_gpu, cfg)
-
-
-def _few_blocks(launch, blocks):
-    """rt.launch with a grid of at most ``blocks`` blocks: the grid-stride loops wrap, and a
-    thread of zeta_fused_keys takes keys and queries both."""
-    def capped(fn, n_items, args, *, threads=rt.THREADS):
-        fn((max(1, min(-(-int(n_items) // threads), blocks)),), (threads,), tuple(args))
-    return capped
-
-
-@pytest.mark.parametrize("history_mean", (True, False))
-@pytest.mark.parametrize("dtype", (np.float32, np.float64))
-def test_fused_pass_finds_the_checks_maxima_without_changing_a_bit(monkeypatch, history_mean,
-                                                                    dtype):
-    """fused.forward(..., largest=) gives max |q|, max |k| and max |v| exactly as the host's
-    max_abs (a maximum rounds nothing), a NaN or an inf kept wherever it lies (the first or
-    the last element), and the same output bits as without ``largest`` and as the call; also
-    with 3 blocks a launch (every thread many tokens, keys and queries both). Codes too wide
-    to pack take the stage functions, which check the values themselves first: finite values
-    only there."""
-    from zeta_ref._checks import max_abs
-
-    def bits(a):  # the output's bits (NaN where the inputs hold one: equal payloads too)
-        a = cp.asnumpy(a)
-        return a.view(f"u{a.itemsize}")
-
-    base = _inputs(7, (2, 3), 1000, 3, 20, dtype)
-    places = {"q": (1, 2, 999, 2), "k": (0, 0, 0, 0), "v": (1, 2, 999, 19)}  # last, first
-    for cfg in _fused_configs(history_mean):
-        packs = fused.packing(6, 1000, 3 * cfg.bits)[1]
-        for bad in (None, ("v", -1e3), ("v", np.nan), ("q", np.inf), ("k", -np.inf)):
-            if not packs and bad is not None and not np.isfinite(bad[1]):
-                continue
-            x = dict(zip("qkv", (a.copy() for a in base)))
-            if bad is not None:
-                x[bad[0]][places[bad[0]]] = bad[1]
-            q, k, v = (cp.asarray(x[key]) for key in "qkv")
-            want = max_abs([(x[key], None) for key in "qkv"])
-            plain = bits(fused.forward(q, k, v, cfg))
-            for launch in [rt.launch] + ([_few_blocks(rt.launch, 3)] if packs else []):
-                monkeypatch.setattr(rt, "launch", launch)
-                largest = cp.zeros(3, dtype=np.uint64)
-                out = fused.forward(q, k, v, cfg, largest=largest)
-                monkeypatch.undo()
-                why = f"{cfg} {bad} {launch.__name__}"
-                np.testing.assert_array_equal(cp.asnumpy(largest.view(np.float64)), want,
-                                              err_msg=why)
-                np.testing.assert_array_equal(bits(out), plain, err_msg=why)
-            if bad is None:  # the call, which checks the maxima, gives the same bits
-                np.testing.assert_array_equal(bits(zeta_attention(q, k, v, cfg,
-                                                                  backend="cupy")), plain)
+@pytest.mark.parametrize("bad, where", [(np.nan, 0), (np.inf, 1), (-np.inf, 2), (1e30, 0),
+                                        (1e30, 1), (1e38, 2)])
+@pytest.mark.parametrize("on_gpu", (False, True))
+def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, where, on_gpu):
+    """The fused pass checks the values of q, k and v after queuing its kernels: the same
+    error, word for word, as the specification's check before any work, and no output."""
+    x = list(_inputs(6, (2,), 500, 3, 32, np.float32))
+    x[where][1, 17, 1] = bad
+    with pytest.raises(ValueError) as want:
+        zeta_attention(*x, backend="numpy")
+    inputs = [cp.asarray(a) for a in x] if on_gpu else x
+    for cfg in (ZetaConfig(), ZetaConfig(k=16, window=48)):
+        with pytest.raises(ValueError) as got:
+            zeta_attention(*inputs, cfg, backend="cupy")
+        assert str(got.value) == str(want.value)
 
 
 def test_cupy_in_gives_cupy_out_on_the_same_device():

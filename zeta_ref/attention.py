@@ -27,7 +27,8 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from ._checks import check_bits_for_dim, check_gamma, check_qkv, check_qkv_values, on_device
+from ._checks import (check_bits_for_dim, check_gamma, check_qkv, check_qkv_values, max_abs,
+                      on_device)
 from .backends import get_backend
 from .config import ZetaConfig
 from .stages.window import pool_lengths
@@ -149,8 +150,7 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     # a GPU backend gives NumPy results for NumPy inputs, device arrays for device arrays
     to_host = xp is not np and not on_device(q)
     # The fused pass on a GPU checks the values of q, k and v after its kernels are queued:
-    # its kernels find max |q|, |k| and |v| as they read them, and one transfer at the end
-    # brings the three back, instead of a wait before the work (its kernels are safe on any
+    # one transfer at the end instead of a wait before the work (its kernels are safe on any
     # values, NaN and inf included; what they compute is dropped when a check fails).
     late = xp is not np and not return_intermediates and s.forward is not None
     q, k, v = check_qkv(q, k, v, xp=xp, values=not late)
@@ -164,12 +164,9 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     q, k, v = (xp.ascontiguousarray(x) for x in (q, k, v))
 
     if not return_intermediates and s.forward is not None:
-        if not late:
-            output = s.forward(q, k, v, cfg)  # the fused pass: the same result, fewer arrays
-        else:  # ... which also finds max |q|, |k|, |v|, as the bits of float64s
-            largest = xp.zeros(3, dtype=np.uint64)  # the bits of +0.0
-            output = s.forward(q, k, v, cfg, largest=largest)
-            check_qkv_values(q, k, v, [float(x) for x in largest.view(np.float64).get()], xp)
+        output = s.forward(q, k, v, cfg)  # the fused pass: the same result, fewer arrays
+        if late:
+            check_qkv_values(q, k, v, max_abs([(x, None) for x in (q, k, v)], xp), xp)
         return output.get() if to_host else output
 
     # stage 2: quantise queries and keys the same way (D1, D2, D12, D13)

@@ -32,10 +32,8 @@ class Stages:
     # (q, k, v, candidates, score, gamma, mean_k, mean_v, *, order, with_weights)
     #   -> (out, weights or None, mean_weight)
     topk_attention: Callable
-    # optional: (q, k, v, config, *, largest=None) -> output, the whole pass fused, used when
-    # no intermediates are asked for; it must compute what the stages compute. On a GPU the
-    # composer passes ``largest``, a zeroed uint64 device array of 3, which the pass fills with
-    # max |q|, max |k|, max |v| as the bits of float64s (NaN-propagating), for its value checks
+    # optional: (q, k, v, config) -> output, the whole pass fused, used when no intermediates
+    # are asked for; it must compute what the stages compute
     forward: Callable | None = None
     # the array module of the stages' inputs and outputs: numpy, or cupy for the GPU
     xp: Any = np

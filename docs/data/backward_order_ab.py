@@ -31,7 +31,7 @@ def z_orders(q, k):
     rt.launch(fused_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
               (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(bits))
               + _squash_args(bits, "sigmoid", (-4.0, 4.0))
-              + (np.int32(d_k * bits), np.int32(pos_bits), keys, rt.NULL))  # no max |x|
+              + (np.int32(d_k * bits), np.int32(pos_bits), keys))
     keys.sort()
     positions = (keys & np.uint64((1 << pos_bits) - 1)).astype(np.int64).reshape(2, rows, n)
     return positions[1], positions[0]

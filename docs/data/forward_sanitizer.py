@@ -1,8 +1,7 @@
 """Launch every forward kernel of the CuPy backend at small sizes, for compute-sanitizer
 (docs/benchmarks.md): `compute-sanitizer --tool memcheck python docs/data/forward_sanitizer.py`.
 Argument "race": only the kernels with shared memory or warp votes (the fast attention kernel,
-every instance, one and several runs a block; the window kernels of 8, 16 and 32 threads; the
-checks' block reductions of max |x| in zeta_fused_keys and zeta_block_sums)."""
+every instance, one and several runs a block; the window kernels of 8, 16 and 32 threads)."""
 import sys
 import numpy as np, cupy as cp
 import zeta_ref
@@ -19,8 +18,7 @@ for lanes in (0, 8, 16, 32):
     for causal in ("inclusive", "strict", "none"):
         for nn, k_top in ((1, 32), (33, 32), (n, 7), (1500, 32)):
             q, k, v = (cp.asarray(rng.standard_normal((2, nn, w)).astype(np.float32)) for w in (3, 3, 8))
-            fused.forward(q, k, v, ZetaConfig(k=k_top, causal=causal, chunk_size=max(1, nn // 5)),
-                          largest=cp.zeros(3, dtype=np.uint64))  # the checks' maxima too
+            fused.forward(q, k, v, ZetaConfig(k=k_top, causal=causal, chunk_size=max(1, nn // 5)))
             count += 1
 fused.WINDOW_LANES = 8
 # the fast attention kernel: every instance, one run a block and several

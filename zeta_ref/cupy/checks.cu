@@ -1,12 +1,11 @@
 // The checks of zeta_ref._checks.max_abs on the GPU: max |x_i - y_i - c| (no y: max |x_i - c|)
 // over an array, in double, in one pass, NaN-propagating.
 //
-// Each thread keeps the largest |d| of its elements as the bits of a double (zeta_common.cuh's
-// abs_bits: for non-negative doubles the unsigned bit order is the numeric order, with +inf
-// above every finite value and a NaN above +inf); block_max_into takes the block's largest and
-// makes one atomicMax into *out. The result is the same on every run, and a NaN anywhere wins.
-// The fused pass's kernels use the same helper to find max |q|, |k| and |v| as they read them
-// (fused.cu, topk_softmax.cu).
+// |d| is never negative, and the bit patterns of non-negative doubles are ordered as the
+// numbers are, with +inf above every finite one and a NaN (its sign cleared by fabs) above
+// +inf. So the largest |d| is the largest bit pattern as an unsigned integer, which atomicMax
+// finds whatever order the threads come in: the answer is the same on every run, and a NaN
+// anywhere wins.
 #include "zeta_common.cuh"
 
 template <typename T, typename U>
@@ -14,11 +13,25 @@ __global__ void zeta_max_abs(const T* __restrict__ x, const U* __restrict__ y, i
                              double c, long long size, unsigned long long* __restrict__ out) {
     unsigned long long best = 0ULL;  // the bits of +0.0
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
-         i += (long long)gridDim.x * blockDim.x)
-        best = max_bits(best, abs_bits((double)x[i] - (has_y ? (double)y[i] : 0.0) - c));
-    // the block's largest, then one atomic per block: the launcher also caps the grid at a few
-    // blocks per SM (rt.MAX_ABS_BLOCKS)
-    block_max_into(best, out);
+         i += (long long)gridDim.x * blockDim.x) {
+        double d = fabs((double)x[i] - (has_y ? (double)y[i] : 0.0) - c);
+        unsigned long long bits = (unsigned long long)__double_as_longlong(d);
+        best = bits > best ? bits : best;
+    }
+    // the block's largest, then one atomic per block: the launcher caps the grid at a few
+    // blocks per SM, as thousands of atomics on one address would queue behind each other
+    __shared__ unsigned long long warp_best[32];
+    for (int m = 16; m >= 1; m >>= 1) {
+        unsigned long long other = __shfl_xor_sync(0xffffffffu, best, m);
+        best = other > best ? other : best;
+    }
+    if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+            best = warp_best[w] > best ? warp_best[w] : best;
+        atomicMax(out, best);
+    }
 }
 
 #define ZETA_MAX_ABS(T, U)                                                                     \

@@ -10,10 +10,7 @@
 //
 // zeta_fused_keys      one thread per token: quantise and interleave (stages 2-3, exactly as
 //                      zeta_common.cuh does) and write the packed entry: entries 0 .. RN-1 the
-//                      keys, RN .. 2RN-1 the queries; ONE sort orders both. As it reads every
-//                      value of q and k anyway, it also finds max |q| and max |k| for the
-//                      call's input checks (largest[0], largest[1]; skipped when largest is
-//                      null), so that the checks need no pass of their own over q and k.
+//                      keys, RN .. 2RN-1 the queries; ONE sort orders both.
 // zeta_level_counts    the prefix pools (window.cu explains them) and every query's place in
 // zeta_level_offsets   its own pool, from the sorted entries, in three launches for all levels
 // zeta_level_scatter   of all rows. A key at position p belongs to level t when
@@ -42,38 +39,22 @@
 // ---------------------------------------------------------------- stages 2-3 into sort entries
 // Entries 0 .. RN-1 are the keys, RN .. 2RN-1 the queries; after the sort, row r's 2N entries
 // (keys and queries mixed, in Z order) are sorted[2 r N .. 2 r N + 2N).
-// The checks (largest not null): largest[0] becomes at least max |q| and largest[1] at least
-// max |k|, by atomicMax on the bits of the doubles (zeta_common.cuh's block_max_into). A block's
-// threads may take keys and queries both (the block where the keys end, or any block once the
-// grid-stride loop wraps), so each thread keeps one running largest of each; no thread returns
-// early, as all of them meet at the block's barrier after the loop.
 template <typename T>
 __global__ void zeta_fused_keys(const T* __restrict__ k, const T* __restrict__ q, long long rows,
                                 long long n, int d, int bits, double scale,
                                 unsigned long long top, int method, double lo, double hi,
                                 int code_bits, int pos_bits,
-                                unsigned long long* __restrict__ keys,
-                                unsigned long long* __restrict__ largest) {
+                                unsigned long long* __restrict__ keys) {
     Packing pk{code_bits, pos_bits};
-    unsigned long long best_q = 0ULL, best_k = 0ULL;  // max |q|, max |k| as bits (+0.0)
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < 2 * rows * n;
          e += (long long)gridDim.x * blockDim.x) {
         int is_key = e < rows * n;
         long long at = is_key ? e : e - rows * n;  // r n + i
         const T* x = (is_key ? k : q) + at * d;
-        unsigned long long code = 0, seen = 0ULL;
-        for (int j = 0; j < d; ++j) {
-            double xj = (double)x[j];
-            code |= spread_bits(cell_of(xj, method, lo, hi, scale, top), j, d, bits);
-            seen = max_bits(seen, abs_bits(xj));
-        }
+        unsigned long long code = 0;
+        for (int j = 0; j < d; ++j)
+            code |= spread_bits(cell_of((double)x[j], method, lo, hi, scale, top), j, d, bits);
         keys[e] = pk.entry(at / n, code, is_key, at % n);
-        if (is_key) best_k = max_bits(best_k, seen);
-        else best_q = max_bits(best_q, seen);
-    }
-    if (largest != nullptr) {  // the same for the whole block: all its threads or none
-        unsigned long long best[2] = {best_q, best_k};
-        block_max_into<2>(best, largest);
     }
 }
 
@@ -316,8 +297,7 @@ ZETA_WINDOW_GROUP(32)
 #define ZETA_FUSED(T)                                                                          \
     template __global__ void zeta_fused_keys<T>(const T*, const T*, long long, long long, int,  \
                                                 int, double, unsigned long long, int, double,  \
-                                                double, int, int, unsigned long long*,         \
-                                                unsigned long long*);                          \
+                                                double, int, int, unsigned long long*);        \
     template __global__ void zeta_fused_window<T, 0>(                                          \
         const unsigned long long*, const int*, const unsigned long long*, int, int, int, int,  \
         long long, long long, int, long long, long long, long long, const T*, const T*, int,   \

@@ -5,7 +5,7 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
 
 1. ``zeta_fused_keys``: queries and keys quantised, interleaved and packed with their row,
    kind (key or query) and position into uint64 sort entries, one kernel (stages 2, 3;
-   ``fused.cu``); with ``largest``, also ``max |q|`` and ``max |k|`` for the call's checks.
+   ``fused.cu``).
 2. one radix sort of all 2 R N entries (``cupy.sort``'s, in place): every row's keys and
    queries together in Z order, each query just before the keys of its own code (stage 4).
 3. the prefix pools, three kernels for all levels of all rows; the same scan counts, for each
@@ -16,9 +16,7 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
    step of the walk reading 8 neighbouring pool entries at once; with W > k,
    ``zeta_fused_window``, a thread a query keeping the k nearest as it walks. Either writes
    int32 candidates (R, N, k), no (N, W) array (stage 5).
-5. the mean term's blocked scan, three kernels for keys and values together (D8); with
-   ``largest``, the first also finds ``max |v|`` (without the mean term, one pass of
-   checks.cu's ``zeta_max_abs`` over v does).
+5. the mean term's blocked scan, three kernels for keys and values together (D8).
 6. the attention kernel, 16 threads per query (8 for the default k = 32 and d_v <= 64),
    queries in Z order (stage 6).
 
@@ -26,14 +24,6 @@ It computes what the stage-by-stage path computes: the same candidates, bit for 
 same outputs within the tolerances (tests/test_cupy.py checks both); the visiting order
 changes no result. When a row, a code and a position do not fit in 64 bits together, it runs
 the stage functions instead.
-
-The call's input checks (``zeta_attention`` refuses NaN, inf and values too large) need the
-largest magnitude of each of q, k and v. The kernels of steps 1 and 5 read every one of those
-values anyway, so they find the three maxima on the way (``largest``: one atomicMax per block
-on the bits of a float64, NaN-propagating, the same on every run; zeta_common.cuh's
-``block_max_into``), and the caller reads them back in one transfer after the pass. A separate
-check would read q, k and v once more (v alone is 134 MB at 1 x 8 x 65536 with d_v = 64) and
-take launches of its own.
 """
 
 from __future__ import annotations
@@ -112,18 +102,13 @@ def prefix_levels(sorted_entries, rows: int, n: int, code_bits: int, pos_bits: i
     return levels, n_levels, queries, places
 
 
-def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None,
-            largest=None):
+def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None):
     """ZETA forward for checked, contiguous CuPy arrays q, k (..., N, d_k), v (..., N, d_v).
 
     Returns the output (..., N, d_v), and with ``return_candidates`` also the candidates
     (..., N, k) as int64 (for the tests: they must equal the stage-by-stage candidates).
     ``marks``, a list, receives a recorded CUDA event at the start and after each stage of
     :data:`STAGE_NAMES`, for the benchmark's per-stage times.
-    ``largest``, a uint64 CuPy array of 3 zeroed by the caller, receives ``max |q|``,
-    ``max |k|`` and ``max |v|`` as the bits of float64s (``largest.view(np.float64)``; NaN
-    where a NaN is met, inf where an inf is), for the caller's value checks: the pass's kernels
-    are safe on any values, and the caller drops their result when a check fails.
     """
     lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
     _check_n(n)  # the candidates are int32, as on the stage path
@@ -133,7 +118,7 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     code_bits = d_k * cfg.bits
     pos_bits, fits = packing(rows, n, code_bits)
     if not fits:
-        return _by_stages(q, k, v, cfg, return_candidates, largest)
+        return _by_stages(q, k, v, cfg, return_candidates)
     causal, chunk = np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
 
     def mark():
@@ -143,14 +128,12 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
             marks.append(event)
 
     mark()
-    # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort;
-    # the checks' max |q| and max |k| into largest[0] and largest[1] on the way
+    # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
     keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
     rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
               (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
               + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
-              + (np.int32(code_bits), np.int32(pos_bits), keys,
-                 rt.NULL if largest is None else largest))
+              + (np.int32(code_bits), np.int32(pos_bits), keys))
     mark()
     # stage 4: one sort for every row's keys and queries together
     keys.sort()  # in place (cupy.sort would copy the keys first)
@@ -176,14 +159,10 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
                   pools + (rt.i64(k_top), q, k, np.int32(d_k),
                            np.int32(cfg.score == "softmax")) + heap + (cand,))
     mark()
-    # stage 6: the mean term (and the checks' max |v| into largest[2]), then the weights and
-    # the output
-    largest_v = None if largest is None else largest[2:]
+    # stage 6: the mean term, then the weights and the output
     mean_k = mean_v = None
     if cfg.history_mean:
-        mean_k, mean_v = history_means(k, v, cfg.causal, largest=largest_v)
-    elif largest is not None:  # no kernel reads all of v before the attention: a pass of its own
-        rt.max_abs_into(v, None, largest_v)
+        mean_k, mean_v = history_means(k, v, cfg.causal)
     mark()
     out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, queries,
                             np.uint64((1 << pos_bits) - 1), False)
@@ -193,13 +172,9 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     return out
 
 
-def _by_stages(q, k, v, cfg, return_candidates, largest):
-    """The same pass through the stage functions, for codes too wide to pack; ``largest``
-    filled by one pass of checks.cu's ``zeta_max_abs`` over each of q, k and v."""
+def _by_stages(q, k, v, cfg, return_candidates):
+    """The same pass through the stage functions, for codes too wide to pack."""
     from .. import attention  # here, not above: the composer is what calls this module
 
-    if largest is not None:
-        for slot, x in enumerate((q, k, v)):
-            rt.max_abs_into(x, None, largest[slot:slot + 1])
     out, im = attention.zeta_attention(q, k, v, cfg, backend="cupy", return_intermediates=True)
     return (out, im.candidates) if return_candidates else out

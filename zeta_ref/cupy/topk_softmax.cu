@@ -2,9 +2,7 @@
 // Mirrors zeta_ref/stages/topk_softmax.py.
 //
 // The mean term (D8), a blocked scan in double, three kernels:
-//   zeta_block_sums   thread per (row, block of positions, column): the block's column sum;
-//                     as it reads every value of v anyway, also max |v| for the call's input
-//                     checks (*largest, skipped when null: no pass of its own over v)
+//   zeta_block_sums   thread per (row, block of positions, column): the block's column sum
 //   zeta_scan_blocks  thread per (row, column): exclusive prefix of the block sums, and total
 //   zeta_means_write  thread per (row, block, column): running sum through the block, divided
 //                     by i + 1 (causal), or the total / N ("none"), written in T
@@ -41,34 +39,22 @@ __device__ __forceinline__ T column(const T* x1, const T* x2, long long r, long 
 }
 
 // sums[(r, b, e)] = the sum of column e over block b's positions.
-// The checks (largest not null): *largest becomes at least max |x2|, the values' columns
-// e >= d1, by atomicMax on the bits of the double (zeta_common.cuh's block_max_into); no
-// thread returns early, as all of them meet at the block's barrier after the loop.
 template <typename T>
 __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ x2,
                                 long long rows, long long n, int d1, int d2, long long block,
-                                double* __restrict__ sums,
-                                unsigned long long* __restrict__ largest) {
+                                double* __restrict__ sums) {
     int d = d1 + d2;
     long long n_blocks = (n + block - 1) / block;
-    unsigned long long best = 0ULL;  // max |x2| as bits (+0.0: none yet)
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
          task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
         int e = (int)(task % d);
         long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
         double s = 0.0;
-        unsigned long long seen = 0ULL;
 #pragma unroll 8
-        for (long long i = i0; i < i1; ++i) {
-            double x = (double)column(x1, x2, r, i, n, d1, d2, e);
-            s += x;
-            seen = max_bits(seen, abs_bits(x));
-        }
+        for (long long i = i0; i < i1; ++i) s += (double)column(x1, x2, r, i, n, d1, d2, e);
         sums[task] = s;
-        if (e >= d1) best = max_bits(best, seen);  // v only: max |k| is zeta_fused_keys's
     }
-    if (largest != nullptr) block_max_into(best, largest);  // the same for the whole block
 }
 
 // In place: sums[r, b, e] becomes the sum over the blocks before b; totals[r, e] the sum of all.
@@ -520,8 +506,7 @@ extern "C" __global__ void zeta_narrow_candidates(const long long* __restrict__ 
 
 #define ZETA_MEANS(T)                                                                          \
     template __global__ void zeta_block_sums<T>(const T*, const T*, long long, long long, int, \
-                                                int, long long, double*,                       \
-                                                unsigned long long*);                          \
+                                                int, long long, double*);                      \
     template __global__ void zeta_means_write<T>(const T*, const T*, const double*,            \
                                                  const double*, int, long long, long long, int, \
                                                  int, long long, T*, T*);

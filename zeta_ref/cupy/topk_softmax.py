@@ -63,15 +63,11 @@ def scan_block(n: int) -> int:
     return max(64, 1 << max(root_bits - 2, 0))
 
 
-def history_means(k, v, causal: str, *, largest=None):
+def history_means(k, v, causal: str):
     """The mean key and mean value each query may add as an extra candidate (CuPy twin, D8).
 
     Keys and values go through the same three kernels together (``topk_softmax.cu``).
     Returns CuPy arrays (..., N, d_k) and (..., N, d_v) in the input dtype.
-
-    ``largest``, optional (the fused pass's checks): a uint64 device array of one holding the
-    bits of a non-negative float64 (zeroed by the caller); the first kernel, which reads every
-    value anyway, folds ``max |v|`` into it (NaN if v holds one), as ``rt.max_abs_into`` would.
     """
     rt.check_width(k.shape[-1], v.shape[-1])  # before any copy to the device
     k = rt.device(k)
@@ -86,8 +82,7 @@ def history_means(k, v, causal: str, *, largest=None):
     totals = rt.empty((rows, d), np.float64)
     mean_k, mean_v = rt.empty(k.shape, k.dtype), rt.empty(v.shape, v.dtype)
     rt.launch(_fn(f"zeta_block_sums<{t}>"), sums.size,
-              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums,
-               rt.NULL if largest is None else largest))
+              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums))
     rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
               (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
     rt.launch(_fn(f"zeta_means_write<{t}>"), sums.size,

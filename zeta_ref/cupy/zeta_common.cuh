@@ -1,7 +1,6 @@
-// Shared device code of the CuPy backend: arithmetic that rounds the specification's way, and
-// the input checks' block reduction.
+// Shared device code of the CuPy backend: arithmetic that rounds the specification's way.
 //
-// Included by every .cu file of zeta_ref/cupy. Four things live here:
+// Included by every .cu file of zeta_ref/cupy. Two things live here:
 //
 // 1. Arithmetic helpers add/sub/mul/div_rn for float and double. They call the _rn intrinsics,
 //    which the compiler never fuses into an FMA (an FMA rounds once where NumPy rounds twice).
@@ -11,8 +10,6 @@
 //    line for line zeta_ref/stages/quantize.py and zeta_ref/stages/morton.py.
 // 3. Stage 6's nearness of one slot and exp in T, shared by the forward (topk_softmax.cu) and
 //    the backward pass (backward.cu).
-// 4. The input checks' largest |x|: a block's largest, then one atomicMax (checks.cu's
-//    zeta_max_abs, and the fused pass's kernels, which find max |q|, |k|, |v| as they read them).
 #pragma once
 
 // ---------------------------------------------------------------- rounding as NumPy rounds
@@ -99,58 +96,3 @@ __device__ __forceinline__ T near_of(const T* q, const T* key, int d_k, int scor
 
 __device__ __forceinline__ float exp_t(float x) { return expf(x); }
 __device__ __forceinline__ double exp_t(double x) { return exp(x); }
-
-// ---------------------------------------------------------------- the checks' largest |x|
-// The input checks (zeta_ref._checks.max_abs) need max |x| in double, NaN-propagating: a NaN
-// anywhere must come back as NaN, an inf as inf. |x| is never negative, and the bit patterns
-// of non-negative doubles are ordered as the numbers are, with +inf above every finite one and
-// a NaN (its sign cleared by fabs) above +inf. So the largest |x| is the largest bit pattern as
-// an unsigned integer, which atomicMax finds whatever order the threads come in: the answer is
-// the same on every run, and a NaN anywhere wins. A slot holds those bits and starts at 0, the
-// bits of +0.0 (the launcher zeroes it).
-__device__ __forceinline__ unsigned long long abs_bits(double x) {
-    return (unsigned long long)__double_as_longlong(fabs(x));
-}
-
-__device__ __forceinline__ unsigned long long max_bits(unsigned long long a,
-                                                       unsigned long long b) {
-    return a > b ? a : b;
-}
-
-// For each s < NV: the largest best[s] of the block's threads, then ONE atomicMax into
-// slot[s] per block (none where it is +0.0: the slot holds at least that already). One atomic
-// per block, not per thread: atomics on one address queue behind each other. checks.cu caps
-// its grid at a few blocks per SM; the fused pass's kernels keep their grids (a block per 256
-// items: 4096 blocks for the keys and queries at 1 x 8 x 65536), whose atomics spread over
-// their run (not yet timed on a GPU). Every thread of the block must call it (it has a
-// barrier, so no thread may have returned); blockDim.x a multiple of 32.
-template <int NV>
-__device__ __forceinline__ void block_max_into(unsigned long long (&best)[NV],
-                                               unsigned long long* slot) {
-    __shared__ unsigned long long warp_best[NV][32];
-    // step 1: each warp's largest, by shuffles
-#pragma unroll
-    for (int s = 0; s < NV; ++s)
-        for (int m = 16; m >= 1; m >>= 1)
-            best[s] = max_bits(best[s], __shfl_xor_sync(0xffffffffu, best[s], m));
-    if ((threadIdx.x & 31) == 0) {
-#pragma unroll
-        for (int s = 0; s < NV; ++s) warp_best[s][threadIdx.x >> 5] = best[s];
-    }
-    __syncthreads();
-    // step 2: thread 0 takes the warps' largest and makes the block's one atomic
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int s = 0; s < NV; ++s) {
-            for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-                best[s] = max_bits(best[s], warp_best[s][w]);
-            if (best[s] != 0ULL) atomicMax(slot + s, best[s]);
-        }
-    }
-}
-
-__device__ __forceinline__ void block_max_into(unsigned long long best,
-                                               unsigned long long* slot) {
-    unsigned long long one[1] = {best};
-    block_max_into<1>(one, slot);
-}
