@@ -266,21 +266,47 @@ def test_fast_kernel_every_instance(d_v, k_top):
         _compare(w_mean, im.mean_weight, "mean_weight")
 
 
-@pytest.mark.parametrize("bad, where", [(np.nan, 0), (np.inf, 1), (-np.inf, 2), (1e30, 0),
-                                        (1e30, 1), (1e38, 2)])
-@pytest.mark.parametrize("on_gpu", (False, True))
-def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, where, on_gpu):
+def _fused_configs(history_mean):
+    """Configurations of the fused call: the default (W = k), W > k (the re-rank), and codes
+    too wide to pack (63 bits: fused._by_stages), with the mean term on or off."""
+    return (ZetaConfig(history_mean=history_mean),
+            ZetaConfig(k=16, window=48, history_mean=history_mean),
+            ZetaConfig(bits=21, history_mean=history_mean))
+
+
+def _too_large(name, dtype, n, d):
+    """-2 times the largest magnitude the checks allow in q or k (width d) or v (N = n)."""
+    from zeta_ref._checks import magnitude_limit, value_limit
+
+    return -2 * (value_limit(dtype, n) if name == "v" else magnitude_limit(dtype, d))
+
+
+@pytest.mark.parametrize("bad", ("nan", "inf", "-inf", "too large"))
+@pytest.mark.parametrize("name", ("q", "k", "v"))
+@pytest.mark.parametrize("history_mean", (True, False))
+def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, name, history_mean):
     """The fused pass checks the values of q, k and v after queuing its kernels: the same
-    error, word for word, as the specification's check before any work, and no output."""
-    x = list(_inputs(6, (2,), 500, 3, 32, np.float32))
-    x[where][1, 17, 1] = bad
-    with pytest.raises(ValueError) as want:
-        zeta_attention(*x, backend="numpy")
-    inputs = [cp.asarray(a) for a in x] if on_gpu else x
-    for cfg in (ZetaConfig(), ZetaConfig(k=16, window=48)):
-        with pytest.raises(ValueError) as got:
-            zeta_attention(*inputs, cfg, backend="cupy")
-        assert str(got.value) == str(want.value)
+    error, word for word, as the specification's check before any work, naming the array. A
+    NaN, an inf or a too large value in each of q, k and v, at the first element, in the
+    second row, and at the very last element; host and device inputs; W = k, W > k and codes
+    too wide to pack; the mean term on and off."""
+    n, d_v = 500, 32
+    clean = dict(zip("qkv", _inputs(6, (2,), n, 3, d_v, np.float32)))
+    value = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf,
+             "too large": _too_large(name, np.float32, n, 3)}[bad]
+    words = "contains NaN or Inf" if bad != "too large" else "holds values up to"
+    assert not fused.packing(2, n, 63)[1]  # bits=21 takes the stage functions
+    for where in ((0, 0, 0), (1, 17, 1), (1, n - 1, clean[name].shape[-1] - 1)):
+        x = {key: a.copy() for key, a in clean.items()}
+        x[name][where] = value
+        with pytest.raises(ValueError, match=f"^{name} {words}") as want:
+            zeta_attention(x["q"], x["k"], x["v"], backend="numpy")
+        for on_gpu in (False, True):
+            inputs = [cp.asarray(x[key]) if on_gpu else x[key] for key in "qkv"]
+            for cfg in _fused_configs(history_mean):
+                with pytest.raises(ValueError) as got:
+                    zeta_attention(*inputs, cfg, backend="cupy")
+                assert str(got.value) == str(want.value), (where, on_gpu, cfg)
 
 
 def test_cupy_in_gives_cupy_out_on_the_same_device():
