@@ -242,16 +242,18 @@ def check_magnitude(x, name: str, limit: float | None = None, *,
                     largest: float | None = None) -> None:
     """Values of ``x`` must stay below ``limit`` (default :func:`magnitude_limit`, for q and
     k); a clear error instead of inf or NaN. ``largest`` is max |x| when already known."""
-    if limit is None:
+    q_or_k = limit is None
+    if q_or_k:
         limit = magnitude_limit(x.dtype, x.shape[-1])
-        why = (f"for {x.dtype} with d_k = {x.shape[-1]} at most {limit:.3g} is allowed, or "
-               f"squared distances and dot products overflow")
-    else:
-        why = (f"for {x.dtype} over N = {x.shape[-2]} positions at most {limit:.3g} is "
-               f"allowed, or the outputs and the mean term's sums overflow")
     if largest is None:
         largest = max(-float(x.min()), float(x.max()))
-    if largest > limit:
+    if largest > limit:  # the message only now: formatting it costs more than the check
+        if q_or_k:
+            why = (f"for {x.dtype} with d_k = {x.shape[-1]} at most {limit:.3g} is allowed, "
+                   f"or squared distances and dot products overflow")
+        else:
+            why = (f"for {x.dtype} over N = {x.shape[-2]} positions at most {limit:.3g} is "
+                   f"allowed, or the outputs and the mean term's sums overflow")
         fix = f"rescale {name}" + (", or pass float64" if x.dtype == np.float32 else "")
         raise ValueError(f"{name} holds values up to {largest:.3g} in magnitude; {why} ({fix})")
 
