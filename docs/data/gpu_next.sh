@@ -8,8 +8,10 @@
 #   bash docs/data/gpu_next.sh window attention              # ran 2026-12-05 02:10 UTC
 #   (the one-kernel and merged-window experiments, attend / sanitize / window, were removed
 #   once run: the first dropped, the second taken into fused.cu)
-#   BUDGET=590 bash docs/data/gpu_next.sh tests targets sanitize ab   # next: the narrow
-#            # attention kernel, the merged window and the checks in the pass, adopted since
+#   BUDGET=590 bash docs/data/gpu_next.sh tests targets sanitize ab   # ran 04:47 UTC
+#   BUDGET=200 bash docs/data/gpu_next.sh profile                     # ran 04:57 UTC
+#   BUDGET=590 bash docs/data/gpu_next.sh tests bench profile         # next: the kept tree
+#            # (merged window, checks after the pass, the host's two fixes), every shape
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
