@@ -22,7 +22,8 @@ import gpu_timing
 
 def z_orders(q, k):
     """The queries' and the keys' Z order in every row, (R, N) int64 each: one sort of packed
-    (row, code, position) keys from the fused pass's zeta_fused_keys (sigmoid, up to 10 bits)."""
+    (row, code, key or query, position) entries from the fused pass's zeta_fused_keys
+    (sigmoid, up to 10 bits)."""
     n, d_k = q.shape[-2], q.shape[-1]
     rows = q.size // (n * d_k)
     pos_bits, row_bits = (n - 1).bit_length(), (2 * rows - 1).bit_length()
@@ -32,9 +33,10 @@ def z_orders(q, k):
               (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(bits))
               + _squash_args(bits, "sigmoid", (-4.0, 4.0))
               + (np.int32(d_k * bits), np.int32(pos_bits), keys))
-    keys.sort()
-    positions = (keys & np.uint64((1 << pos_bits) - 1)).astype(np.int64).reshape(2, rows, n)
-    return positions[1], positions[0]
+    keys.sort()  # since 2026-12-05 each row's keys and queries together, a bit telling which
+    positions = (keys & np.uint64((1 << pos_bits) - 1)).astype(np.int64)
+    is_key = ((keys >> np.uint64(pos_bits)) & np.uint64(1)).astype(bool)  # N of each a row
+    return positions[~is_key].reshape(rows, n), positions[is_key].reshape(rows, n)
 
 
 def timed(fn, reps=15):
