@@ -10,8 +10,12 @@
 #   once run: the first dropped, the second taken into fused.cu)
 #   BUDGET=590 bash docs/data/gpu_next.sh tests targets sanitize ab   # ran 04:47 UTC
 #   BUDGET=200 bash docs/data/gpu_next.sh profile                     # ran 04:57 UTC
-#   BUDGET=590 bash docs/data/gpu_next.sh tests bench profile         # next: the kept tree
-#            # (merged window, checks after the pass, the host's two fixes), every shape
+#   BUDGET=570 bash docs/data/gpu_next.sh ncu profile targets         # ran 05:40 UTC on 1fd29da
+#   next, on the branch gpu-pending (six changes prepared without a GPU, docs/benchmarks.md):
+#     git checkout gpu-pending && mkdir -p out/trees/before && git archive main zeta_ref |
+#         tar -x -C out/trees/before                  # the tree to compare with (carry out/trees)
+#     BUDGET=580 bash docs/data/gpu_next.sh tests sanitize         # one device call
+#     BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, on the same machine
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
@@ -21,9 +25,14 @@
 #   targets    the benchmark at the targets' shapes (B = 1, N = 8192 to 131072; 16 x 8 x 65536;
 #              SDPA fp32 only to N = 16384)
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
-#   ab         this tree's call against an older tree's, in turns (docs/data/tree_ab.py; the
+#   ncu        every kernel of one call at 1 x 8 x 65536 and 16 x 8 x 65536 under Nsight
+#              Compute: its GPU time, achieved occupancy, registers and throughputs (CSV)
+#   ab         this tree's call against older trees', in turns (docs/data/tree_ab.py; the
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
-#              | tar -x -C out/trees/NAME`)
+#              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
+#              unless set)
+#   knobs      the mean term's wide kernels and the window's lanes, each at its values in
+#              turns (docs/data/knob_ab.py; MEANS_WIDE is the branch gpu-pending's)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -31,7 +40,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention sanitize bench targets profile ab"
+STEPS="tests graph attention sanitize bench targets profile ncu ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -83,11 +92,24 @@ case "$name" in
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
         ;;
     ab)
-        step ab 300 python3 docs/data/tree_ab.py out/trees/before,out/trees/merged "$OUT/tree_ab.json" \
+        step ab 300 python3 docs/data/tree_ab.py "${TREES:-out/trees/before}" "$OUT/tree_ab.json" \
             1x8x4096 1x8x16384 1x8x65536 16x8x65536
+        ;;
+    knobs)
+        step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x65536 16x8x65536 -- \
+            topk_softmax.MEANS_WIDE=True,False fused.WINDOW_LANES=8,16
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
+        ;;
+    ncu)
+        for shape in 1x8x65536 16x8x65536; do
+            step ncu 150 ncu --profile-from-start off --clock-control none --csv --metrics \
+gpu__time_duration.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active,\
+dram__throughput.avg.pct_of_peak_sustained_elapsed,lts__t_sectors.avg.pct_of_peak_sustained_elapsed,\
+l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+                python3 docs/data/forward_profile.py ncu "$shape"
+        done
         ;;
     tests)
         step gpu_tests 560 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10
