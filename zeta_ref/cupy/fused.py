@@ -6,17 +6,20 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
 1. ``zeta_fused_keys``: queries and keys quantised, interleaved and packed with their row,
    kind (key or query) and position into uint64 sort entries, one kernel (stages 2, 3;
    ``fused.cu``).
-2. one radix sort of all 2 R N entries (``cupy.sort``'s, in place): every row's keys and
+2. the mean term's blocked scan, three kernels for keys and values together (D8). It needs
+   nothing of the sort, and comes before it so that the GPU has this work while the host
+   prepares the sort (``cupy.sort`` spends some 0.1 ms of the host's time before its first
+   kernel runs).
+3. one radix sort of all 2 R N entries (``cupy.sort``'s, in place): every row's keys and
    queries together in Z order, each query just before the keys of its own code (stage 4).
-3. the prefix pools, three kernels for all levels of all rows; the same scan counts, for each
+4. the prefix pools, three kernels for all levels of all rows; the same scan counts, for each
    query, the keys of its own pool before it: its place in that pool, which the binary search
    of the stage path finds, and lists every row's queries in Z order, the order the next steps
    visit them in.
-4. ``zeta_fused_window_group``: every query's window from its place, 8 threads a query, each
+5. ``zeta_fused_window_group``: every query's window from its place, 8 threads a query, each
    step of the walk reading 8 neighbouring pool entries at once; with W > k,
    ``zeta_fused_window``, a thread a query keeping the k nearest as it walks. Either writes
    int32 candidates (R, N, k), no (N, W) array (stage 5).
-5. the mean term's blocked scan, three kernels for keys and values together (D8).
 6. the attention kernel, 16 threads per query (8 for the default k = 32 and d_v <= 64),
    queries in Z order (stage 6).
 
@@ -39,7 +42,7 @@ from .topk_softmax import history_means, launch_topk
 from .window import _check_n
 
 #: The stages as the benchmark times them (``marks``).
-STAGE_NAMES = ("codes", "sort", "pools", "window", "means", "attention")
+STAGE_NAMES = ("codes", "means", "sort", "pools", "window", "attention")
 #: log2 of S_0, the smallest prefix pool (window.cu); the tile of the level kernels.
 S0_BITS = 8
 TILE = 1024
@@ -135,6 +138,11 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
               + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
               + (np.int32(code_bits), np.int32(pos_bits), keys))
     mark()
+    # stage 6's mean term first: the GPU's work while the host prepares the sort
+    mean_k = mean_v = None
+    if cfg.history_mean:
+        mean_k, mean_v = history_means(k, v, cfg.causal)
+    mark()
     # stage 4: one sort for every row's keys and queries together
     keys.sort()  # in place (cupy.sort would copy the keys first)
     mark()
@@ -159,11 +167,7 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
                   pools + (rt.i64(k_top), q, k, np.int32(d_k),
                            np.int32(cfg.score == "softmax")) + heap + (cand,))
     mark()
-    # stage 6: the mean term, then the weights and the output
-    mean_k = mean_v = None
-    if cfg.history_mean:
-        mean_k, mean_v = history_means(k, v, cfg.causal)
-    mark()
+    # stage 6: the weights and the output
     out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, queries,
                             np.uint64((1 << pos_bits) - 1), False)
     mark()
