@@ -371,6 +371,43 @@ def test_two_runs_are_bit_identical(dtype):
         np.testing.assert_array_equal(getattr(ib, name), x, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
+def test_mean_term_wide_and_narrow_kernels_agree_bit_for_bit(monkeypatch, dtype, causal):
+    """The mean term's kernels carry 16 bytes of a value row a thread where the rows allow it
+    (d_v a multiple of 4 floats or 2 doubles, v aligned), one column otherwise: the same sums
+    in the same order, so the same bits; and the specification's means within tolerance. N = 1,
+    a partial last block, several blocks, and 2^19 positions (2048 blocks: the block sums'
+    scan reads them in several rounds); d_v odd, 4 and 64; v a view 4 bytes off alignment."""
+    from zeta_ref.stages.topk_softmax import history_means as spec_means
+
+    cases = [((2,), 1, 64), ((2, 3), 777, 64), ((1,), 5000, 4), ((3,), 300, 7),
+             ((1,), 1 << 19, 4)]
+    for lead, n, d_v in cases:
+        _, k, v = _inputs(n + d_v, lead, n, 3, d_v, dtype)
+        got = {}
+        for wide in (True, False):
+            monkeypatch.setattr(topk_softmax, "MEANS_WIDE", wide)
+            got[wide] = [cp.asnumpy(x) for x in topk_softmax.history_means(k, v, causal)]
+        for a, b in zip(got[True], got[False]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{lead} N={n} d_v={d_v}")
+        want = spec_means(k, v, causal)
+        for a, b, name in zip(got[True], want, ("mean_k", "mean_v")):
+            assert_close(a, b, err_msg=f"{name} {lead} N={n} d_v={d_v}")
+    # a view whose rows begin 4 bytes past a 16-byte boundary takes the one-column kernels
+    _, k, v = _inputs(5, (2,), 500, 3, 65, dtype)
+    v_dev = cp.asarray(v)[..., 1:]  # not contiguous: made so, aligned, by the launcher
+    monkeypatch.setattr(topk_softmax, "MEANS_WIDE", True)
+    got = topk_softmax.history_means(cp.asarray(k), v_dev, causal)
+    want = spec_means(k, v[..., 1:], causal)
+    assert_close(cp.asnumpy(got[1]), want[1], err_msg="mean_v of a view")
+    flat = cp.asarray(v.reshape(-1))[1:1 + 2 * 500 * 64].reshape(2, 500, 64)  # 4 bytes off
+    assert flat.data.ptr % 16 != 0 and flat.flags.c_contiguous
+    got = topk_softmax.history_means(cp.asarray(k), flat, causal)
+    assert_close(cp.asnumpy(got[1]), spec_means(k, cp.asnumpy(flat), causal)[1],
+                 err_msg="mean_v of an unaligned contiguous view")
+
+
 def test_fused_memory_is_linear_in_n():
     """The fused pass holds nothing of size N x N or N x W: its peak device memory, at two
     sizes, grows in proportion to N (within 10 %)."""

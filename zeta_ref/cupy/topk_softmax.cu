@@ -38,27 +38,72 @@ __device__ __forceinline__ T column(const T* x1, const T* x2, long long r, long 
     return e < d1 ? x1[(r * n + i) * d1 + e] : x2[(r * n + i) * d2 + (e - d1)];
 }
 
-// sums[(r, b, e)] = the sum of column e over block b's positions.
-template <typename T>
+// V neighbouring values of one row, loaded or stored at once (V = 1; or 16 bytes, 4 floats or
+// 2 doubles, where the launcher found x2's rows and address aligned): the table's tasks are
+// then (row, block, group), a group being one column of x1 or V columns of x2. Each column is
+// still summed on its own, position after position: V changes how many columns a thread
+// carries, never an addition.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack { T x[V]; };
+
+// The group g of the table's row: its first column, its width (1 or V), its stride and where it
+// begins in x1 or x2 at row r.
+template <typename T, int V>
+struct ColumnGroup {
+    int e, width, stride;
+    long long base;
+    __device__ ColumnGroup(int g, int d1, int d2, long long r, long long n) {
+        bool key = g < d1;
+        e = key ? g : d1 + (g - d1) * V;
+        width = key ? 1 : V;
+        stride = key ? d1 : d2;
+        base = key ? r * n * d1 + g : r * n * d2 + (e - d1);
+    }
+};
+
+// sums[(r, b, e)] = the sum of column e over block b's positions. Task (r, b, g) over the
+// d1 + d2 / V groups of a row; V > 1 only where d2 is a multiple of V and x2 is aligned.
+template <typename T, int V>
 __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ x2,
                                 long long rows, long long n, int d1, int d2, long long block,
                                 double* __restrict__ sums) {
-    int d = d1 + d2;
+    int d = d1 + d2, groups = d1 + d2 / V;
     long long n_blocks = (n + block - 1) / block;
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-         task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
-        int e = (int)(task % d);
-        long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
+         task < rows * n_blocks * groups; task += (long long)gridDim.x * blockDim.x) {
+        long long rb = task / groups;  // r n_blocks + b
+        long long b = rb % n_blocks, r = rb / n_blocks;
+        ColumnGroup<T, V> grp((int)(task % groups), d1, d2, r, n);
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
-        double s = 0.0;
+        double* out = sums + rb * d + grp.e;
+        if (grp.width == 1) {
+            const T* src = (grp.e < d1 ? x1 : x2) + grp.base;
+            double s = 0.0;
 #pragma unroll 8
-        for (long long i = i0; i < i1; ++i) s += (double)column(x1, x2, r, i, n, d1, d2, e);
-        sums[task] = s;
+            for (long long i = i0; i < i1; ++i) s += (double)src[i * grp.stride];
+            out[0] = s;
+        } else {
+            const T* src = x2 + grp.base;
+            double s[V];
+#pragma unroll
+            for (int c = 0; c < V; ++c) s[c] = 0.0;
+#pragma unroll 8
+            for (long long i = i0; i < i1; ++i) {
+                Pack<T, V> p = *reinterpret_cast<const Pack<T, V>*>(src + i * grp.stride);
+#pragma unroll
+                for (int c = 0; c < V; ++c) s[c] += (double)p.x[c];
+            }
+#pragma unroll
+            for (int c = 0; c < V; ++c) out[c] = s[c];
+        }
     }
 }
 
 // In place: sums[r, b, e] becomes the sum over the blocks before b; totals[r, e] the sum of all.
-// One warp per (row, column): 32 blocks at a time, a shuffle scan inside each group of 32.
+// One warp per (row, column): 32 blocks at a time, a shuffle scan inside each group of 32. The
+// loads of up to ZETA_SCAN_AHEAD groups are made before the first scan, so that the warp waits
+// for memory once per ZETA_SCAN_AHEAD groups, not once per group (the additions are the same).
+#define ZETA_SCAN_AHEAD 16
 extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long rows,
                                             long long n_blocks, int d,
                                             double* __restrict__ totals) {
@@ -68,63 +113,94 @@ extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long
          task < rows * d; task += warps) {
         long long r = task / d, e = task % d;
         double run = 0.0;  // the sum of the groups before
-        for (long long b0 = 0; b0 < n_blocks; b0 += 32) {
-            long long b = b0 + lane;
-            double* at = sums + (r * n_blocks + b) * d + e;
-            double s = b < n_blocks ? *at : 0.0;
-            double inc = s;  // inclusive scan over the group (a fixed order: deterministic)
-            for (int m = 1; m < 32; m <<= 1) {
-                double up = __shfl_up_sync(0xffffffffu, inc, m);
-                if (lane >= m) inc += up;
+        for (long long c0 = 0; c0 < n_blocks; c0 += 32 * ZETA_SCAN_AHEAD) {
+            double s[ZETA_SCAN_AHEAD];
+#pragma unroll
+            for (int g = 0; g < ZETA_SCAN_AHEAD; ++g) {
+                long long b = c0 + 32 * g + lane;
+                s[g] = b < n_blocks ? sums[(r * n_blocks + b) * d + e] : 0.0;
             }
-            if (b < n_blocks) *at = run + inc - s;
-            run += __shfl_sync(0xffffffffu, inc, 31);
+#pragma unroll
+            for (int g = 0; g < ZETA_SCAN_AHEAD; ++g) {
+                long long b = c0 + 32 * g + lane;
+                double inc = s[g];  // inclusive scan over the group (a fixed order: deterministic)
+                for (int m = 1; m < 32; m <<= 1) {
+                    double up = __shfl_up_sync(0xffffffffu, inc, m);
+                    if (lane >= m) inc += up;
+                }
+                if (b < n_blocks) sums[(r * n_blocks + b) * d + e] = run + inc - s[g];
+                run += __shfl_sync(0xffffffffu, inc, 31);
+            }
         }
         if (lane == 0) totals[task] = run;
     }
 }
 
 // The means: causal, the running sum through the block / (i + 1); whole ("none"), total / n.
-// Column e's entries are `stride` apart (d1 or d2); eight are loaded before any is added, so
-// that the loads overlap and only the additions form a chain (the same additions, in the same
-// order, as one at a time).
-template <typename T>
+// Tasks as zeta_block_sums'. A group's entries are `stride` apart (d1 or d2); U positions are
+// loaded before any is added (8 of one column, 4 of a group of V), so that the loads overlap
+// and only the additions form a chain (the same additions, in the same order, as one at a time).
+template <typename T, int W, int U>
+__device__ __forceinline__ void running_means(const T* src, T* dst, int stride, long long i0,
+                                              long long i1, const double* prefix) {
+    double run[W];
+#pragma unroll
+    for (int c = 0; c < W; ++c) run[c] = prefix[c];
+    long long i = i0;
+    for (; i + U <= i1; i += U) {
+        Pack<T, W> x[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            x[u] = *reinterpret_cast<const Pack<T, W>*>(src + (i + u) * stride);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            Pack<T, W> m;
+#pragma unroll
+            for (int c = 0; c < W; ++c) {
+                run[c] += (double)x[u].x[c];
+                m.x[c] = (T)(run[c] / (double)(i + u + 1));
+            }
+            *reinterpret_cast<Pack<T, W>*>(dst + (i + u) * stride) = m;
+        }
+    }
+    for (; i < i1; ++i) {
+        Pack<T, W> x = *reinterpret_cast<const Pack<T, W>*>(src + i * stride), m;
+#pragma unroll
+        for (int c = 0; c < W; ++c) {
+            run[c] += (double)x.x[c];
+            m.x[c] = (T)(run[c] / (double)(i + 1));
+        }
+        *reinterpret_cast<Pack<T, W>*>(dst + i * stride) = m;
+    }
+}
+
+template <typename T, int V>
 __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__ x2,
                                  const double* __restrict__ prefix,
                                  const double* __restrict__ totals, int whole, long long rows,
                                  long long n, int d1, int d2, long long block,
                                  T* __restrict__ out1, T* __restrict__ out2) {
-    int d = d1 + d2;
+    int d = d1 + d2, groups = d1 + d2 / V;
     long long n_blocks = (n + block - 1) / block;
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-         task < rows * n_blocks * d; task += (long long)gridDim.x * blockDim.x) {
-        int e = (int)(task % d);
-        long long b = (task / d) % n_blocks, r = task / (d * n_blocks);
+         task < rows * n_blocks * groups; task += (long long)gridDim.x * blockDim.x) {
+        long long rb = task / groups;  // r n_blocks + b
+        long long b = rb % n_blocks, r = rb / n_blocks;
+        ColumnGroup<T, V> grp((int)(task % groups), d1, d2, r, n);
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
-        int stride = e < d1 ? d1 : d2;
-        const T* src = e < d1 ? x1 + r * n * d1 + e : x2 + r * n * d2 + (e - d1);
-        T* dst = e < d1 ? out1 + r * n * d1 + e : out2 + r * n * d2 + (e - d1);
+        bool key = grp.e < d1;
+        const T* src = (key ? x1 : x2) + grp.base;
+        T* dst = (key ? out1 : out2) + grp.base;
         if (whole) {
-            T mean = (T)(totals[r * d + e] / (double)n);
-            for (long long i = i0; i < i1; ++i) dst[i * stride] = mean;
+            for (int c = 0; c < grp.width; ++c) {
+                T mean = (T)(totals[r * d + grp.e + c] / (double)n);
+                for (long long i = i0; i < i1; ++i) dst[i * grp.stride + c] = mean;
+            }
             continue;
         }
-        double run = prefix[task];
-        long long i = i0;
-        for (; i + 8 <= i1; i += 8) {
-            T x[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) x[u] = src[(i + u) * stride];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                run += (double)x[u];
-                dst[(i + u) * stride] = (T)(run / (double)(i + u + 1));
-            }
-        }
-        for (; i < i1; ++i) {
-            run += (double)src[i * stride];
-            dst[i * stride] = (T)(run / (double)(i + 1));
-        }
+        const double* before = prefix + rb * d + grp.e;  // the sums of the blocks before b
+        if (V == 1 || key) running_means<T, 1, 8>(src, dst, grp.stride, i0, i1, before);
+        else running_means<T, V, 4>(src, dst, grp.stride, i0, i1, before);
     }
 }
 
@@ -504,14 +580,16 @@ extern "C" __global__ void zeta_narrow_candidates(const long long* __restrict__ 
     }
 }
 
-#define ZETA_MEANS(T)                                                                          \
-    template __global__ void zeta_block_sums<T>(const T*, const T*, long long, long long, int, \
-                                                int, long long, double*);                      \
-    template __global__ void zeta_means_write<T>(const T*, const T*, const double*,            \
-                                                 const double*, int, long long, long long, int, \
-                                                 int, long long, T*, T*);
-ZETA_MEANS(float)
-ZETA_MEANS(double)
+#define ZETA_MEANS(T, V)                                                                       \
+    template __global__ void zeta_block_sums<T, V>(const T*, const T*, long long, long long,   \
+                                                   int, int, long long, double*);              \
+    template __global__ void zeta_means_write<T, V>(const T*, const T*, const double*,         \
+                                                    const double*, int, long long, long long,  \
+                                                    int, int, long long, T*, T*);
+ZETA_MEANS(float, 1)
+ZETA_MEANS(float, 4)
+ZETA_MEANS(double, 1)
+ZETA_MEANS(double, 2)
 #define ZETA_TOPK_PLAIN(T, I)                                                                  \
     template __global__ void zeta_topk_plain<T, I>(                                            \
         const T*, const T*, const T*, const I*, const T*, const T*, int,                       \

@@ -23,9 +23,11 @@ from .window import visit_order
 
 #: The score ids that topk_softmax.cu's ``raw_score`` branches on.
 _SCORE_IDS = {"cauchy": 0, "softmax": 1, "neg_euclidean": 2, "inv_euclidean": 3}
-_NAMES = ("zeta_block_sums<float>", "zeta_block_sums<double>", "zeta_scan_blocks",
+_NAMES = ("zeta_block_sums<float, 1>", "zeta_block_sums<float, 4>",
+          "zeta_block_sums<double, 1>", "zeta_block_sums<double, 2>", "zeta_scan_blocks",
           "zeta_narrow_candidates",
-          "zeta_means_write<float>", "zeta_means_write<double>",
+          "zeta_means_write<float, 1>", "zeta_means_write<float, 4>",
+          "zeta_means_write<double, 1>", "zeta_means_write<double, 2>",
           "zeta_topk_plain<float, long long>", "zeta_topk_plain<double, long long>",
           "zeta_topk_plain<float, int>", "zeta_topk_plain<double, int>",
           "zeta_topk_narrow<8, 3, 1, 8>",
@@ -42,6 +44,8 @@ FAST_ROUNDS = 4
 #: Blocks of a launch at most (the grid's limit is 2^31 - 1; this keeps a launch's bookkeeping
 #: small); a block takes more runs where the queries need it.
 MAX_BLOCKS = 1 << 20
+#: The mean term's kernels carry 16 bytes of a value row a thread (False: one column).
+MEANS_WIDE = True
 #: The fast kernel keeps a row of up to this many floats per 16 threads in registers ...
 FAST_MAX_DV = 256
 #: ... and the scores of up to this many slots (k + the mean term).
@@ -81,11 +85,17 @@ def history_means(k, v, causal: str):
     sums = rt.empty((rows, n_blocks, d), np.float64)
     totals = rt.empty((rows, d), np.float64)
     mean_k, mean_v = rt.empty(k.shape, k.dtype), rt.empty(v.shape, v.dtype)
-    rt.launch(_fn(f"zeta_block_sums<{t}>"), sums.size,
+    # a thread carries 16 bytes of a value row (4 floats, 2 doubles) where the rows allow it:
+    # the same sums, column by column, with more bytes in flight a thread
+    wide = 16 // v.itemsize if MEANS_WIDE else 1
+    if d_v % wide or v.data.ptr % 16 or mean_v.data.ptr % 16:
+        wide = 1
+    tasks = rows * n_blocks * (d_k + d_v // wide)
+    rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
               (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums))
     rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
               (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
-    rt.launch(_fn(f"zeta_means_write<{t}>"), sums.size,
+    rt.launch(_fn(f"zeta_means_write<{t}, {wide}>"), tasks,
               (k, v, sums, totals, np.int32(causal == "none"), rt.i64(rows), rt.i64(n),
                np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
     return mean_k, mean_v
