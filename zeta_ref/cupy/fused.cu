@@ -160,6 +160,9 @@ __device__ __forceinline__ int pool_level(long long L, int n_levels, int s0_bits
 // and at the top level (its rank among the row's queries follows). Level t < T of row r
 // starts at levels[level_start(t) + r S_t], the top level's row at levels[level_start(T) +
 // r N]. Grid (tiles, min(rows, 65535)), ZETA_TILE threads, as zeta_level_counts.
+// The count before an entry is the tile's offset, the counts of the warps before its own (a
+// table of every level's warp counts, scanned once: two barriers a row, whatever the number
+// of levels) and the lanes before it in its warp (a ballot).
 extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restrict__ sorted,
                                               long long rows, long long n, long long tiles,
                                               int n_levels, int s0_bits, int code_bits,
@@ -169,9 +172,11 @@ extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restri
                                               unsigned long long* __restrict__ queries,
                                               int* __restrict__ places) {
     Packing pk{code_bits, pos_bits};
-    __shared__ int warp_total[ZETA_TILE / 32];
+    // before[t][w]: the entries of level <= t in the warps before w (a count per warp first)
+    __shared__ int before[ZETA_MAX_LEVELS + 1][ZETA_TILE / 32];
     long long tile = blockIdx.x, s = tile * ZETA_TILE + threadIdx.x;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    unsigned lanes_below = (1u << lane) - 1;
     for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
         unsigned long long e = 0;
         int lvl = n_levels + 1;  // a key's level; past the top for a query or past the end
@@ -185,16 +190,27 @@ extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restri
                 q_level = pool_level(pool_length(pk.pos(e), n, causal, chunk), n_levels,
                                      s0_bits);
         }
+        for (int t = 0; t <= n_levels; ++t) {  // each warp's count of every level
+            unsigned ballot = __ballot_sync(0xffffffffu, lvl <= t);
+            if (lane == 0) before[t][warp] = __popc(ballot);
+        }
+        __syncthreads();
+        for (int t = warp; t <= n_levels; t += ZETA_TILE / 32) {  // a warp scans a level's row
+            int mine = before[t][lane], inc = mine;
+            for (int m = 1; m < 32; m <<= 1) {
+                int up = __shfl_up_sync(0xffffffffu, inc, m);
+                if (lane >= m) inc += up;
+            }
+            before[t][lane] = inc - mine;
+        }
+        __syncthreads();
         for (int t = 0; t <= n_levels; ++t) {
             bool in = lvl <= t;
             unsigned ballot = __ballot_sync(0xffffffffu, in);
-            if (lane == 0) warp_total[warp] = __popc(ballot);
-            __syncthreads();
             bool query_counts = q_level >= 0 && (t == q_level || t == n_levels);
             if (in || query_counts) {  // the keys of level <= t before this entry
                 long long rank = offsets[(r * tiles + tile) * (n_levels + 1) + t] +
-                                 __popc(ballot & ((1u << lane) - 1));
-                for (int w = 0; w < warp; ++w) rank += warp_total[w];
+                                 before[t][warp] + __popc(ballot & lanes_below);
                 if (in) {
                     long long size = t < n_levels ? (long long)1 << (s0_bits + t) : n;
                     levels[level_start(t, rows, s0_bits) + r * size + rank] = e;
@@ -207,8 +223,8 @@ extern "C" __global__ void zeta_level_scatter(const unsigned long long* __restri
                     }
                 }
             }
-            __syncthreads();  // warp_total is rewritten for the next level
         }
+        __syncthreads();  // `before` is rewritten for the next row
     }
 }
 
