@@ -230,17 +230,32 @@ __device__ long long group_find(const PlacedPool& pool, unsigned long long, cons
     return pool.place;
 }
 
+// Where a walk writes the visible entries it takes, nearest first: out[first + step * rank]
+// (rank 0, 1, ...); nowhere when out is null.
+template <typename I>
+struct Slots {
+    I* out;
+    long long first;
+    int step;
+};
+
 // From entry `from` outward (dir +1 or -1) to the pool's end, the first `want` visible entries
-// (position < L). Returns how many it found; *last is the index of the farthest of them (left
-// as it was when none). Every lane returns the same.
-template <int LANES, typename Pool>
+// (position < L), each written to its slot. Returns how many it found; *last is the index of
+// the farthest of them (left as it was when none). Every lane returns the same.
+template <int LANES, typename Pool, typename I>
 __device__ long long group_walk(const Pool& pool, long long from, int dir, long long L,
-                                long long want, const Group<LANES>& g, long long* last) {
+                                long long want, const Group<LANES>& g, long long* last,
+                                Slots<I> slots) {
     long long got = 0;
     for (long long e0 = from; got < want; e0 += dir * LANES) {
         if (dir > 0 ? e0 >= pool.m : e0 < 0) break;
         long long e = e0 + dir * g.lane;
-        unsigned seen = g.vote((dir > 0 ? e < pool.m : e >= 0) && pool.position(e) < L);
+        long long j = (dir > 0 ? e < pool.m : e >= 0) ? pool.position(e) : L;
+        unsigned seen = g.vote(j < L);
+        if (slots.out && j < L) {  // its rank among the visible entries of the walk so far
+            long long rank = got + __popc(seen & ((1u << g.lane) - 1));
+            if (rank < want) slots.out[slots.first + slots.step * rank] = (I)j;
+        }
         int c = __popc(seen);
         if (got + c >= want) {  // the (want - got)-th visible entry of this step is the last
             for (long long s = got + 1; s < want; ++s) seen &= seen - 1;
@@ -254,16 +269,25 @@ __device__ long long group_walk(const Pool& pool, long long from, int dir, long 
 }
 
 // walk_window by a group: writes the window's positions to out[0 .. found) and returns found.
+// The walks write their keys as they find them: the right walk's at n_left + rank, the left
+// walk's at W/2 - 1 - rank, which is their slot when the left walk found its W/2 keys and the
+// right walk the rest. Otherwise (the left walk ran out of keys, or went on for D11) the
+// window's keys are written again, in Z order, from the entries between the farthest ones.
 template <int LANES, typename Pool, typename I>
 __device__ long long group_window(const Pool& pool, long long L, unsigned long long qz,
                                   long long width, const Group<LANES>& g, I* out) {
     long long ip = group_find(pool, qz, g);
+    long long half = width / 2;
     long long left_end = ip, right_end = ip - 1;  // the farthest keys taken (none yet)
-    long long n_left = group_walk(pool, ip - 1, -1, L, width / 2, g, &left_end);
-    long long n_right = group_walk(pool, ip, +1, L, width - n_left, g, &right_end);
-    if (n_left == width / 2 && n_left + n_right < width)  // D11: more on the left
+    long long n_left = group_walk(pool, ip - 1, -1, L, half, g, &left_end,
+                                  Slots<I>{out, half - 1, -1});
+    long long n_right = group_walk(pool, ip, +1, L, width - n_left, g, &right_end,
+                                   Slots<I>{out, n_left, +1});
+    if (n_left == half && n_left + n_right == width) return width;  // every slot written
+    if (n_left == half)  // D11: more on the left
         n_left += group_walk(pool, n_left ? left_end - 1 : ip - 1, -1, L,
-                             width - n_left - n_right, g, &left_end);
+                             width - n_left - n_right, g, &left_end, Slots<I>{nullptr, 0, 0});
+    __syncwarp(g.mask);  // the walks' writes come before the ones below, lane to lane
     long long slot = 0;
     for (long long e0 = left_end; e0 <= right_end; e0 += LANES) {
         long long e = e0 + g.lane;
