@@ -408,6 +408,39 @@ def test_mean_term_wide_and_narrow_kernels_agree_bit_for_bit(monkeypatch, dtype,
                  err_msg="mean_v of an unaligned contiguous view")
 
 
+@pytest.mark.parametrize("squash", ("sigmoid", "tanh"))
+def test_float_guess_of_the_cell_is_never_wrong(squash):
+    """float32 coordinates take a float guess of their cell (zeta_common.cuh, at up to 12
+    bits) that must give the specification's cell, bit for bit: here coordinates placed on
+    and just beside every cell boundary of several bit widths, where the guess must leave the
+    choice to the double-precision squash, and 2^18 standard normal ones, through the
+    stage twin and the fused pass's codes (as candidates)."""
+    from zeta_ref.stages.quantize import quantize as spec_quantize
+
+    rng = np.random.default_rng(7)
+    for bits in (1, 2, 5, 10, 12, 13):
+        edges = (np.arange(1, 1 << bits) / (1 << bits)).astype(np.float64)
+        x = np.log(edges / (1 - edges))  # the sigmoid's boundaries
+        if squash == "tanh":
+            x = x / 2
+        near = np.concatenate([x, np.nextafter(x.astype(np.float32), np.inf).astype(np.float64),
+                               np.nextafter(x.astype(np.float32), -np.inf).astype(np.float64),
+                               x + 1e-6, x - 1e-6, x + 1e-4, x - 1e-4])
+        x32 = np.concatenate([near.astype(np.float32),
+                              rng.standard_normal(1 << 18).astype(np.float32),
+                              np.float32([0.0, -0.0, 30.0, -30.0, 88.0, -88.0, 100.0, -100.0,
+                                          1e30, -1e30])])
+        got = cp.asnumpy(zeta_ref.get_backend("cupy").stages().quantize(x32, bits, squash))
+        want = spec_quantize(x32, bits, squash)
+        np.testing.assert_array_equal(got, want, err_msg=f"bits={bits}")
+    # the fused pass's own codes, through its candidates, at 10 bits (the default)
+    q, k, v = _inputs(9, (2,), 4000, 3, 8, np.float32)
+    cfg = ZetaConfig(k=8, squash=squash)
+    _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
+    _, cand = fused.forward(*(cp.asarray(x) for x in (q, k, v)), cfg, return_candidates=True)
+    np.testing.assert_array_equal(cp.asnumpy(cand), im.candidates)
+
+
 def test_fused_memory_is_linear_in_n():
     """The fused pass holds nothing of size N x N or N x W: its peak device memory, at two
     sizes, grows in proportion to N (within 10 %)."""

@@ -53,7 +53,7 @@ __global__ void zeta_fused_keys(const T* __restrict__ k, const T* __restrict__ q
         const T* x = (is_key ? k : q) + at * d;
         unsigned long long code = 0;
         for (int j = 0; j < d; ++j)
-            code |= spread_bits(cell_of((double)x[j], method, lo, hi, scale, top), j, d, bits);
+            code |= spread_bits(cell_of_input(x[j], method, lo, hi, scale, top), j, d, bits);
         keys[e] = pk.entry(at / n, code, is_key, at % n);
     }
 }

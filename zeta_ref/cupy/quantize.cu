@@ -14,7 +14,7 @@ __global__ void zeta_quantize(const T* __restrict__ x, long long n, double scale
                               unsigned long long* __restrict__ out) {
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < n;
          e += (long long)gridDim.x * blockDim.x)
-        out[e] = cell_of((double)x[e], method, lo, hi, scale, top);
+        out[e] = cell_of_input(x[e], method, lo, hi, scale, top);
 }
 
 template __global__ void zeta_quantize<float>(const float*, long long, double,

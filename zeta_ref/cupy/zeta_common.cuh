@@ -69,6 +69,39 @@ __device__ __forceinline__ unsigned long long cell_of(double x, int method, doub
     return cell >= scale ? top : (unsigned long long)cell;
 }
 
+// ---------------------------------------------------------------- stage 2 for a float32 input
+// The same cell, most often without the double-precision squash. For a float32 coordinate,
+// the sigmoid or tanh squash and B <= ZETA_GUESS_MAX_BITS, the cell is first guessed in float:
+// y_f = 2^B / (1 + expf(t)), t = -x or -2x (exact in float). CUDA's expf is within 2 ulp of
+// exp (CUDA C++ Programming Guide, the single-precision functions' table of maximum ulp errors;
+// no fast-math option is given to NVRTC here), and the sum and the quotient round once each,
+// so the float sigmoid is within 2^-20 of the exact one (relative error below 2 * 2^-23 +
+// 2 * 2^-24, and the sigmoid is at most 1); exp_ieee's double sigmoid is within 2^-45 of it.
+// So |y_f - y_d| < 2^(B - 19), y_d = 2^B times the double sigmoid of cell_of. Where y_f lies
+// at least that far from both integers around it, y_d has the same floor, which is below 2^B
+// (no clamp): that floor is the cell. Elsewhere (about 2^(B - 18) of the coordinates, and
+// every one whose y_f is a whole number, such as 0 or 2^B where the float sigmoid saturates),
+// cell_of decides, in double. The guess never changes a cell; it only skips work.
+#define ZETA_GUESS_MAX_BITS 12
+
+__device__ __forceinline__ unsigned long long cell_of_input(double x, int method, double lo,
+                                                            double hi, double scale,
+                                                            unsigned long long top) {
+    return cell_of(x, method, lo, hi, scale, top);
+}
+
+__device__ __forceinline__ unsigned long long cell_of_input(float x, int method, double lo,
+                                                            double hi, double scale,
+                                                            unsigned long long top) {
+    if (method <= 1 && scale <= (double)(1 << ZETA_GUESS_MAX_BITS)) {
+        float t = method == 0 ? -x : __fmul_rn(-2.0f, x);
+        float y = __fmul_rn(__fdiv_rn(1.0f, __fadd_rn(1.0f, expf(t))), (float)scale);
+        float f = floorf(y), margin = __fmul_rn((float)scale, 0x1p-19f);
+        if (y - f >= margin && (f + 1.0f) - y >= margin) return (unsigned long long)f;
+    }
+    return cell_of((double)x, method, lo, hi, scale, top);
+}
+
 // ---------------------------------------------------------------- stage 3: interleaving (D3)
 // Bit t of coordinate j goes to bit t * d + (d - 1 - j) of the code: from the top, the highest
 // bit of every coordinate with dimension 0 first, then the next bits, and so on.
