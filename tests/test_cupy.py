@@ -309,6 +309,27 @@ def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, name, hist
                 assert str(got.value) == str(want.value), (where, on_gpu, cfg)
 
 
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("history_mean", (True, False))
+def test_fused_pass_finds_the_checks_maxima_exactly(dtype, history_mean):
+    """The maxima the fused pass gives the call's checks (max |v| from the mean term's first
+    kernel, one atomic a warp) are max_abs's own, bit for bit, and leave the output as it
+    was: d_v of 64 (16-byte groups) and 7 (one column a thread), the largest |v| at the
+    first, a middle and the last element, and with codes too wide to pack."""
+    for d_v, bits in ((64, 10), (7, 10), (64, 21)):
+        q, k, v = (cp.asarray(x) for x in _inputs(3 + d_v, (2, 3), 777, 3, d_v, dtype))
+        for where in ((0, 0, 0, 0), (1, 1, 400, 3), (1, 2, 776, d_v - 1)):
+            v[where] = 1e4 + where[2]
+            cfg = ZetaConfig(k=8, bits=bits, history_mean=history_mean)
+            largest = cp.zeros(3, dtype=np.uint64)
+            out = fused.forward(q, k, v, cfg, largest=largest)
+            want = rt.max_abs_all([(x, None) for x in (q, k, v)]).view(np.uint64)
+            np.testing.assert_array_equal(cp.asnumpy(largest), cp.asnumpy(want),
+                                          err_msg=f"d_v={d_v} bits={bits} {where}")
+            np.testing.assert_array_equal(cp.asnumpy(out),
+                                          cp.asnumpy(fused.forward(q, k, v, cfg)))
+
+
 def test_cupy_in_gives_cupy_out_on_the_same_device():
     q, k, v = (cp.asarray(x) for x in _inputs(3, (2,), 300, 3, 16, np.float32))
     out = zeta_attention(q, k, v, backend="cupy")

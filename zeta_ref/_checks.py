@@ -167,19 +167,6 @@ def max_abs(pairs, xp=np, also=()) -> list[float]:
     return [float(x) for x in xp.concatenate(parts).get()] if parts else []
 
 
-def max_abs_later(pairs, xp=np):
-    """:func:`max_abs` of ``pairs`` in two steps: on a GPU the reductions are queued now and
-    the numbers read when the returned function is called (one transfer, which waits for
-    them), so that work queued in between overlaps the host's; on the CPU computed now."""
-    if xp is np:
-        numbers = max_abs(pairs, xp)
-        return lambda: numbers
-    from .cupy._runtime import max_abs_all  # only for a GPU's arrays
-
-    queued = max_abs_all(list(pairs))
-    return lambda: [float(x) for x in queued.get()]
-
-
 def _check_finite(arr, name: str, lo: float, hi: float, xp=np) -> None:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = xp.argwhere(~xp.isfinite(arr))[0]

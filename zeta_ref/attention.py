@@ -27,8 +27,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from ._checks import (check_bits_for_dim, check_gamma, check_qkv, check_qkv_values,
-                      max_abs_later, on_device)
+from ._checks import check_bits_for_dim, check_gamma, check_qkv, check_qkv_values, on_device
 from .backends import get_backend
 from .config import ZetaConfig
 from .stages.window import pool_lengths
@@ -164,12 +163,12 @@ def zeta_attention(q, k, v, config: ZetaConfig | None = None, *, backend: str = 
     q, k, v = (xp.ascontiguousarray(x) for x in (q, k, v))
 
     if not return_intermediates and s.forward is not None:
-        # the checks' reductions go first on the GPU (their numbers are read after the pass):
-        # they keep the GPU busy while the host launches the pass's first kernels
-        largest = max_abs_later([(x, None) for x in (q, k, v)], xp) if late else None
-        output = s.forward(q, k, v, cfg)  # the fused pass: the same result, fewer arrays
-        if late:
-            check_qkv_values(q, k, v, largest(), xp)
+        if not late:
+            output = s.forward(q, k, v, cfg)  # the fused pass: the same result, fewer arrays
+        else:  # ... which also finds max |q|, |k| and |v|, as the bits of float64s
+            largest = xp.zeros(3, dtype=np.uint64)  # the bits of +0.0
+            output = s.forward(q, k, v, cfg, largest=largest)
+            check_qkv_values(q, k, v, [float(x) for x in largest.view(np.float64).get()], xp)
         return output.get() if to_host else output
 
     # stage 2: quantise queries and keys the same way (D1, D2, D12, D13)

@@ -87,27 +87,35 @@ _MAX_ABS_PAIRS = ("float, float", "double, double", "float, double", "double, fl
 MAX_ABS_BLOCKS = 1056
 
 
+def max_abs_into(bits, slot: int, x, y=None) -> None:
+    """One pass of checks.cu's ``zeta_max_abs``: max |x - y| (``y`` an array of x's shape, a
+    number, or None for 0) into ``bits[slot]``, a uint64 holding the bits of a float64, by
+    atomicMax: the slot must start at 0 (+0.0) or at a smaller magnitude. NaN if any NaN is
+    met; nothing for an empty array. No temporary, the same result on every run."""
+    if x.size == 0:
+        return
+    has_y = y is not None and not np.isscalar(y)  # else y is the number c (or 0)
+    c = 0.0 if has_y else float(y or 0.0)
+    x = cp.ascontiguousarray(x)
+    y = cp.ascontiguousarray(y) if has_y else x  # not read when has_y is 0
+    types = f"{_MAX_ABS_TYPES.get(x.dtype)}, {_MAX_ABS_TYPES.get(y.dtype)}"
+    if types not in _MAX_ABS_PAIRS:  # any other mix: compared as doubles
+        x = x.astype(np.float64)
+        y = y.astype(np.float64) if has_y else x
+        types = "double, double"
+    fn = kernel("checks", f"zeta_max_abs<{types}>",
+                tuple(f"zeta_max_abs<{t}>" for t in _MAX_ABS_PAIRS))
+    blocks = max(1, min(-(-x.size // THREADS), MAX_ABS_BLOCKS))  # grid-stride beyond
+    fn((blocks,), (THREADS,), (x, y, np.int32(has_y), np.float64(c), i64(x.size),
+                               bits[slot:slot + 1]))
+
+
 def max_abs_all(pairs) -> "cp.ndarray":
     """For each ``(x, y)`` of ``pairs`` (``x`` a device array; ``y`` one of its shape, a
     number, or None for 0): max |x - y| in float64, NaN if any NaN is met, 0 for an empty
     array; as one float64 device array, so that all of them come back in one transfer. Each
-    is one pass of checks.cu's ``zeta_max_abs`` (no temporary, the same result on every run)."""
-    out = cp.zeros(len(pairs), dtype=np.uint64)  # the bits of +0.0
+    is one pass of checks.cu's ``zeta_max_abs`` (:func:`max_abs_into`)."""
+    bits = cp.zeros(len(pairs), dtype=np.uint64)  # the bits of +0.0
     for slot, (x, y) in enumerate(pairs):
-        if x.size == 0:
-            continue
-        has_y = y is not None and not np.isscalar(y)  # else y is the number c (or 0)
-        c = 0.0 if has_y else float(y or 0.0)
-        x = cp.ascontiguousarray(x)
-        y = cp.ascontiguousarray(y) if has_y else x  # not read when has_y is 0
-        types = f"{_MAX_ABS_TYPES.get(x.dtype)}, {_MAX_ABS_TYPES.get(y.dtype)}"
-        if types not in _MAX_ABS_PAIRS:  # any other mix: compared as doubles
-            x = x.astype(np.float64)
-            y = y.astype(np.float64) if has_y else x
-            types = "double, double"
-        fn = kernel("checks", f"zeta_max_abs<{types}>",
-                    tuple(f"zeta_max_abs<{t}>" for t in _MAX_ABS_PAIRS))
-        blocks = max(1, min(-(-x.size // THREADS), MAX_ABS_BLOCKS))  # grid-stride beyond
-        fn((blocks,), (THREADS,), (x, y, np.int32(has_y), np.float64(c), i64(x.size),
-                                   out[slot:slot + 1]))
-    return out.view(np.float64)
+        max_abs_into(bits, slot, x, y)
+    return bits.view(np.float64)

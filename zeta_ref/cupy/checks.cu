@@ -14,8 +14,7 @@ __global__ void zeta_max_abs(const T* __restrict__ x, const U* __restrict__ y, i
     unsigned long long best = 0ULL;  // the bits of +0.0
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
-        double d = fabs((double)x[i] - (has_y ? (double)y[i] : 0.0) - c);
-        unsigned long long bits = (unsigned long long)__double_as_longlong(d);
+        unsigned long long bits = abs_bits((double)x[i] - (has_y ? (double)y[i] : 0.0) - c);
         best = bits > best ? bits : best;
     }
     // the block's largest, then one atomic per block: the launcher caps the grid at a few

@@ -9,7 +9,9 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
 2. the mean term's blocked scan, three kernels for keys and values together (D8). It needs
    nothing of the sort, and comes before it so that the GPU has this work while the host
    prepares the sort (``cupy.sort`` spends some 0.1 ms of the host's time before its first
-   kernel runs).
+   kernel runs). Its first kernel also finds ``max |v|`` for the call's checks of the values
+   (``largest``), which would otherwise read v once more (at 16 x 8 x 65536, 2 GiB and
+   0.48 ms).
 3. one radix sort of all 2 R N entries (``cupy.sort``'s, in place): every row's keys and
    queries together in Z order, each query just before the keys of its own code (stage 4).
 4. the prefix pools, three kernels for all levels of all rows; the same scan counts, for each
@@ -105,13 +107,18 @@ def prefix_levels(sorted_entries, rows: int, n: int, code_bits: int, pos_bits: i
     return levels, n_levels, queries, places
 
 
-def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None):
+def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=None,
+            largest=None):
     """ZETA forward for checked, contiguous CuPy arrays q, k (..., N, d_k), v (..., N, d_v).
 
     Returns the output (..., N, d_v), and with ``return_candidates`` also the candidates
     (..., N, k) as int64 (for the tests: they must equal the stage-by-stage candidates).
     ``marks``, a list, receives a recorded CUDA event at the start and after each stage of
-    :data:`STAGE_NAMES`, for the benchmark's per-stage times.
+    :data:`STAGE_NAMES`, for the benchmark's per-stage times. ``largest``, a zeroed uint64
+    device array of 3, receives ``max |q|``, ``max |k|`` and ``max |v|`` as the bits of
+    float64s (NaN where a NaN is met), for the caller's checks of the values: q's and k's from
+    a pass over each, queued first, v's from the mean term's first kernel, which reads every
+    value anyway (from a pass of its own without the mean term).
     """
     lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
     _check_n(n)  # the candidates are int32, as on the stage path
@@ -120,6 +127,11 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     k_top, width = cfg.k_for(n), cfg.window_for(n)
     code_bits = d_k * cfg.bits
     pos_bits, fits = packing(rows, n, code_bits)
+    if largest is not None:  # the checks' maxima first: GPU work while the host goes on
+        rt.max_abs_into(largest, 0, q)
+        rt.max_abs_into(largest, 1, k)
+        if not (fits and cfg.history_mean):
+            rt.max_abs_into(largest, 2, v)
     if not fits:
         return _by_stages(q, k, v, cfg, return_candidates)
     causal, chunk = np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
@@ -141,7 +153,8 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     # stage 6's mean term first: the GPU's work while the host prepares the sort
     mean_k = mean_v = None
     if cfg.history_mean:
-        mean_k, mean_v = history_means(k, v, cfg.causal)
+        mean_k, mean_v = history_means(k, v, cfg.causal,
+                                       largest=None if largest is None else largest[2:3])
     mark()
     # stage 4: one sort for every row's keys and queries together
     keys.sort()  # in place (cupy.sort would copy the keys first)

@@ -62,13 +62,17 @@ struct ColumnGroup {
 };
 
 // sums[(r, b, e)] = the sum of column e over block b's positions. Task (r, b, g) over the
-// d1 + d2 / V groups of a row; V > 1 only where d2 is a multiple of V and x2 is aligned.
+// d1 + d2 / V groups of a row; V > 1 only where d2 is a multiple of V and x2 is aligned. With
+// `track`, also the largest |x2| into *largest (abs_bits, one atomic a warp): the call's
+// check of the values, which would otherwise read them all once more.
 template <typename T, int V>
 __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ x2,
                                 long long rows, long long n, int d1, int d2, long long block,
-                                double* __restrict__ sums) {
+                                double* __restrict__ sums, int track,
+                                unsigned long long* __restrict__ largest) {
     int d = d1 + d2, groups = d1 + d2 / V;
     long long n_blocks = (n + block - 1) / block;
+    unsigned long long best = 0ULL;  // the bits of +0.0
     for (long long task = blockIdx.x * (long long)blockDim.x + threadIdx.x;
          task < rows * n_blocks * groups; task += (long long)gridDim.x * blockDim.x) {
         long long rb = task / groups;  // r n_blocks + b
@@ -77,10 +81,15 @@ __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ 
         long long i0 = b * block, i1 = i0 + block < n ? i0 + block : n;
         double* out = sums + rb * d + grp.e;
         if (grp.width == 1) {
-            const T* src = (grp.e < d1 ? x1 : x2) + grp.base;
+            bool key = grp.e < d1, seen = track && !key;
+            const T* src = (key ? x1 : x2) + grp.base;
             double s = 0.0;
 #pragma unroll 8
-            for (long long i = i0; i < i1; ++i) s += (double)src[i * grp.stride];
+            for (long long i = i0; i < i1; ++i) {
+                double x = (double)src[i * grp.stride];
+                s += x;
+                if (seen) best = max(best, abs_bits(x));
+            }
             out[0] = s;
         } else {
             const T* src = x2 + grp.base;
@@ -91,12 +100,16 @@ __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ 
             for (long long i = i0; i < i1; ++i) {
                 Pack<T, V> p = *reinterpret_cast<const Pack<T, V>*>(src + i * grp.stride);
 #pragma unroll
-                for (int c = 0; c < V; ++c) s[c] += (double)p.x[c];
+                for (int c = 0; c < V; ++c) {
+                    s[c] += (double)p.x[c];
+                    if (track) best = max(best, abs_bits((double)p.x[c]));
+                }
             }
 #pragma unroll
             for (int c = 0; c < V; ++c) out[c] = s[c];
         }
     }
+    if (track) warp_max_into(largest, best);
 }
 
 // In place: sums[r, b, e] becomes the sum over the blocks before b; totals[r, e] the sum of all.
@@ -582,7 +595,8 @@ extern "C" __global__ void zeta_narrow_candidates(const long long* __restrict__ 
 
 #define ZETA_MEANS(T, V)                                                                       \
     template __global__ void zeta_block_sums<T, V>(const T*, const T*, long long, long long,   \
-                                                   int, int, long long, double*);              \
+                                                   int, int, long long, double*, int,          \
+                                                   unsigned long long*);                       \
     template __global__ void zeta_means_write<T, V>(const T*, const T*, const double*,         \
                                                     const double*, int, long long, long long,  \
                                                     int, int, long long, T*, T*);

@@ -67,11 +67,13 @@ def scan_block(n: int) -> int:
     return max(64, 1 << max(root_bits - 2, 0))
 
 
-def history_means(k, v, causal: str):
+def history_means(k, v, causal: str, *, largest=None):
     """The mean key and mean value each query may add as an extra candidate (CuPy twin, D8).
 
     Keys and values go through the same three kernels together (``topk_softmax.cu``).
-    Returns CuPy arrays (..., N, d_k) and (..., N, d_v) in the input dtype.
+    Returns CuPy arrays (..., N, d_k) and (..., N, d_v) in the input dtype. ``largest``, a
+    one-element uint64 device array (the bits of a float64, no larger than ``max |v|``),
+    also receives ``max |v|``, found by the first kernel as it reads v (the fused call's check).
     """
     rt.check_width(k.shape[-1], v.shape[-1])  # before any copy to the device
     k = rt.device(k)
@@ -91,8 +93,10 @@ def history_means(k, v, causal: str):
     if d_v % wide or v.data.ptr % 16 or mean_v.data.ptr % 16:
         wide = 1
     tasks = rows * n_blocks * (d_k + d_v // wide)
+    track = largest is not None  # else the kernel writes nothing there: any pointer will do
     rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
-              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums))
+              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums,
+               np.int32(track), largest if track else totals))
     rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
               (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
     rt.launch(_fn(f"zeta_means_write<{t}, {wide}>"), tasks,

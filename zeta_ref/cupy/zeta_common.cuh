@@ -102,6 +102,24 @@ __device__ __forceinline__ unsigned long long cell_of_input(float x, int method,
     return cell_of((double)x, method, lo, hi, scale, top);
 }
 
+// ---------------------------------------------------------------- the input checks' maxima
+// |x| as the bits of a double. The bit patterns of non-negative doubles are ordered as the
+// numbers are, +inf above every finite one and a NaN (its sign cleared by fabs) above +inf:
+// the largest |x| is the largest pattern as an unsigned integer, whatever the order it is
+// met in, and a NaN anywhere wins (checks.cu's zeta_max_abs, the mean term's block sums).
+__device__ __forceinline__ unsigned long long abs_bits(double x) {
+    return (unsigned long long)__double_as_longlong(fabs(x));
+}
+
+// The largest `bits` of the warp into *out: one atomic a warp. Every lane of the warp calls it.
+__device__ __forceinline__ void warp_max_into(unsigned long long* out, unsigned long long bits) {
+    for (int m = 16; m >= 1; m >>= 1) {
+        unsigned long long other = __shfl_xor_sync(0xffffffffu, bits, m);
+        bits = other > bits ? other : bits;
+    }
+    if ((threadIdx.x & 31) == 0 && bits) atomicMax(out, bits);
+}
+
 // ---------------------------------------------------------------- stage 3: interleaving (D3)
 // Bit t of coordinate j goes to bit t * d + (d - 1 - j) of the code: from the top, the highest
 // bit of every coordinate with dimension 0 first, then the next bits, and so on.
