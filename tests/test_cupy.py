@@ -307,6 +307,17 @@ def test_fused_pass_refuses_bad_values_as_the_specification_does(bad, name, hist
                 with pytest.raises(ValueError) as got:
                     zeta_attention(*inputs, cfg, backend="cupy")
                 assert str(got.value) == str(want.value), (where, on_gpu, cfg)
+    if name == "v":  # v's check comes from the mean term's kernels: each of their forms
+        for d_v, dtype in ((7, np.float32), (6, np.float64), (64, np.float64)):
+            x = dict(zip("qkv", _inputs(8, (2,), n, 3, d_v, dtype)))
+            x["v"][1, n // 2, d_v - 1] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf,
+                                          "too large": _too_large("v", dtype, n, 3)}[bad]
+            with pytest.raises(ValueError, match=f"^v {words}") as want:
+                zeta_attention(x["q"], x["k"], x["v"], backend="numpy")
+            with pytest.raises(ValueError) as got:
+                zeta_attention(*(cp.asarray(x[key]) for key in "qkv"),
+                               ZetaConfig(history_mean=history_mean), backend="cupy")
+            assert str(got.value) == str(want.value), (d_v, dtype)
 
 
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
@@ -318,6 +329,7 @@ def test_fused_pass_finds_the_checks_maxima_exactly(dtype, history_mean):
     first, a middle and the last element, and with codes too wide to pack."""
     for d_v, bits in ((64, 10), (7, 10), (64, 21)):
         q, k, v = (cp.asarray(x) for x in _inputs(3 + d_v, (2, 3), 777, 3, d_v, dtype))
+        k[1, 0, 9, 2] = -1e5  # larger than any |v|: key columns must not count as values
         for where in ((0, 0, 0, 0), (1, 1, 400, 3), (1, 2, 776, d_v - 1)):
             v[where] = 1e4 + where[2]
             cfg = ZetaConfig(k=8, bits=bits, history_mean=history_mean)
@@ -460,6 +472,39 @@ def test_float_guess_of_the_cell_is_never_wrong(squash):
     _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
     _, cand = fused.forward(*(cp.asarray(x) for x in (q, k, v)), cfg, return_candidates=True)
     np.testing.assert_array_equal(cp.asnumpy(cand), im.candidates)
+
+
+_GUESS_CHECK = r"""
+#include "zeta_common.cuh"
+// Every float32 bit pattern: the guessed cell against the double path's, counted.
+extern "C" __global__ void guess_mismatches(int method, double lo, double hi, double scale,
+                                            unsigned long long top,
+                                            unsigned long long* __restrict__ count) {
+    unsigned long long wrong = 0;
+    for (unsigned long long u = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+         u < (1ULL << 32); u += (unsigned long long)gridDim.x * blockDim.x) {
+        float x = __uint_as_float((unsigned)u);
+        wrong += cell_of_input(x, method, lo, hi, scale, top) !=
+                 cell_of((double)x, method, lo, hi, scale, top);
+    }
+    atomicAdd(count, wrong);
+}
+"""
+
+
+def test_float_guess_of_the_cell_is_right_for_every_float32():
+    """The float guess of zeta_common.cuh's cell_of_input, on every one of the 2^32 float32
+    values (NaN, inf and subnormals among them), at every bit width it is used for (1 to 12)
+    and both squashes it is used for: the double path's cell every time. (The margin rests on
+    CUDA's documented expf error; this checks the GPU's own expf against it.)"""
+    module = cp.RawModule(code=_GUESS_CHECK, options=rt.OPTIONS)
+    fn = module.get_function("guess_mismatches")
+    for method in (0, 1):  # sigmoid, tanh
+        for bits in range(1, 13):
+            count = cp.zeros(1, dtype=np.uint64)
+            fn((132 * 16,), (256,), (np.int32(method), np.float64(-4.0), np.float64(4.0),
+                                     np.float64(2.0 ** bits), np.uint64(2 ** bits - 1), count))
+            assert int(count[0]) == 0, (method, bits, int(count[0]))
 
 
 def test_fused_memory_is_linear_in_n():

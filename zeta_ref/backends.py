@@ -32,8 +32,10 @@ class Stages:
     # (q, k, v, candidates, score, gamma, mean_k, mean_v, *, order, with_weights)
     #   -> (out, weights or None, mean_weight)
     topk_attention: Callable
-    # optional: (q, k, v, config) -> output, the whole pass fused, used when no intermediates
-    # are asked for; it must compute what the stages compute
+    # optional: (q, k, v, config, *, largest=None) -> output, the whole pass fused, used when
+    # no intermediates are asked for; it must compute what the stages compute. ``largest``,
+    # a zeroed uint64 array of 3 in the backend's memory, receives max |q|, |k|, |v| as the
+    # bits of float64s, for the call's checks of the values after the pass
     forward: Callable | None = None
     # the array module of the stages' inputs and outputs: numpy, or cupy for the GPU
     xp: Any = np

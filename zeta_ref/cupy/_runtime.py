@@ -19,7 +19,9 @@ import cupy as cp
 HERE = Path(__file__).resolve().parent
 #: Threads per block of the one-thread-per-item kernels.
 THREADS = 256
-#: Options for every source (C++17, and the folder holding zeta_common.cuh).
+#: Options for every source (C++17, and the folder holding zeta_common.cuh). Never fast math:
+#: the squash's exact arithmetic and cell_of_input's error bound (expf within 2 ulp,
+#: zeta_common.cuh) hold only without it.
 OPTIONS = ("-std=c++17", f"-I{HERE}")
 
 

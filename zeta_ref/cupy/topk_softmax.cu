@@ -116,7 +116,7 @@ __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ 
 // One warp per (row, column): 32 blocks at a time, a shuffle scan inside each group of 32. The
 // loads of up to ZETA_SCAN_AHEAD groups are made before the first scan, so that the warp waits
 // for memory once per ZETA_SCAN_AHEAD groups, not once per group (the additions are the same).
-#define ZETA_SCAN_AHEAD 16
+#define ZETA_SCAN_AHEAD 8
 extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long rows,
                                             long long n_blocks, int d,
                                             double* __restrict__ totals) {
@@ -125,23 +125,25 @@ extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long
     for (long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
          task < rows * d; task += warps) {
         long long r = task / d, e = task % d;
+        double* column = sums + r * n_blocks * d + e;  // block b's sum at column[b * d]
         double run = 0.0;  // the sum of the groups before
         for (long long c0 = 0; c0 < n_blocks; c0 += 32 * ZETA_SCAN_AHEAD) {
             double s[ZETA_SCAN_AHEAD];
 #pragma unroll
             for (int g = 0; g < ZETA_SCAN_AHEAD; ++g) {
                 long long b = c0 + 32 * g + lane;
-                s[g] = b < n_blocks ? sums[(r * n_blocks + b) * d + e] : 0.0;
+                s[g] = b < n_blocks ? column[b * d] : 0.0;
             }
 #pragma unroll
             for (int g = 0; g < ZETA_SCAN_AHEAD; ++g) {
+                if (c0 + 32 * g >= n_blocks) break;  // the same on every lane
                 long long b = c0 + 32 * g + lane;
                 double inc = s[g];  // inclusive scan over the group (a fixed order: deterministic)
                 for (int m = 1; m < 32; m <<= 1) {
                     double up = __shfl_up_sync(0xffffffffu, inc, m);
                     if (lane >= m) inc += up;
                 }
-                if (b < n_blocks) sums[(r * n_blocks + b) * d + e] = run + inc - s[g];
+                if (b < n_blocks) column[b * d] = run + inc - s[g];
                 run += __shfl_sync(0xffffffffu, inc, 31);
             }
         }
