@@ -11,11 +11,16 @@
 #   BUDGET=590 bash docs/data/gpu_next.sh tests targets sanitize ab   # ran 04:47 UTC
 #   BUDGET=200 bash docs/data/gpu_next.sh profile                     # ran 04:57 UTC
 #   BUDGET=570 bash docs/data/gpu_next.sh ncu profile targets         # ran 05:40 UTC on 1fd29da
-#   next, on the branch gpu-pending (six changes prepared without a GPU, docs/benchmarks.md):
-#     git checkout gpu-pending && mkdir -p out/trees/before && git archive main zeta_ref |
-#         tar -x -C out/trees/before                  # the tree to compare with (carry out/trees)
+#   next, on the branch gpu-pending (seven changes prepared without a GPU, docs/benchmarks.md,
+#   "2026-12-05, evening"), from a checkout of it, the older trees made first (carry out/trees):
+#     git checkout gpu-pending
+#     for t in before:main reorder:ffe07b6; do mkdir -p out/trees/${t%%:*}
+#         git archive ${t#*:} zeta_ref | tar -x -C out/trees/${t%%:*}; done
 #     BUDGET=580 bash docs/data/gpu_next.sh tests sanitize         # one device call
-#     BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, on the same machine
+#     TREES=out/trees/before,out/trees/reorder \
+#         BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, same machine
+#   (ffe07b6 is change 1 alone, the host's order; a failing test: `git checkout` each of the
+#   branch's commits in turn and run its test file, tests/test_cupy.py)
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
