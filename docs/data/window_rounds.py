@@ -16,7 +16,10 @@ the mean rounds of each step:
 - walks: group_walk to the left for W / 2 visible keys, to the right for the rest, and to
   the left again when the right runs out (D11);
 - output: the loop that writes the visible keys between the farthest two taken, in Z order
-  (it reads entries the walks read just before, so its loads mostly hit the cache).
+  (it reads entries the walks read just before, so its loads mostly hit the cache). With
+  the walks writing their keys to their slots as they find them (the branch gpu-pending,
+  2026-12-05), that loop runs only where the left walk ran out of keys or went on for D11:
+  the last line says for how many queries, and its rounds then.
 
 Defaults: N = 65536, LANES = 8, 4000 queries drawn uniformly from the row, seed 0.
 """
@@ -87,6 +90,7 @@ def main() -> None:
     width = cfg.window_for(n)
     pools = {}  # level size -> pool
     totals = np.zeros(4)  # search, walks, output, pool size
+    rewrites = rewrite_rounds = 0  # queries whose window is written again, and its rounds
     sample = rng.choice(n, size=min(queries, n), replace=False)
     for i in sample:
         limit = i + 1  # the inclusive causal mask: positions 0 .. i
@@ -101,13 +105,17 @@ def main() -> None:
         n_left, left_end, r1 = walk_rounds(pos, ip - 1, -1, limit, width // 2, lanes)
         n_right, right_end, r2 = walk_rounds(pos, ip, +1, limit, width - n_left, lanes)
         r3 = 0
+        rewrite = n_left < width // 2 or n_left + n_right < width
         if n_left == width // 2 and n_left + n_right < width:  # D11: more on the left
             more, far, r3 = walk_rounds(pos, (left_end if n_left else ip) - 1, -1, limit,
                                         width - n_left - n_right, lanes)
             left_end = far if far is not None else left_end
         lo = left_end if left_end is not None else ip
         hi = right_end if right_end is not None else ip - 1
-        totals += (r_search, r1 + r2 + r3, max(0, -(-(hi - lo + 1) // lanes)), size)
+        out_rounds = max(0, -(-(hi - lo + 1) // lanes))
+        totals += (r_search, r1 + r2 + r3, out_rounds, size)
+        rewrites += rewrite
+        rewrite_rounds += out_rounds if rewrite else 0
     mean = totals / len(sample)
     rounds = mean[0] + mean[1]
     print(f"N = {n}, {lanes} lanes a query, {len(sample)} queries (seed {seed}); mean pool "
@@ -115,6 +123,9 @@ def main() -> None:
     print(f"rounds of dependent loads per query: search {mean[0]:.2f}, walks {mean[1]:.2f} "
           f"(search + walks {rounds:.2f}; the search {100 * mean[0] / rounds:.0f} % of them), "
           f"then output {mean[2]:.2f} (re-reads)")
+    print(f"with the walks writing their keys: the window written again for "
+          f"{100 * rewrites / len(sample):.1f} % of queries, output "
+          f"{rewrite_rounds / len(sample):.2f} rounds per query")
 
 
 if __name__ == "__main__":
