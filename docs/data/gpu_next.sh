@@ -19,6 +19,7 @@
 #     BUDGET=580 bash docs/data/gpu_next.sh tests sanitize         # one device call
 #     TREES=out/trees/before,out/trees/reorder \
 #         BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, same machine
+#     BUDGET=300 bash docs/data/gpu_next.sh stalls profile           # if time is left
 #   (ffe07b6 is change 1 alone, the host's order; a failing test: `git checkout` each of the
 #   branch's commits in turn and run its test file, tests/test_cupy.py)
 #
@@ -32,6 +33,9 @@
 #   profile    where the host's time goes in one call (docs/data/host_profile.py)
 #   ncu        every kernel of one call at 1 x 8 x 65536 and 16 x 8 x 65536 under Nsight
 #              Compute: its GPU time, achieved occupancy, registers and throughputs (CSV)
+#   stalls     the two largest kernels (attention, window) of one call at 1 x 8 x 65536 under
+#              Nsight Compute's sections on what their warps wait for (WarpStateStats,
+#              SchedulerStats, MemoryWorkloadAnalysis, ...): what to change in them next
 #   ab         this tree's call against older trees', in turns (docs/data/tree_ab.py; the
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
@@ -45,7 +49,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention sanitize bench targets profile ncu ab knobs"
+STEPS="tests graph attention sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -95,6 +99,14 @@ case "$name" in
             --gpu-shapes 1x8x8192 1x8x16384 1x8x65536 1x8x131072 16x8x65536 \
             --sdpa-fp32-max-pairs 2000000000 \
             --json "$OUT/bench_gpu.json" --plot "$OUT/bench_gpu.png"
+        ;;
+    stalls)
+        step stalls 200 ncu --profile-from-start off --clock-control none \
+            -k "regex:zeta_topk_narrow|zeta_fused_window_group" --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --section SchedulerStats \
+            --section WarpStateStats --section MemoryWorkloadAnalysis \
+            --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
+            python3 docs/data/forward_profile.py ncu 1x8x65536
         ;;
     ab)
         step ab 300 python3 docs/data/tree_ab.py "${TREES:-out/trees/before}" "$OUT/tree_ab.json" \
