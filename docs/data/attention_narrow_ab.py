@@ -16,7 +16,8 @@ H200, not yet run (2026-12-04):
 
 (B x H x N; float32, d_k = 3, d_v = 64, k = 32, the default config; 1 x 3 x 1000 leaves the
 last block's last queries past the end.) With `--check-only` it only checks the bits at
-1 x 3 x 1000 (for compute-sanitizer).
+1 x 3 x 1000 (for compute-sanitizer). Since 2026-12-05 (evening) it also times the library's
+own narrow kernel compiled with a register cap (CAPS), against the fast kernel and the rest.
 """
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from attention_ahead_ab import LIBRARY, main
 HERE = Path(__file__).resolve().parent
 #: (G threads a query, the weighted sum's unrolling); attention_narrow.cu instantiates each
 NARROW = ((16, 8), (8, 8), (8, 4), (4, 4), (4, 2))
+#: Register caps for the library's own narrow kernel (G = 8, unroll 8: 62 registers under nvcc
+#: 13.0, so 4 blocks of 256 an SM; 46 % of the warps resident in the Nsight Compute run of
+#: 2026-12-05): topk_softmax.cu compiled with --maxrregcount, so that 5, 6 or 8 blocks fit
+#: (nvcc 13.0 then spills 28, 88 and more bytes a thread).
+CAPS = (48, 40, 32)
 
 
 def launcher(fn, lanes: int):
@@ -55,6 +61,12 @@ def variants() -> dict:
                           name_expressions=tuple(names))
     for (g, u), name in zip(NARROW, names):
         fns[f"{g} threads a query, unroll {u}"] = launcher(module.get_function(name), g)
+    narrow = "zeta_topk_narrow<8, 3, 1, 8>"  # the library's, as the library compiles it ...
+    for cap in CAPS:  # ... but with fewer registers
+        capped = cp.RawModule(code=source, options=rt.OPTIONS + (f"--maxrregcount={cap}",),
+                              name_expressions=(narrow,))
+        fns[f"8 threads a query, unroll 8, at most {cap} registers"] = launcher(
+            capped.get_function(narrow), 8)
     return fns
 
 

@@ -19,13 +19,14 @@
 #     BUDGET=580 bash docs/data/gpu_next.sh tests sanitize         # one device call
 #     TREES=out/trees/before,out/trees/reorder \
 #         BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, same machine
-#     BUDGET=300 bash docs/data/gpu_next.sh stalls profile           # if time is left
+#     BUDGET=400 bash docs/data/gpu_next.sh stalls narrow            # if time is left
 #   (ffe07b6 is change 1 alone, the host's order; a failing test: `git checkout` each of the
 #   branch's commits in turn and run its test file, tests/test_cupy.py)
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
+#   narrow     the narrow attention A/B alone (with the library kernel's register caps)
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck
 #   bench      the benchmark of every default shape
 #   targets    the benchmark at the targets' shapes (B = 1, N = 8192 to 131072; 16 x 8 x 65536;
@@ -49,7 +50,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention sanitize bench targets profile ncu stalls ab knobs"
+STEPS="tests graph attention narrow sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -93,6 +94,10 @@ case "$name" in
             step sanitizer 40 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only
         done
+        ;;
+    narrow)
+        step narrow 240 python3 docs/data/attention_narrow_ab.py "$OUT/narrow.json" \
+            1x8x65536 16x8x65536
         ;;
     targets)
         step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
