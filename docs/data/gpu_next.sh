@@ -12,7 +12,9 @@
 #   BUDGET=200 bash docs/data/gpu_next.sh profile                     # ran 04:57 UTC
 #   BUDGET=570 bash docs/data/gpu_next.sh ncu profile targets         # ran 05:40 UTC on 1fd29da
 #   next, on the branch gpu-pending (seven changes prepared without a GPU, docs/benchmarks.md,
-#   "2026-12-05, evening"), from a checkout of it, the older trees made first (carry out/trees):
+#   "2026-12-05, evening"), from a checkout of it, the older trees made first (carry out/trees);
+#   where the branch is not in the repository, it is in docs/data/gpu-pending.bundle:
+#     git fetch docs/data/gpu-pending.bundle gpu-pending:gpu-pending   # only if it is missing
 #     git checkout gpu-pending
 #     for t in before:main reorder:ffe07b6; do mkdir -p out/trees/${t%%:*}
 #         git archive ${t#*:} zeta_ref | tar -x -C out/trees/${t%%:*}; done
