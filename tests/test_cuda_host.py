@@ -60,6 +60,13 @@ extern "C" __global__ void early_exit(int* out) {
     out[threadIdx.x] = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0);
 }
 
+// lane 1 reads what lane 0 wrote with no __syncwarp between: a race
+extern "C" __global__ void missing_barrier(int* out) {
+    __shared__ int slot[1];
+    if (threadIdx.x == 0) slot[0] = 42;
+    if (threadIdx.x == 1) out[0] = slot[0];
+}
+
 extern "C" __global__ void outside_mask(int* out) {
     if (threadIdx.x < 16)
         out[threadIdx.x] = __shfl_sync(0x0000ffffu, (int)threadIdx.x, 20);
@@ -105,6 +112,17 @@ def test_the_mistakes_a_gpu_hides_are_stopped(emu):
         module.get_function("outside_mask")((1,), (32,), (out,))
 
 
+@pytest.mark.parametrize("order, seen", [("forward", 42), ("reverse", -1)])
+def test_an_order_dependent_result_shows(emu, monkeypatch, order, seen):
+    """A missing barrier: lane 1 sees lane 0's write when lane 0 takes its turn first, and
+    the poison of unwritten shared memory (all bits set: -1) when the order is reversed."""
+    monkeypatch.setenv("ZETA_REF_CUDA_HOST_ORDER", order)
+    out = emu.zeros(1, dtype=np.int32)
+    for _ in range(2):  # the second block finds the poison again, not the first one's write
+        emu.RawModule(code=_LANES).get_function("missing_barrier")((1,), (32,), (out,))
+        assert int(out[0]) == seen
+
+
 def test_device_arrays_stay_behind_a_wall(emu):
     x = emu.asarray(np.arange(4.0))
     with pytest.raises(TypeError, match="Implicit conversion"):
@@ -120,12 +138,15 @@ GPU_TEST_FILES = ("tests/test_cupy.py", "tests/test_cupy_backward.py", "tests/te
                   "tests/test_crosscheck.py")
 
 
-def test_the_gpu_tests_pass_on_the_cpu(tmp_path):
-    """Every ``gpu`` test, run on the emulation. Skipped there, and only those: the tests
-    marked ``gpu_only`` (each one exactly once) and those that need torch where it is not
-    installed."""
+@pytest.mark.parametrize("order", ("forward", "reverse"))
+def test_the_gpu_tests_pass_on_the_cpu(tmp_path, order):
+    """Every ``gpu`` test, run on the emulation, with the threads of a block taking turns from
+    the first and from the last (a result that depends on the order fails one of the two).
+    Skipped there, and only those: the tests marked ``gpu_only`` (each one exactly once) and
+    those that need torch where it is not installed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), str(ROOT)]),
-               NUMBA_NUM_THREADS="1", ZETA_REF_CUDA_HOST_CACHE=str(tmp_path / "modules"))
+               NUMBA_NUM_THREADS="1", ZETA_REF_CUDA_HOST_CACHE=str(tmp_path / "modules"),
+               ZETA_REF_CUDA_HOST_ORDER=order)
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs",
                            "-p", "no:cacheprovider", "-o", "addopts=", *GPU_TEST_FILES],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)

@@ -1,18 +1,22 @@
 // cuda_host.h: the CUDA C of zeta_ref/cupy run on the CPU, for tests on machines without a GPU.
 //
 // A kernel source (fused.cu, ...) is compiled by the host's C++ compiler with this header in
-// front of it. Each thread of a block is a fiber (ucontext): a thread runs until it reaches a
-// barrier (__syncthreads, __syncwarp) or a warp operation (a shuffle, a ballot), then hands
-// over to the next one. When every thread of the block waits, the scheduler completes what can
-// be completed: a warp operation once every lane its mask names has arrived with that mask, a
-// block barrier once every live thread has. Blocks run one after another, so __shared__
-// variables are plain statics and atomics plain read-modify-writes.
+// front of it. Each thread of a block is a fiber with a stack of its own: a thread runs until
+// it reaches a barrier (__syncthreads, __syncwarp) or a warp operation (a shuffle, a ballot),
+// then hands over to the next one. When every thread of the block waits, the scheduler
+// completes what can be completed: a warp operation once every lane its mask names has arrived
+// with that mask, a block barrier once every live thread has. Blocks run one after another, so
+// __shared__ variables are statics (filled with 0xff bytes as each block starts) and atomics
+// plain read-modify-writes.
 //
 // What it checks that a GPU would not tell you: a warp operation whose mask names a lane that
-// has exited or waits elsewhere, a shuffle that reads a lane outside the mask, a deadlock. What
-// it cannot check: speed, races between threads (the schedule is one fixed interleaving), the
-// device's own math functions (expf and the like are the host's, within an ulp or two of the
-// device's), and the memory model. tests/cuda_host/README.md says how the tests use it.
+// has exited or waits elsewhere, a shuffle that reads a lane outside the mask, a deadlock; a
+// read of shared memory before the block wrote it (the poison shows in the results); a result
+// that depends on the order threads take turns (run once in each order,
+// ZETA_REF_CUDA_HOST_ORDER=reverse). What it cannot check: speed, races that neither order
+// shows (the schedule is one of two fixed interleavings), the device's own math functions
+// (expf and the like are the host's, within an ulp or two of the device's), the memory model.
+// tests/cuda_host/README.md says how the tests use it.
 #pragma once
 
 #include <math.h>
@@ -36,7 +40,9 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __restrict__ __restrict
-#define __shared__ static
+// __shared__ arrays: statics in a section of their own, filled with 0xff bytes (NaN, -1) at
+// the start of every block, so that a read before the block's first write shows
+#define __shared__ static __attribute__((section("zh_shared")))
 #define __launch_bounds__(...)
 #define warpSize 32
 
@@ -290,7 +296,19 @@ inline std::string stuck(int n) {
     return s;
 }
 
-inline bool run_block(int n) {
+extern "C" char __start_zh_shared[] __attribute__((weak));
+extern "C" char __stop_zh_shared[] __attribute__((weak));
+
+// ZETA_REF_CUDA_HOST_ORDER=reverse: the threads of a block take turns from the last one, so
+// that a result that depends on the order (a missing barrier) differs between the two runs
+inline bool reverse_order() {
+    const char* order = getenv("ZETA_REF_CUDA_HOST_ORDER");
+    return order && !strcmp(order, "reverse");
+}
+
+inline bool run_block(int n, bool reverse) {
+    if (__start_zh_shared && __stop_zh_shared > __start_zh_shared)
+        memset(__start_zh_shared, 0xff, (size_t)(__stop_zh_shared - __start_zh_shared));
     if (threads.size() < (size_t)n) threads.resize(n);
     if (stacks.size() < (size_t)n * STACK) stacks.resize((size_t)n * STACK);
     for (int i = 0; i < n; ++i) {
@@ -304,7 +322,8 @@ inline bool run_block(int n) {
         start(&t.ctx, &stacks[(size_t)i * STACK], STACK);
     }
     for (;;) {
-        for (int i = 0; i < n; ++i) {
+        for (int turn = 0; turn < n; ++turn) {
+            int i = reverse ? n - 1 - turn : turn;
             if (threads[i].state != READY) continue;
             cur = &threads[i];
             switch_to(&sched, &cur->ctx);
@@ -347,12 +366,13 @@ int launch(void (*f)(A...), dim3 g, dim3 b, void** argv, char* err, size_t err_l
     block_dim = b;
     error.clear();
     int n = (int)(b.x * b.y * b.z);
+    bool reverse = reverse_order();
     if (n < 1 || n > 1024) error = "a block of " + std::to_string(n) + " threads";
     for (unsigned z = 0; z < g.z && error.empty(); ++z)
         for (unsigned y = 0; y < g.y && error.empty(); ++y)
             for (unsigned x = 0; x < g.x && error.empty(); ++x) {
                 block_idx = {x, y, z};
-                run_block(n);
+                run_block(n, reverse);
             }
     body = nullptr;
     if (error.empty()) return 0;

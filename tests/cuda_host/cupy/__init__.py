@@ -6,8 +6,9 @@ its own (``isinstance(x, numpy.ndarray)`` is False, ``numpy.asarray(x)`` raises 
 does), so a host round trip the backend did not mean to make fails here too. ``RawModule``
 compiles a kernel source with the host's C++ compiler and ``cuda_host.h`` (every thread a
 fiber; warp operations and barriers completed in lock step) and launches kernels through
-ctypes. Only what zeta_ref and its tests call is here; anything else of NumPy's namespace is
-forwarded, its arrays wrapped.
+ctypes. ``empty`` fills new arrays with 0xff bytes (NaN, -1), so that an output a kernel
+does not write shows. Only what zeta_ref and its tests call is here; anything else of NumPy's
+namespace is forwarded, its arrays wrapped.
 """
 
 from __future__ import annotations
@@ -191,6 +192,18 @@ def asarray(x, dtype=None, order=None):
 
 
 array = asarray
+
+
+def empty(shape, dtype=float, order="C"):
+    """A new array full of 0xff bytes (NaN, -1): what a kernel does not write shows."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    raw = np.full(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 0xFF, np.uint8)
+    return ndarray(_array=raw.view(dtype).reshape(shape, order=order))
+
+
+def empty_like(a, dtype=None, shape=None):
+    return empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
 
 
 def ascontiguousarray(x, dtype=None):
