@@ -282,3 +282,18 @@ def _mqar_reference_step(cfg, xp=np):
 @pytest.fixture
 def mqar_reference_step():
     return _mqar_reference_step
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under tests/cuda_host's CPU emulation of CuPy, skip the GPU tests marked ``gpu_only``
+    (sizes that take a GPU; they run on the device machine only)."""
+    try:
+        import cupy
+    except ImportError:
+        return
+    if not getattr(cupy, "CUDA_HOST", False):
+        return
+    skip = pytest.mark.skip(reason="too large for the CPU emulation (tests/cuda_host); GPU only")
+    for item in items:
+        if "gpu_only" in item.keywords:
+            item.add_marker(skip)

@@ -2,6 +2,8 @@
 
 Every test here carries the ``gpu`` marker and is skipped cleanly where CuPy or a GPU is
 missing (CI has neither). On the device machine: ``PYTHONPATH=$PWD python3 -m pytest -m gpu``.
+Without a GPU they run on the CPU's emulation of the kernels, tests/cuda_host (CI does so in
+tests/test_cuda_host.py), except those marked ``gpu_only``.
 
 - each stage twin on the specification's own inputs, for hypothesis-drawn shapes and configs
   (every causal mode and score, the mean term on and off, W > k, awkward N, both dtypes);
@@ -175,6 +177,7 @@ def test_every_window_kernel_gives_the_specification_candidates(monkeypatch, lan
         np.testing.assert_array_equal(cp.asnumpy(cand), im.candidates, err_msg=f"N={n} k={k_top}")
 
 
+@pytest.mark.gpu_only  # 65537 rows
 def test_more_rows_than_a_grid_has_y(monkeypatch):
     """The prefix pools' kernels take a row per y of their grid, and a grid's y is at most
     65535: with 65537 rows (N = 300: one pool below the top) the blocks of y = 0 and 1 take a
@@ -492,6 +495,7 @@ extern "C" __global__ void guess_mismatches(int method, double lo, double hi, do
 """
 
 
+@pytest.mark.gpu_only  # 2^32 values; and the host's expf is not the GPU's
 def test_float_guess_of_the_cell_is_right_for_every_float32():
     """The float guess of zeta_common.cuh's cell_of_input, on every one of the 2^32 float32
     values (NaN, inf and subnormals among them), at every bit width it is used for (1 to 12)
@@ -507,6 +511,7 @@ def test_float_guess_of_the_cell_is_right_for_every_float32():
             assert int(count[0]) == 0, (method, bits, int(count[0]))
 
 
+@pytest.mark.gpu_only  # 8 x 262144 queries
 def test_fused_memory_is_linear_in_n():
     """The fused pass holds nothing of size N x N or N x W: its peak device memory, at two
     sizes, grows in proportion to N (within 10 %)."""
