@@ -13,12 +13,11 @@
 // has exited or waits elsewhere, a shuffle that reads a lane outside the mask, a deadlock; an
 // access past the end of an array (tests/cuda_host/cupy places an inaccessible page there) or
 // below a thread's stack; a read of shared memory before the block wrote it (the poison shows
-// in the results); a result
-// that depends on the order threads take turns (run once in each order,
-// ZETA_REF_CUDA_HOST_ORDER=reverse). What it cannot check: speed, races that neither order
-// shows (the schedule is one of two fixed interleavings), the device's own math functions
-// (expf and the like are the host's, within an ulp or two of the device's), the memory model.
-// tests/cuda_host/README.md says how the tests use it.
+// in the results); a result that depends on the order threads take turns (run once in each
+// order, ZETA_REF_CUDA_HOST_ORDER=reverse). What it cannot check: speed, races that neither
+// order shows (the schedule is one of two fixed interleavings), the device's own math
+// functions (expf and the like are the host's, within an ulp or two of the device's), the
+// memory model. tests/cuda_host/README.md says how the tests use it.
 #pragma once
 
 #include <math.h>
