@@ -67,6 +67,17 @@ extern "C" __global__ void missing_barrier(int* out) {
     if (threadIdx.x == 1) out[0] = slot[0];
 }
 
+extern "C" __global__ void past_the_end(const float* x, long long n, float* out, int write) {
+    if (write) out[n + threadIdx.x] = 1.0f;
+    else out[threadIdx.x] = x[n + threadIdx.x];
+}
+
+extern "C" __global__ void deep_stack(int* out) {
+    volatile char big[256 * 1024];
+    big[threadIdx.x] = 1;
+    out[threadIdx.x] = big[threadIdx.x];
+}
+
 extern "C" __global__ void outside_mask(int* out) {
     if (threadIdx.x < 16)
         out[threadIdx.x] = __shfl_sync(0x0000ffffu, (int)threadIdx.x, 20);
@@ -121,6 +132,26 @@ def test_an_order_dependent_result_shows(emu, monkeypatch, order, seen):
     for _ in range(2):  # the second block finds the poison again, not the first one's write
         emu.RawModule(code=_LANES).get_function("missing_barrier")((1,), (32,), (out,))
         assert int(out[0]) == seen
+
+
+@pytest.mark.parametrize("n", (1024, 1000, 3))
+@pytest.mark.parametrize("write", (0, 1))
+def test_out_of_bounds_accesses_are_stopped(emu, n, write):
+    """Reading or writing one element past the end of a device array stops the launch with
+    the thread, and the argument the address lies past."""
+    fn = emu.RawModule(code=_LANES).get_function("past_the_end")
+    x, out = emu.zeros(n, dtype=np.float32), emu.zeros(n, dtype=np.float32)
+    with pytest.raises(RuntimeError, match=f"out-of-bounds .* past the end of argument "
+                                           f"{2 if write else 0}"):
+        fn((1,), (32,), (x, np.int64(n), out, np.int32(write)))
+    threads = min(n, 32)  # the last elements, in bounds: it runs
+    fn((1,), (threads,), (x, np.int64(n - threads), out, np.int32(write)))
+
+
+def test_a_thread_past_its_stack_is_stopped(emu):
+    fn = emu.RawModule(code=_LANES).get_function("deep_stack")
+    with pytest.raises(RuntimeError, match="stack overflow"):
+        fn((1,), (32,), (emu.zeros(32, dtype=np.int32),))
 
 
 def test_device_arrays_stay_behind_a_wall(emu):

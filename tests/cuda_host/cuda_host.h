@@ -10,19 +10,24 @@
 // plain read-modify-writes.
 //
 // What it checks that a GPU would not tell you: a warp operation whose mask names a lane that
-// has exited or waits elsewhere, a shuffle that reads a lane outside the mask, a deadlock; a
-// read of shared memory before the block wrote it (the poison shows in the results); a result
-// that depends on the order threads take turns (run once in each order,
-// ZETA_REF_CUDA_HOST_ORDER=reverse). What it cannot check: speed, races that neither order
-// shows (the schedule is one of two fixed interleavings), the device's own math functions
-// (expf and the like are the host's, within an ulp or two of the device's), the memory model.
-// tests/cuda_host/README.md says how the tests use it.
+// has exited or waits elsewhere, a shuffle that reads a lane outside the mask, a deadlock; an
+// access past the end of an array (tests/cuda_host/cupy places an inaccessible page there) or
+// below a thread's stack; a read of shared memory before the block wrote it (the poison shows
+// in the results); a result that depends on the order threads take turns (run once in each
+// order, ZETA_REF_CUDA_HOST_ORDER=reverse). What it cannot check: speed, races that neither
+// order shows (the schedule is one of two fixed interleavings), the device's own math
+// functions (expf and the like are the host's, within an ulp or two of the device's), the
+// memory model. tests/cuda_host/README.md says how the tests use it.
 #pragma once
 
 #include <math.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -119,8 +124,23 @@ inline Context sched;
 inline std::string error;
 inline std::function<void()>* body = nullptr;
 inline std::vector<Thread> threads;
-inline std::vector<char> stacks;
-constexpr size_t STACK = 64 * 1024;
+constexpr size_t STACK = 64 * 1024;  // a thread's stack; an inaccessible page below each
+constexpr int MAX_THREADS = 1024;
+inline char* stack_area = nullptr;
+
+inline size_t page() { return (size_t)sysconf(_SC_PAGESIZE); }
+
+inline char* stack_of(int i) { return stack_area + (size_t)i * (STACK + page()) + page(); }
+
+inline bool map_stacks() {
+    if (stack_area) return true;
+    size_t size = (size_t)MAX_THREADS * (STACK + page());
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    stack_area = (char*)p;
+    for (int i = 0; i < MAX_THREADS; ++i) mprotect(stack_of(i) - page(), page(), PROT_NONE);
+    return true;
+}
 
 inline void fail(const std::string& what) {
     if (error.empty()) error = what;
@@ -310,7 +330,6 @@ inline bool run_block(int n, bool reverse) {
     if (__start_zh_shared && __stop_zh_shared > __start_zh_shared)
         memset(__start_zh_shared, 0xff, (size_t)(__stop_zh_shared - __start_zh_shared));
     if (threads.size() < (size_t)n) threads.resize(n);
-    if (stacks.size() < (size_t)n * STACK) stacks.resize((size_t)n * STACK);
     for (int i = 0; i < n; ++i) {
         Thread& t = threads[i];
         t.tid = {i % block_dim.x, (i / block_dim.x) % block_dim.y,
@@ -319,7 +338,7 @@ inline bool run_block(int n, bool reverse) {
         t.warp = i / 32;
         t.state = READY;
         t.pred = 0;
-        start(&t.ctx, &stacks[(size_t)i * STACK], STACK);
+        start(&t.ctx, stack_of(i), STACK);
     }
     for (;;) {
         for (int turn = 0; turn < n; ++turn) {
@@ -357,6 +376,31 @@ std::tuple<std::decay_t<A>...> read_args(void** argv, std::index_sequence<I...>)
 
 // Run kernel f on grid g of blocks b; its arguments are argv[i], each pointing at a value of
 // the parameter's type. 0 on success; else 1 with the error's text in err.
+// ---------------------------------------------------------------- faults
+// A thread that touches memory it may not (an inaccessible page: past the end of an array the
+// stand-in for CuPy allocated, or below a thread's stack) raises SIGSEGV; the handler, on a
+// stack of its own, jumps back to launch(), which reports the thread and the address.
+inline sigjmp_buf escape;
+inline void* fault_at = nullptr;
+inline char signal_stack[1 << 16];
+
+inline void on_fault(int, siginfo_t* info, void*) {
+    fault_at = info->si_addr;
+    siglongjmp(escape, 1);
+}
+
+inline std::string fault_text() {
+    char buf[160];
+    char* a = (char*)fault_at;
+    size_t size = (size_t)MAX_THREADS * (STACK + page());
+    if (a >= stack_area && a < stack_area + size)
+        snprintf(buf, sizeof buf, ": stack overflow (more than %zu KiB of locals)", STACK >> 10);
+    else
+        snprintf(buf, sizeof buf, ": out-of-bounds access at address 0x%llx",
+                 (unsigned long long)(uintptr_t)fault_at);
+    return where() + buf;
+}
+
 template <typename... A>
 int launch(void (*f)(A...), dim3 g, dim3 b, void** argv, char* err, size_t err_len) {
     auto args = read_args<A...>(argv, std::index_sequence_for<A...>{});
@@ -367,13 +411,31 @@ int launch(void (*f)(A...), dim3 g, dim3 b, void** argv, char* err, size_t err_l
     error.clear();
     int n = (int)(b.x * b.y * b.z);
     bool reverse = reverse_order();
-    if (n < 1 || n > 1024) error = "a block of " + std::to_string(n) + " threads";
-    for (unsigned z = 0; z < g.z && error.empty(); ++z)
-        for (unsigned y = 0; y < g.y && error.empty(); ++y)
-            for (unsigned x = 0; x < g.x && error.empty(); ++x) {
-                block_idx = {x, y, z};
-                run_block(n, reverse);
-            }
+    if (n < 1 || n > MAX_THREADS) error = "a block of " + std::to_string(n) + " threads";
+    if (!map_stacks()) error = "no memory for the threads' stacks";
+    stack_t alt{}, old_alt;
+    alt.ss_sp = signal_stack;
+    alt.ss_size = sizeof signal_stack;
+    struct sigaction sa {}, old_segv, old_bus;
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaltstack(&alt, &old_alt);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+    if (sigsetjmp(escape, 1) == 0) {
+        for (unsigned z = 0; z < g.z && error.empty(); ++z)
+            for (unsigned y = 0; y < g.y && error.empty(); ++y)
+                for (unsigned x = 0; x < g.x && error.empty(); ++x) {
+                    block_idx = {x, y, z};
+                    run_block(n, reverse);
+                }
+    } else {
+        error = fault_text();
+    }
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+    sigaltstack(&old_alt, nullptr);
     body = nullptr;
     if (error.empty()) return 0;
     snprintf(err, err_len, "%s", error.c_str());

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import re
 import subprocess
@@ -185,20 +186,44 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "
 
 def asarray(x, dtype=None, order=None):
     if isinstance(x, ndarray):
-        return x if dtype is None or x.dtype == np.dtype(dtype) else x.astype(dtype)
+        return x if dtype is None or x.dtype == np.dtype(dtype) else \
+            _device_copy(x._a.astype(dtype))
     if hasattr(x, "__cuda_array_interface__"):
         raise TypeError(f"cuda_host cannot read another framework's device array ({type(x)})")
-    return ndarray(_array=np.array(x, dtype=dtype, order=order or "K"))  # a copy, as to a GPU
+    return _device_copy(np.asarray(x, dtype=dtype))  # a copy, as to a GPU
 
 
 array = asarray
 
 
+# Device memory: every array made here ends where an inaccessible page begins (at most 15
+# bytes before it, to keep 16-byte alignment for the kernels' vector loads), so that a kernel
+# that reads or writes past the end of an array stops with an out-of-bounds error.
+_PAGE = mmap.PAGESIZE
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _guarded(nbytes: int) -> np.ndarray:
+    """nbytes of uint8, followed by an inaccessible page; full of 0xff bytes."""
+    body = -(-max(nbytes, 1) // _PAGE) * _PAGE
+    area = mmap.mmap(-1, body + _PAGE)
+    anchor = ctypes.c_char.from_buffer(area)
+    base = ctypes.addressof(anchor)
+    del anchor
+    if _LIBC.mprotect(base + body, _PAGE, 0):  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "cuda_host: mprotect failed")
+    start = (body - nbytes) & ~15
+    raw = np.frombuffer(area, np.uint8, nbytes, start)
+    raw[...] = 0xFF
+    return raw
+
+
 def empty(shape, dtype=float, order="C"):
     """A new array full of 0xff bytes (NaN, -1): what a kernel does not write shows."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if np.isscalar(shape) else tuple(shape)
-    raw = np.full(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 0xFF, np.uint8)
+    shape = (shape,) if np.isscalar(shape) else tuple(int(x) for x in shape)
+    raw = _guarded(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     return ndarray(_array=raw.view(dtype).reshape(shape, order=order))
 
 
@@ -206,8 +231,21 @@ def empty_like(a, dtype=None, shape=None):
     return empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
 
 
+def zeros(shape, dtype=float, order="C"):
+    out = empty(shape, dtype, order)
+    out._a[...] = 0
+    return out
+
+
+def _device_copy(x: np.ndarray) -> ndarray:
+    out = empty(x.shape, x.dtype)
+    out._a[...] = x
+    return out
+
+
 def ascontiguousarray(x, dtype=None):
-    return _wrap(np.ascontiguousarray(asarray(x, dtype)._a))
+    x = asarray(x, dtype)
+    return x if x._a.flags.c_contiguous else _device_copy(x._a)
 
 
 def asnumpy(x, stream=None):
@@ -359,7 +397,7 @@ class RawModule:
             for i, name in enumerate(self.names))
         source = f'#include "cuda_host.h"\n{code}\n{wrappers}\n'
         flags = ["-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
-                 "-fno-fast-math", "-Wno-unknown-pragmas", f"-I{HERE}", *includes]
+                 "-fno-fast-math", "-fstack-clash-protection", "-Wno-unknown-pragmas", f"-I{HERE}", *includes]
         key = hashlib.sha256("\0".join([source, *flags, _header_text()]).encode()).hexdigest()
         lib = _cache_dir() / f"{key[:24]}.so"
         if not lib.exists():
@@ -430,7 +468,23 @@ class RawKernel:
         argv = (ctypes.c_void_p * max(1, len(ptrs)))(*ptrs)
         err = ctypes.create_string_buffer(2048)
         if self._fn(*_dims(grid), *_dims(block), argv, err, len(err)):
-            raise RuntimeError(f"cuda_host: {self.name}: {err.value.decode()}")
+            raise RuntimeError(f"cuda_host: {self.name}: {err.value.decode()}"
+                               f"{_whose(err.value.decode(), args)}")
+
+
+def _whose(text: str, args) -> str:
+    """For an out-of-bounds address: which argument it lies past the end of."""
+    found = re.search(r"address 0x([0-9a-f]+)", text)
+    if not found:
+        return ""
+    at = int(found.group(1), 16)
+    for i, a in enumerate(args):
+        if isinstance(a, ndarray):
+            end = a._a.ctypes.data + a._a.nbytes
+            if end <= at < end + _PAGE + 16:
+                return (f", {at - end} bytes past the end of argument {i} "
+                        f"({a._a.dtype}, shape {a._a.shape})")
+    return ""
 
 
 RawModule.__module__ = RawKernel.__module__ = __name__
