@@ -6,12 +6,14 @@
    between its device arrays and NumPy.
 2. The GPU tests (tests/test_cupy.py, tests/test_cupy_backward.py, marker ``gpu``) in a
    subprocess whose ``import cupy`` finds the emulation: every kernel against the NumPy
-   specification on a machine without a GPU, CI's included.
+   specification on a machine without a GPU, CI's included; and the GPU benchmark's code
+   (``zeta-ref bench --backends cupy``) end to end at small shapes.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -193,3 +195,24 @@ def test_the_gpu_tests_pass_on_the_cpu(tmp_path, order):
     marked = sum(len(re.findall(r"^@pytest\.mark\.gpu_only", (ROOT / f).read_text(), re.M))
                  for f in GPU_TEST_FILES)
     assert gpu_only == marked > 0, tail
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu(tmp_path):
+    """``zeta-ref bench --backends cupy`` end to end on the emulation, at two small shapes:
+    the GPU half of the benchmark (stage times, the sort reference, the backward pass, the
+    JSON) runs without a GPU. Its times say nothing of a GPU's, and its device is named so."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), str(ROOT)]),
+               NUMBA_NUM_THREADS="1", ZETA_REF_CUDA_HOST_CACHE=str(tmp_path / "modules"))
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "zeta_ref", "bench", "--backends", "cupy",
+                           "--gpu-shapes", "1x2x300", "2x1x1000", "--copy-mib", "1",
+                           "--no-sdpa", "--repeats", "1", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    gpu = json.loads(out.read_text())["gpu"]
+    assert gpu["device"]["name"] == "cuda_host (the CPU)"
+    zeta = [r for r in gpu["runs"] if r["method"] == "zeta"]
+    assert [(r["batch"], r["heads"], r["n"]) for r in zeta] == [(1, 2, 300), (2, 1, 1000)]
+    for r in zeta:
+        assert r["skipped"] is None and r["total_s"] > 0 and r["backward_s"] > 0
+        assert set(r["stages_s"]) == {"codes", "sort", "pools", "window", "means", "attention"}

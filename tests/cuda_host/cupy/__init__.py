@@ -283,7 +283,13 @@ class _RandomState:
         self._rs = np.random.RandomState(seed)
 
     def __getattr__(self, name):
-        return _forward(getattr(self._rs, name))
+        fn = getattr(self._rs, name)
+
+        def call(*args, dtype=None, **kwargs):  # CuPy's generators take a dtype
+            out = fn(*_unwrap(args), **_unwrap(kwargs))
+            return _wrap(np.asarray(out, dtype=dtype) if dtype is not None else out)
+
+        return call
 
 
 random = types.SimpleNamespace(RandomState=_RandomState,
