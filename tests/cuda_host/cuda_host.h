@@ -511,14 +511,17 @@ inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
 inline int __clzll(long long x) { return x ? __builtin_clzll((unsigned long long)x) : 64; }
 
-// CUDA's min and max for mixed integer and floating types: the usual arithmetic conversions
+// CUDA's min and max: the usual arithmetic conversions, and for floating types fmin and fmax
+// (a NaN loses to a number), as CUDA's overloads call fminf and fmaxf
 template <typename A, typename B>
 inline std::common_type_t<A, B> min(A a, B b) {
     using C = std::common_type_t<A, B>;
-    return (C)b < (C)a ? (C)b : (C)a;
+    if constexpr (std::is_floating_point_v<C>) return std::fmin((C)a, (C)b);
+    else return (C)b < (C)a ? (C)b : (C)a;
 }
 template <typename A, typename B>
 inline std::common_type_t<A, B> max(A a, B b) {
     using C = std::common_type_t<A, B>;
-    return (C)a < (C)b ? (C)b : (C)a;
+    if constexpr (std::is_floating_point_v<C>) return std::fmax((C)a, (C)b);
+    else return (C)a < (C)b ? (C)b : (C)a;
 }
