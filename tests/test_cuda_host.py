@@ -6,12 +6,14 @@
    between its device arrays and NumPy.
 2. The GPU tests (tests/test_cupy.py, tests/test_cupy_backward.py, marker ``gpu``) in a
    subprocess whose ``import cupy`` finds the emulation: every kernel against the NumPy
-   specification on a machine without a GPU, CI's included.
+   specification on a machine without a GPU, CI's included; and the GPU benchmark's code
+   (``zeta-ref bench --backends cupy``) end to end at small shapes.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -64,7 +66,7 @@ extern "C" __global__ void early_exit(int* out) {
 extern "C" __global__ void missing_barrier(int* out) {
     __shared__ int slot[1];
     if (threadIdx.x == 0) slot[0] = 42;
-    if (threadIdx.x == 1) out[0] = slot[0];
+    if (threadIdx.x == 1) out[blockIdx.x] = slot[0];
 }
 
 extern "C" __global__ void past_the_end(const float* x, long long n, float* out, int write) {
@@ -123,15 +125,25 @@ def test_the_mistakes_a_gpu_hides_are_stopped(emu):
         module.get_function("outside_mask")((1,), (32,), (out,))
 
 
-@pytest.mark.parametrize("order, seen", [("forward", 42), ("reverse", -1)])
+@pytest.mark.parametrize("order, seen", [("forward", [42, 42]), ("reverse", [-1, -1]),
+                                         ("alternate", [42, -1])])
 def test_an_order_dependent_result_shows(emu, monkeypatch, order, seen):
     """A missing barrier: lane 1 sees lane 0's write when lane 0 takes its turn first, and
-    the poison of unwritten shared memory (all bits set: -1) when the order is reversed."""
+    the poison of unwritten shared memory (all bits set: -1) when the order is reversed; by
+    default the blocks (and the launches) take the two orders by turns. Each block finds the
+    poison again, not the block before's write."""
     monkeypatch.setenv("ZETA_REF_CUDA_HOST_ORDER", order)
-    out = emu.zeros(1, dtype=np.int32)
-    for _ in range(2):  # the second block finds the poison again, not the first one's write
-        emu.RawModule(code=_LANES).get_function("missing_barrier")((1,), (32,), (out,))
-        assert int(out[0]) == seen
+    fn = emu.RawModule(code=_LANES).get_function("missing_barrier")
+    out = emu.zeros(2, dtype=np.int32)
+    fn((2,), (32,), (out,))
+    got = sorted(emu.asnumpy(out).tolist(), reverse=True)
+    assert got == seen
+    if order == "alternate":  # a launch of one block: the orders by turns, launch by launch
+        firsts = []
+        for _ in range(2):
+            fn((1,), (32,), (out,))
+            firsts.append(int(out[0]))
+        assert sorted(firsts, reverse=True) == [42, -1]
 
 
 @pytest.mark.parametrize("n", (1024, 1000, 3))
@@ -154,6 +166,18 @@ def test_a_thread_past_its_stack_is_stopped(emu):
         fn((1,), (32,), (emu.zeros(32, dtype=np.int32),))
 
 
+def test_a_changed_header_is_recompiled(emu, tmp_path, monkeypatch):
+    """The cache of compiled modules is keyed by the headers a source may include too."""
+    monkeypatch.setenv("ZETA_REF_CUDA_HOST_CACHE", str(tmp_path / "modules"))
+    code = '#include "value.cuh"\nextern "C" __global__ void value(int* out) { out[0] = VALUE; }'
+    out = emu.zeros(1, dtype=np.int32)
+    for value in (1, 2):
+        (tmp_path / "value.cuh").write_text(f"#define VALUE {value}\n")
+        emu.RawModule(code=code, options=(f"-I{tmp_path}",)).get_function("value")(
+            (1,), (1,), (out,))
+        assert int(out[0]) == value
+
+
 def test_device_arrays_stay_behind_a_wall(emu):
     x = emu.asarray(np.arange(4.0))
     with pytest.raises(TypeError, match="Implicit conversion"):
@@ -169,18 +193,27 @@ GPU_TEST_FILES = ("tests/test_cupy.py", "tests/test_cupy_backward.py", "tests/te
                   "tests/test_crosscheck.py")
 
 
-@pytest.mark.parametrize("order", ("forward", "reverse"))
-def test_the_gpu_tests_pass_on_the_cpu(tmp_path, order):
-    """Every ``gpu`` test, run on the emulation, with the threads of a block taking turns from
-    the first and from the last (a result that depends on the order fails one of the two).
-    Skipped there, and only those: the tests marked ``gpu_only`` (each one exactly once) and
-    those that need torch where it is not installed."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), str(ROOT)]),
-               NUMBA_NUM_THREADS="1", ZETA_REF_CUDA_HOST_CACHE=str(tmp_path / "modules"),
-               ZETA_REF_CUDA_HOST_ORDER=order)
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory):
+    """One cache of compiled modules for the subprocesses below."""
+    return tmp_path_factory.mktemp("cuda_host_modules")
+
+
+def _env(modules):
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(HOST), str(ROOT)]),
+                NUMBA_NUM_THREADS="1", ZETA_REF_CUDA_HOST_CACHE=str(modules),
+                ZETA_REF_CUDA_HOST_ORDER="alternate")
+
+
+def test_the_gpu_tests_pass_on_the_cpu(modules):
+    """Every ``gpu`` test, run on the emulation, the threads of a block taking turns from the
+    first or from the last by turns (a result that depends on the order fails). Skipped there,
+    and only those: the tests marked ``gpu_only`` (each one exactly once) and those that need
+    torch where it is not installed."""
     done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs",
                            "-p", "no:cacheprovider", "-o", "addopts=", *GPU_TEST_FILES],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+                          cwd=ROOT, env=_env(modules), capture_output=True, text=True,
+                          timeout=1800)
     tail = done.stdout[-6000:] + done.stderr[-2000:]
     assert done.returncode == 0, tail
     assert int(re.search(r"(\d+) passed", done.stdout).group(1)) >= 300, tail
@@ -193,3 +226,23 @@ def test_the_gpu_tests_pass_on_the_cpu(tmp_path, order):
     marked = sum(len(re.findall(r"^@pytest\.mark\.gpu_only", (ROOT / f).read_text(), re.M))
                  for f in GPU_TEST_FILES)
     assert gpu_only == marked > 0, tail
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu(tmp_path, modules):
+    """``zeta-ref bench --backends cupy`` end to end on the emulation, at two small shapes:
+    the GPU half of the benchmark (stage times, the sort reference, the backward pass, the
+    JSON) runs without a GPU. Its times say nothing of a GPU's, and its device is named so."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "zeta_ref", "bench", "--backends", "cupy",
+                           "--gpu-shapes", "1x2x300", "2x1x1000", "--copy-mib", "1",
+                           "--no-sdpa", "--repeats", "1", "--json", str(out)],
+                          cwd=ROOT, env=_env(modules), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    gpu = json.loads(out.read_text())["gpu"]
+    assert gpu["device"]["name"] == "cuda_host (the CPU)"
+    zeta = [r for r in gpu["runs"] if r["method"] == "zeta"]
+    assert [(r["batch"], r["heads"], r["n"]) for r in zeta] == [(1, 2, 300), (2, 1, 1000)]
+    for r in zeta:
+        assert r["skipped"] is None and r["total_s"] > 0 and r["backward_s"] > 0
+        assert set(r["stages_s"]) == {"codes", "sort", "pools", "window", "means", "attention"}

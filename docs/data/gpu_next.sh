@@ -23,7 +23,9 @@
 #         BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, same machine
 #     BUDGET=400 bash docs/data/gpu_next.sh stalls narrow            # if time is left
 #   (ffe07b6 is change 1 alone, the host's order; a failing test: `git checkout` each of the
-#   branch's commits in turn and run its test file, tests/test_cupy.py)
+#   branch's commits in turn and run its test file, tests/test_cupy.py. Before the call, on
+#   the CPU: `pytest tests/test_cuda_host.py` runs the branch's gpu tests on the emulation,
+#   tests/cuda_host; it passed on 9549d5f, 2026-12-05)
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph

@@ -13,9 +13,9 @@
 // has exited or waits elsewhere, a shuffle that reads a lane outside the mask, a deadlock; an
 // access past the end of an array (tests/cuda_host/cupy places an inaccessible page there) or
 // below a thread's stack; a read of shared memory before the block wrote it (the poison shows
-// in the results); a result that depends on the order threads take turns (run once in each
-// order, ZETA_REF_CUDA_HOST_ORDER=reverse). What it cannot check: speed, races that neither
-// order shows (the schedule is one of two fixed interleavings), the device's own math
+// in the results); a result that depends on the order threads take turns (from the first or
+// from the last, by turns: ZETA_REF_CUDA_HOST_ORDER). What it cannot check: speed, races that
+// neither order shows (the schedule is one of two fixed interleavings), the device's own math
 // functions (expf and the like are the host's, within an ulp or two of the device's), the
 // memory model. tests/cuda_host/README.md says how the tests use it.
 #pragma once
@@ -319,12 +319,18 @@ inline std::string stuck(int n) {
 extern "C" char __start_zh_shared[] __attribute__((weak));
 extern "C" char __stop_zh_shared[] __attribute__((weak));
 
-// ZETA_REF_CUDA_HOST_ORDER=reverse: the threads of a block take turns from the last one, so
-// that a result that depends on the order (a missing barrier) differs between the two runs
-inline bool reverse_order() {
+// The order in which the threads of a block take turns, from ZETA_REF_CUDA_HOST_ORDER:
+// "forward" (from the first), "reverse" (from the last) or, unset or "alternate", the two by
+// turns, block by block and launch by launch, so that one run of the tests meets every kernel
+// in both orders: a result that depends on the order (a missing barrier) differs in one.
+enum Order { FORWARD, REVERSE, ALTERNATE };
+inline Order order_asked() {
     const char* order = getenv("ZETA_REF_CUDA_HOST_ORDER");
-    return order && !strcmp(order, "reverse");
+    if (order && !strcmp(order, "forward")) return FORWARD;
+    if (order && !strcmp(order, "reverse")) return REVERSE;
+    return ALTERNATE;
 }
+inline unsigned long long launches = 0;
 
 inline bool run_block(int n, bool reverse) {
     if (__start_zh_shared && __stop_zh_shared > __start_zh_shared)
@@ -410,7 +416,8 @@ int launch(void (*f)(A...), dim3 g, dim3 b, void** argv, char* err, size_t err_l
     block_dim = b;
     error.clear();
     int n = (int)(b.x * b.y * b.z);
-    bool reverse = reverse_order();
+    Order order = order_asked();
+    unsigned long long launch_no = launches++;
     if (n < 1 || n > MAX_THREADS) error = "a block of " + std::to_string(n) + " threads";
     if (!map_stacks()) error = "no memory for the threads' stacks";
     stack_t alt{}, old_alt;
@@ -428,7 +435,8 @@ int launch(void (*f)(A...), dim3 g, dim3 b, void** argv, char* err, size_t err_l
             for (unsigned y = 0; y < g.y && error.empty(); ++y)
                 for (unsigned x = 0; x < g.x && error.empty(); ++x) {
                     block_idx = {x, y, z};
-                    run_block(n, reverse);
+                    bool odd = (launch_no + x + y + z) & 1;
+                    run_block(n, order == REVERSE || (order == ALTERNATE && odd));
                 }
     } else {
         error = fault_text();
@@ -511,14 +519,17 @@ inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
 inline int __clzll(long long x) { return x ? __builtin_clzll((unsigned long long)x) : 64; }
 
-// CUDA's min and max for mixed integer and floating types: the usual arithmetic conversions
+// CUDA's min and max: the usual arithmetic conversions, and for floating types fmin and fmax
+// (a NaN loses to a number), as CUDA's overloads call fminf and fmaxf
 template <typename A, typename B>
 inline std::common_type_t<A, B> min(A a, B b) {
     using C = std::common_type_t<A, B>;
-    return (C)b < (C)a ? (C)b : (C)a;
+    if constexpr (std::is_floating_point_v<C>) return std::fmin((C)a, (C)b);
+    else return (C)b < (C)a ? (C)b : (C)a;
 }
 template <typename A, typename B>
 inline std::common_type_t<A, B> max(A a, B b) {
     using C = std::common_type_t<A, B>;
-    return (C)a < (C)b ? (C)b : (C)a;
+    if constexpr (std::is_floating_point_v<C>) return std::fmax((C)a, (C)b);
+    else return (C)a < (C)b ? (C)b : (C)a;
 }

@@ -283,7 +283,13 @@ class _RandomState:
         self._rs = np.random.RandomState(seed)
 
     def __getattr__(self, name):
-        return _forward(getattr(self._rs, name))
+        fn = getattr(self._rs, name)
+
+        def call(*args, dtype=None, **kwargs):  # CuPy's generators take a dtype
+            out = fn(*_unwrap(args), **_unwrap(kwargs))
+            return _wrap(np.asarray(out, dtype=dtype) if dtype is not None else out)
+
+        return call
 
 
 random = types.SimpleNamespace(RandomState=_RandomState,
@@ -398,7 +404,8 @@ class RawModule:
         source = f'#include "cuda_host.h"\n{code}\n{wrappers}\n'
         flags = ["-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
                  "-fno-fast-math", "-fstack-clash-protection", "-Wno-unknown-pragmas", f"-I{HERE}", *includes]
-        key = hashlib.sha256("\0".join([source, *flags, _header_text()]).encode()).hexdigest()
+        key = hashlib.sha256("\0".join([source, *flags, *_headers(includes)]).encode())
+        key = key.hexdigest()
         lib = _cache_dir() / f"{key[:24]}.so"
         if not lib.exists():
             with tempfile.TemporaryDirectory() as tmp:
@@ -421,14 +428,12 @@ class RawModule:
         raise KeyError(f"cuda_host: no kernel {name!r} in the module (names: {self.names})")
 
 
-_HEADER = None
-
-
-def _header_text() -> str:
-    global _HEADER
-    if _HEADER is None:
-        _HEADER = (HERE / "cuda_host.h").read_text()
-    return _HEADER
+def _headers(includes) -> list[str]:
+    """The text of every header a module may include (cuda_host.h, and each .h and .cuh file
+    of its -I folders): part of the cache key, so that a changed header recompiles."""
+    folders = [HERE] + [Path(o[2:]) for o in includes]
+    return [f"{path}\n{path.read_text()}" for folder in folders
+            for path in sorted(folder.glob("*.h")) + sorted(folder.glob("*.cuh"))]
 
 
 def _dims(d):
