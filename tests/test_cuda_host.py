@@ -2,9 +2,10 @@
 
 1. The emulation itself: warp shuffles, ballots and the block barrier's count as CUDA defines
    them, against the same operations written in NumPy; the mistakes it must stop on (a lane
-   that exits before a full-mask shuffle, a shuffle that reads outside its mask); the wall
-   between its device arrays and NumPy.
-2. The GPU tests (tests/test_cupy.py, tests/test_cupy_backward.py, marker ``gpu``) in a
+   that exits before a full-mask shuffle, a shuffle that reads outside its mask, an access
+   past the end of an array or of a thread's stack); a result that depends on the threads'
+   order; a changed header recompiled; the wall between its device arrays and NumPy.
+2. The GPU tests (every ``gpu`` test of GPU_TEST_FILES) in a
    subprocess whose ``import cupy`` finds the emulation: every kernel against the NumPy
    specification on a machine without a GPU, CI's included; and the GPU benchmark's code
    (``zeta-ref bench --backends cupy``) end to end at small shapes.

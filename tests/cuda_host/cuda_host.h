@@ -380,8 +380,6 @@ std::tuple<std::decay_t<A>...> read_args(void** argv, std::index_sequence<I...>)
     return std::tuple<std::decay_t<A>...>(*reinterpret_cast<std::decay_t<A>*>(argv[I])...);
 }
 
-// Run kernel f on grid g of blocks b; its arguments are argv[i], each pointing at a value of
-// the parameter's type. 0 on success; else 1 with the error's text in err.
 // ---------------------------------------------------------------- faults
 // A thread that touches memory it may not (an inaccessible page: past the end of an array the
 // stand-in for CuPy allocated, or below a thread's stack) raises SIGSEGV; the handler, on a
@@ -407,6 +405,8 @@ inline std::string fault_text() {
     return where() + buf;
 }
 
+// Run kernel f on grid g of blocks b; its arguments are argv[i], each pointing at a value of
+// the parameter's type. 0 on success; else 1 with the error's text in err.
 template <typename... A>
 int launch(void (*f)(A...), dim3 g, dim3 b, void** argv, char* err, size_t err_len) {
     auto args = read_args<A...>(argv, std::index_sequence_for<A...>{});

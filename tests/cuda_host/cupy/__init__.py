@@ -77,7 +77,7 @@ class ndarray:  # noqa: N801 - CuPy's name
     __slots__ = ("_a",)
 
     def __init__(self, shape=None, dtype=float, *, _array=None):
-        self._a = np.empty(shape, dtype) if _array is None else _array
+        self._a = empty(shape, dtype)._a if _array is None else _array
 
     # what makes it a GPU array to zeta_ref._checks.on_device
     @property
