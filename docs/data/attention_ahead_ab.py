@@ -8,7 +8,7 @@ Each variant is compiled as the library compiles its kernels (NVRTC, rt.OPTIONS)
 the very arguments a fused pass hands the library kernel (recorded from one call of
 zeta_ref.cupy.fused.forward), and its outputs compared with the library kernel's, bit for bit,
 before it is timed (medians of three medians of 25 launches, CUDA events). Written for one
-H200, not yet run (2026-12-04):
+H200 (2026-12-04); run there on 2026-12-05 (docs/benchmarks.md):
 
     PYTHONPATH=$PWD python docs/data/attention_ahead_ab.py out.json 1x3x1000 1x8x16384 1x8x65536 16x8x65536
 

@@ -10,7 +10,7 @@ recording), with the grid of the library's launch (a block takes 256 / G queries
 queries in all); its outputs must be the library kernel's, bit for bit, on three launches (the default,
 the weights written, the softmax score) before it is timed (medians of three medians of 25
 launches, CUDA events; the library kernel first and again last, for drift). Written for one
-H200, not yet run (2026-12-04):
+H200 (2026-12-04); run there and on an H100 on 2026-12-05 (docs/benchmarks.md):
 
     PYTHONPATH=$PWD python docs/data/attention_narrow_ab.py out.json 1x3x1000 1x8x16384 1x8x65536 16x8x65536
 

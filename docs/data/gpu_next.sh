@@ -11,21 +11,15 @@
 #   BUDGET=590 bash docs/data/gpu_next.sh tests targets sanitize ab   # ran 04:47 UTC
 #   BUDGET=200 bash docs/data/gpu_next.sh profile                     # ran 04:57 UTC
 #   BUDGET=570 bash docs/data/gpu_next.sh ncu profile targets         # ran 05:40 UTC on 1fd29da
-#   next, on the branch gpu-pending (seven changes prepared without a GPU, docs/benchmarks.md,
-#   "2026-12-05, evening"), from a checkout of it, the older trees made first (carry out/trees);
-#   where the branch is not in the repository, it is in docs/data/gpu-pending.bundle:
-#     git fetch docs/data/gpu-pending.bundle gpu-pending:gpu-pending   # only if it is missing
-#     git checkout gpu-pending
-#     for t in before:main reorder:ffe07b6; do mkdir -p out/trees/${t%%:*}
-#         git archive ${t#*:} zeta_ref | tar -x -C out/trees/${t%%:*}; done
-#     BUDGET=580 bash docs/data/gpu_next.sh tests sanitize         # one device call
-#     TREES=out/trees/before,out/trees/reorder \
-#         BUDGET=580 bash docs/data/gpu_next.sh ab knobs ncu targets   # the next, same machine
-#     BUDGET=400 bash docs/data/gpu_next.sh stalls narrow            # if time is left
-#   (ffe07b6 is change 1 alone, the host's order; a failing test: `git checkout` each of the
-#   branch's commits in turn and run its test file, tests/test_cupy.py. Before the call, on
-#   the CPU: `pytest tests/test_cuda_host.py` runs the branch's gpu tests on the emulation,
-#   tests/cuda_host; it passed on 9549d5f, 2026-12-05)
+#   on the branch gpu-pending (seven changes prepared without a GPU), merged into main after:
+#   BUDGET=560 bash docs/data/gpu_next.sh tests sanitize             # ran 10:40 UTC, an H100
+#   TREES=out/trees/before,out/trees/reorder \
+#       BUDGET=585 bash docs/data/gpu_next.sh ab targets              # ran 10:46 UTC
+#   BUDGET=520 bash docs/data/gpu_next.sh knobs ncu                   # ran 10:51 UTC
+#   BUDGET=430 bash docs/data/gpu_next.sh stalls narrow               # ran 10:53 UTC
+#   (the older trees for `ab` made first and carried: for t in before:REV ...; do mkdir -p
+#   out/trees/$t; git archive REV zeta_ref | tar -x -C out/trees/$t; done). Next: `bench`,
+#   every default shape (N = 1,048,576 included) on the merged tree, on the H200 if lent.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
@@ -46,7 +40,7 @@
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
 #              unless set)
 #   knobs      the mean term's wide kernels and the window's lanes, each at its values in
-#              turns (docs/data/knob_ab.py; MEANS_WIDE is the branch gpu-pending's)
+#              turns (docs/data/knob_ab.py; MEANS_WIDE on is the library's)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20

@@ -14,7 +14,7 @@ overwritten by the next call. The checks stay: the graph ends with the max |x| o
 v, and each call reads those three numbers back (one transfer, which waits for the pass) and
 refuses NaN, inf or too large values with zeta_attention's own words before returning.
 
-Written for one H200, not yet run (2026-12-05):
+Written for one H200 (2026-12-05) and run there that day (docs/benchmarks.md):
 
     PYTHONPATH=$PWD python docs/data/graph_plan_ab.py out.json 1x8x4096 1x8x8192 1x8x16384 1x8x65536
 

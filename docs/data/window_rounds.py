@@ -17,7 +17,7 @@ the mean rounds of each step:
   the left again when the right runs out (D11);
 - output: the loop that writes the visible keys between the farthest two taken, in Z order
   (it reads entries the walks read just before, so its loads mostly hit the cache). With
-  the walks writing their keys to their slots as they find them (the branch gpu-pending,
+  the walks writing their keys to their slots as they find them (the library since
   2026-12-05), that loop runs only where the left walk ran out of keys or went on for D11:
   the last line says for how many queries, and its rounds then.
 
