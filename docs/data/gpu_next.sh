@@ -18,14 +18,22 @@
 #   BUDGET=520 bash docs/data/gpu_next.sh knobs ncu                   # ran 10:51 UTC
 #   BUDGET=430 bash docs/data/gpu_next.sh stalls narrow               # ran 10:53 UTC
 #   (the older trees for `ab` made first and carried: for t in before:REV ...; do mkdir -p
-#   out/trees/$t; git archive REV zeta_ref | tar -x -C out/trees/$t; done). Next: `bench`,
-#   every default shape (N = 1,048,576 included) on the merged tree, on the H200 if lent.
+#   out/trees/$t; git archive REV zeta_ref | tar -x -C out/trees/$t; done).
+#   next, on the branch gpu-pending again (one change, prepared without a GPU: the attention
+#   kernel compiled for d_k = 3, docs/benchmarks.md "Prepared: the attention kernel's step 1";
+#   the branch is in docs/data/gpu-pending.bundle where a checkout lacks it):
+#     BUDGET=560 bash docs/data/gpu_next.sh tests sanitize          # one device call
+#     BUDGET=580 bash docs/data/gpu_next.sh narrow knobs bench      # the next, same machine
+#   then merge the branch if the tests pass and the A/Bs say it pays, and record `bench` (every
+#   default shape, N = 1,048,576 included) as the run of record.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
-#   narrow     the narrow attention A/B alone (with the library kernel's register caps)
-#   sanitize   the forward kernels under memcheck, racecheck and synccheck
+#   narrow     the narrow attention A/B alone (with the library kernel's two forms: any d_k,
+#              and compiled for d_k = 3)
+#   sanitize   the forward kernels under memcheck, racecheck and synccheck, and both forms of
+#              the narrow attention kernel under memcheck and racecheck
 #   bench      the benchmark of every default shape
 #   targets    the benchmark at the targets' shapes (B = 1, N = 8192 to 131072; 16 x 8 x 65536;
 #              SDPA fp32 only to N = 16384)
@@ -39,8 +47,9 @@
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
 #              unless set)
-#   knobs      the mean term's wide kernels and the window's lanes, each at its values in
-#              turns (docs/data/knob_ab.py; MEANS_WIDE on is the library's)
+#   knobs      the attention kernel's form for d_k = 3 (NARROW_DK = 3, against 0: the general
+#              form) and its 8 threads a query (NARROW, against 16), each at its values in
+#              turns (docs/data/knob_ab.py; the first value is the library's)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -117,7 +126,7 @@ case "$name" in
         ;;
     knobs)
         step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x65536 16x8x65536 -- \
-            topk_softmax.MEANS_WIDE=True,False fused.WINDOW_LANES=8,16
+            topk_softmax.NARROW_DK=3,0 topk_softmax.NARROW=True,False
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
@@ -139,6 +148,10 @@ l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_o
         for tool in racecheck synccheck; do
             step sanitizer 120 compute-sanitizer --tool "$tool" \
                 python3 docs/data/forward_sanitizer.py race
+        done
+        for tool in memcheck racecheck; do  # both forms of the narrow attention kernel
+            step sanitizer 60 compute-sanitizer --tool "$tool" \
+                python3 docs/data/attention_narrow_ab.py --check-only
         done
         ;;
     bench)

@@ -34,6 +34,9 @@ def main() -> None:
         name, values = knob.split("=")
         module, attr = name.split(".")
         mod = sys.modules[f"zeta_ref.cupy.{module}"]
+        if not hasattr(mod, attr):  # a setting of another tree (a branch's): say so, go on
+            print(f"{name}: not a setting of this tree; skipped", flush=True)
+            continue
         default = getattr(mod, attr)
         values = [ast.literal_eval(x) for x in values.split(",")]
         table = result["settings"][name] = {}

@@ -442,6 +442,10 @@ def _dims(d):
 
 
 class RawKernel:
+    #: A GPU compiler's facts about the kernel (registers, spills): none here, where g++
+    #: compiles it for the CPU; the keys are CuPy's, so that a script that prints them runs.
+    attributes = {"num_regs": "unknown (cuda_host)", "local_size_bytes": "unknown (cuda_host)"}
+
     def __init__(self, fn, name):
         self._fn, self.name = fn, name
         fn.restype = ctypes.c_int
