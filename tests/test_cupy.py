@@ -444,6 +444,36 @@ def test_mean_term_wide_and_narrow_kernels_agree_bit_for_bit(monkeypatch, dtype,
                  err_msg="mean_v of an unaligned contiguous view")
 
 
+@pytest.mark.parametrize("score", ("cauchy", "softmax", "neg_euclidean", "inv_euclidean"))
+def test_attention_kernels_of_the_default_instance_agree_bit_for_bit(monkeypatch, score):
+    """The default instance of the fast attention kernel (k + 1 in 33 .. 48 slots, d_v <= 64)
+    has three forms that make the same additions in the same order: 16 threads a query, 8
+    threads a query, and 8 compiled for d_k = 3 (its step 1 loads every slot's coordinates
+    before scoring any). Their outputs, weights and mean weights must be the same bits, with
+    empty slots (strict causality), the mean term on and off, d_v = 64 and 20, and the
+    specification's within tolerance; d_k = 2 takes the general form."""
+    s = zeta_ref.get_backend("cupy").stages()
+    for d_k, d_v, history_mean in ((3, 64, True), (3, 20, False), (2, 64, True)):
+        q, k, v = _inputs(7 + d_v + d_k, (2,), 700, d_k, d_v, np.float32)
+        cfg = ZetaConfig(k=32, causal="strict", score=score, history_mean=history_mean)
+        _, im = zeta_attention(q, k, v, cfg, return_intermediates=True)
+        assert (im.candidates == -1).any()
+        got = {}
+        for narrow, dk in ((False, 3), (True, 0), (True, 3)):
+            monkeypatch.setattr(topk_softmax, "NARROW", narrow)
+            monkeypatch.setattr(topk_softmax, "NARROW_DK", dk)
+            got[narrow, dk] = [cp.asnumpy(x) for x in s.topk_attention(
+                q, k, v, im.candidates, cfg.score, cfg.gamma, im.mean_k, im.mean_v,
+                kernel="fast")]
+        case = f"d_k={d_k} d_v={d_v} mean={history_mean}"
+        for form in ((True, 0), (True, 3)):
+            for a, b, name in zip(got[form], got[False, 3], ("output", "weights", "mean")):
+                np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32),
+                                              err_msg=f"{name} {form} {case}")
+        for x, name in zip(got[True, 3], ("output", "weights", "mean_weight")):
+            _compare(x, getattr(im, name), f"{name} {case}")
+
+
 @pytest.mark.parametrize("squash", ("sigmoid", "tanh"))
 def test_float_guess_of_the_cell_is_never_wrong(squash):
     """float32 coordinates take a float guess of their cell (zeta_common.cuh, at up to 12

@@ -181,10 +181,10 @@ def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
     source = (data / "attention_narrow.cu").read_text()
     made = set(re.findall(r"^ZETA_TOPK_NARROW\((\d+), (\d+)\)$", source, re.M))
     library = (CUPY_DIR / "topk_softmax.cu").read_text()  # G = 8, unroll 8: the library's own
-    if re.search(r"^ZETA_TOPK_NARROW8\(3\)$", library, re.M):
+    if re.search(r"^ZETA_TOPK_NARROW8\(3, 0\)$", library, re.M):
         made.add(("8", "8"))
     assert ("16", "8") in asked and len(asked) >= 3 and asked <= made, (asked, made)
-    # the names the script builds, and the instances the macro makes: <G, 3, 1, UNROLL>
-    assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}>"' in script
-    assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL>(" in source
-    assert "template __global__ void zeta_topk_narrow<8, U, 1, 8>(" in library
+    # the names the script builds, and the instances the macro makes: <G, 3, 1, UNROLL, 0>
+    assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}, 0>"' in script
+    assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL, 0>(" in source
+    assert "template __global__ void zeta_topk_narrow<8, U, 1, 8, DK>(" in library

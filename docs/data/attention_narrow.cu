@@ -21,12 +21,13 @@
 // same partners), so every addition has the library's operands.
 #include "topk_softmax.cu"
 
-// zeta_topk_narrow<G, UL, NX, UNROLL> itself now lives in topk_softmax.cu (the library takes
-// G = 8, unroll 8, since 2026-12-05); the other variants are instantiated here.
+// zeta_topk_narrow<G, UL, NX, UNROLL, DK> itself now lives in topk_softmax.cu (the library
+// takes G = 8, unroll 8, since 2026-12-05); the other variants are instantiated here, in the
+// kernel's general form (DK = 0, any d_k).
 // the variants docs/data/attention_narrow_ab.py times: k = 32 (33 slots with the mean term: 3
 // of the library's lanes' slots each), d_v = 64 (one stripe); G = 8, unroll 8 is the library's
 #define ZETA_TOPK_NARROW(G, UNROLL)                                                            \
-    template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL>(                                \
+    template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL, 0>(                             \
         const float*, const float*, const float*, const int*, const float*, const float*, int, \
         const unsigned long long*, unsigned long long, long long, long long, int, int, int,    \
         int, float, float, float*, float*, int, float*, int);

@@ -430,7 +430,25 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
 // 0.82x and 0.80x of the fast kernel's time. A block takes 256 / G queries a run. One
 // instance, the one checked bit for bit and timed on the GPU: U = 3 (k + 1 in 33 .. 48 slots,
 // the default k = 32 with the mean term), one stripe; the others stay with the fast kernel.
-template <int G, int UL, int NX, int UNROLL>
+// DK > 0: d_k known when compiling (the launcher passes it only where d_k == DK). Step 1 then
+// loads every slot's key first, then every key's DK coordinates, and only then scores them,
+// so that a lane waits for memory twice in step 1 instead of once per slot and coordinate
+// (with d_k read at run time each coordinate is a branch of its own, and each slot waits for
+// its loads before the next slot's are made); the same operations in the same order, so the
+// same bits. DK = 0: any d_k, one slot after the other.
+template <int DK>
+__device__ __forceinline__ float near_fixed(const float (&qv)[DK], const float (&kv)[DK],
+                                            int score) {
+    float acc = 0.0f;  // near_of's additions, in its order
+#pragma unroll
+    for (int e = 0; e < DK; ++e) {
+        if (score == 1) acc = sub_rn(acc, mul_rn(qv[e], kv[e]));
+        else { float diff = sub_rn(qv[e], kv[e]); acc = add_rn(acc, mul_rn(diff, diff)); }
+    }
+    return acc;
+}
+
+template <int G, int UL, int NX, int UNROLL, int DK>
 __global__ void zeta_topk_narrow(const float* __restrict__ q, const float* __restrict__ k,
                                  const float* __restrict__ v, const int* __restrict__ cand,
                                  const float* __restrict__ mean_k,
@@ -472,23 +490,61 @@ __global__ void zeta_topk_narrow(const float* __restrict__ q, const float* __res
         float sc[H][UL];
         int jj[H][UL];  // the slot's key; -1 empty (D9), -2 the mean term
         float top = -__int_as_float(0x7f800000);  // -inf
+        if (DK > 0) {
+            constexpr int D = DK > 0 ? DK : 1;  // d_k == DK here
+            // every slot's key first ...
 #pragma unroll
-        for (int h = 0; h < H; ++h)
+            for (int h = 0; h < H; ++h)
 #pragma unroll
-            for (int u = 0; u < UL; ++u) {
-                int s = lane + G * h + 16 * u;
-                jj[h][u] = -1;
-                sc[h][u] = 0.0f;
-                if (s < slots) {
-                    jj[h][u] = s < n_slots ? c[s] : -2;
+                for (int u = 0; u < UL; ++u) {
+                    int s = lane + G * h + 16 * u;
+                    jj[h][u] = s < slots ? (s < n_slots ? c[s] : -2) : -1;
+                }
+            // ... then the query's and every key's coordinates (none for an empty slot) ...
+            float qv[D], kv[H][UL][D];
+#pragma unroll
+            for (int e = 0; e < D; ++e) qv[e] = qi[e];
+#pragma unroll
+            for (int h = 0; h < H; ++h)
+#pragma unroll
+                for (int u = 0; u < UL; ++u) {
+                    const float* key = jj[h][u] >= 0 ? keys + (long long)jj[h][u] * D
+                                                     : mean_k + at * D;
+#pragma unroll
+                    for (int e = 0; e < D; ++e) kv[h][u][e] = jj[h][u] != -1 ? key[e] : 0.0f;
+                }
+            // ... then the scores, in the slots' order
+#pragma unroll
+            for (int h = 0; h < H; ++h)
+#pragma unroll
+                for (int u = 0; u < UL; ++u) {
+                    sc[h][u] = 0.0f;
                     if (jj[h][u] != -1) {
-                        const float* key = jj[h][u] >= 0 ? keys + (long long)jj[h][u] * d_k
-                                                         : mean_k + at * d_k;
-                        sc[h][u] = raw_score(near_of(qi, key, d_k, score), score, add, root_d);
+                        sc[h][u] = raw_score(near_fixed<D>(qv, kv[h][u], score), score, add,
+                                             root_d);
                         top = fmaxf(top, sc[h][u]);
                     }
                 }
-            }
+        } else {
+#pragma unroll
+            for (int h = 0; h < H; ++h)
+#pragma unroll
+                for (int u = 0; u < UL; ++u) {
+                    int s = lane + G * h + 16 * u;
+                    jj[h][u] = -1;
+                    sc[h][u] = 0.0f;
+                    if (s < slots) {
+                        jj[h][u] = s < n_slots ? c[s] : -2;
+                        if (jj[h][u] != -1) {
+                            const float* key = jj[h][u] >= 0 ? keys + (long long)jj[h][u] * d_k
+                                                             : mean_k + at * d_k;
+                            sc[h][u] = raw_score(near_of(qi, key, d_k, score), score, add,
+                                                 root_d);
+                            top = fmaxf(top, sc[h][u]);
+                        }
+                    }
+                }
+        }
         // step 2: the largest logit (exact in any order), and the sum of the affinities in the
         // library's tree
         for (int m = G / 2; m > 0; m >>= 1) top = fmaxf(top, __shfl_xor_sync(full, top, m, G));
@@ -575,12 +631,13 @@ __global__ void zeta_topk_narrow(const float* __restrict__ q, const float* __res
     }
 }
 
-#define ZETA_TOPK_NARROW8(U)                                                                   \
-    template __global__ void zeta_topk_narrow<8, U, 1, 8>(                                     \
+#define ZETA_TOPK_NARROW8(U, DK)                                                               \
+    template __global__ void zeta_topk_narrow<8, U, 1, 8, DK>(                                 \
         const float*, const float*, const float*, const int*, const float*, const float*, int, \
         const unsigned long long*, unsigned long long, long long, long long, int, int, int,    \
         int, float, float, float*, float*, int, float*, int);
-ZETA_TOPK_NARROW8(3)
+ZETA_TOPK_NARROW8(3, 0)
+ZETA_TOPK_NARROW8(3, 3)
 
 // ---------------------------------------------------------------- int64 candidates as int32
 // The fast kernels (here and in backward.cu) read int32 candidates: out[p] = cand[p] where it

@@ -30,7 +30,7 @@ _NAMES = ("zeta_block_sums<float, 1>", "zeta_block_sums<float, 4>",
           "zeta_means_write<double, 1>", "zeta_means_write<double, 2>",
           "zeta_topk_plain<float, long long>", "zeta_topk_plain<double, long long>",
           "zeta_topk_plain<float, int>", "zeta_topk_plain<double, int>",
-          "zeta_topk_narrow<8, 3, 1, 8>",
+          "zeta_topk_narrow<8, 3, 1, 8, 0>", "zeta_topk_narrow<8, 3, 1, 8, 3>",
           "zeta_topk_fast<1, 1>", "zeta_topk_fast<1, 2>", "zeta_topk_fast<1, 4>",
           "zeta_topk_fast<2, 1>", "zeta_topk_fast<2, 2>", "zeta_topk_fast<2, 4>",
           "zeta_topk_fast<3, 1>", "zeta_topk_fast<3, 2>", "zeta_topk_fast<3, 4>",
@@ -46,6 +46,13 @@ FAST_ROUNDS = 4
 MAX_BLOCKS = 1 << 20
 #: The mean term's kernels carry 16 bytes of a value row a thread (False: one column).
 MEANS_WIDE = True
+#: The default instance (k + 1 in 33 .. 48 slots, d_v <= 64) at 8 threads a query
+#: (zeta_topk_narrow); False: at 16 (zeta_topk_fast), the same bits (for the tests and the A/B).
+NARROW = True
+#: The query width d_k for which the narrow attention kernel has an instance compiled for it
+#: (its step 1 loads every slot's coordinates before scoring any; the same bits); other widths
+#: take its general instance. 0: the general instance for every width (for the A/B).
+NARROW_DK = 3
 #: The fast kernel keeps a row of up to this many floats per 16 threads in registers ...
 FAST_MAX_DV = 256
 #: ... and the scores of up to this many slots (k + the mean term).
@@ -188,10 +195,11 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
         per_run = FAST_THREADS // 16  # queries a block takes at once
         runs = max(FAST_ROUNDS, -(-rows * n // (per_run * MAX_BLOCKS)))  # runs a block takes
         name = f"zeta_topk_fast<{per_lane}, {stripes}>"
-        if stripes == 1 and per_lane == 3:  # 8 threads a query: the same bits, faster (the
+        if NARROW and stripes == 1 and per_lane == 3:  # 8 threads a query: the same bits, faster (the
             # instance checked and timed on the GPU: k + 1 in 33 .. 48 slots, d_v <= 64)
             per_run, runs = 2 * per_run, max(1, runs // 2)  # the same queries a block
-            name = f"zeta_topk_narrow<8, {per_lane}, 1, 8>"
+            name = (f"zeta_topk_narrow<8, {per_lane}, 1, 8, "
+                    f"{NARROW_DK if d_k == NARROW_DK else 0}>")
         blocks = max(1, -(-rows * n // (per_run * runs)))
         _fn(name)((blocks,), (FAST_THREADS,),
                   common + (np.int32(n_slots),) + tail + (np.int32(runs),))
