@@ -436,18 +436,6 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
 // (with d_k read at run time each coordinate is a branch of its own, and each slot waits for
 // its loads before the next slot's are made); the same operations in the same order, so the
 // same bits. DK = 0: any d_k, one slot after the other.
-template <int DK>
-__device__ __forceinline__ float near_fixed(const float (&qv)[DK], const float (&kv)[DK],
-                                            int score) {
-    float acc = 0.0f;  // near_of's additions, in its order
-#pragma unroll
-    for (int e = 0; e < DK; ++e) {
-        if (score == 1) acc = sub_rn(acc, mul_rn(qv[e], kv[e]));
-        else { float diff = sub_rn(qv[e], kv[e]); acc = add_rn(acc, mul_rn(diff, diff)); }
-    }
-    return acc;
-}
-
 template <int G, int UL, int NX, int UNROLL, int DK>
 __global__ void zeta_topk_narrow(const float* __restrict__ q, const float* __restrict__ k,
                                  const float* __restrict__ v, const int* __restrict__ cand,
@@ -520,7 +508,8 @@ __global__ void zeta_topk_narrow(const float* __restrict__ q, const float* __res
                 for (int u = 0; u < UL; ++u) {
                     sc[h][u] = 0.0f;
                     if (jj[h][u] != -1) {
-                        sc[h][u] = raw_score(near_fixed<D>(qv, kv[h][u], score), score, add,
+                        // near_of on the registers, its loop unrolled (D is a constant)
+                        sc[h][u] = raw_score(near_of(qv, kv[h][u], D, score), score, add,
                                              root_d);
                         top = fmaxf(top, sc[h][u]);
                     }

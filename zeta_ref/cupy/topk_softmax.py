@@ -195,8 +195,9 @@ def launch_topk(q, k, v, cand, score, gamma, mean_k, mean_v, visit, visit_mask, 
         per_run = FAST_THREADS // 16  # queries a block takes at once
         runs = max(FAST_ROUNDS, -(-rows * n // (per_run * MAX_BLOCKS)))  # runs a block takes
         name = f"zeta_topk_fast<{per_lane}, {stripes}>"
-        if NARROW and stripes == 1 and per_lane == 3:  # 8 threads a query: the same bits, faster (the
-            # instance checked and timed on the GPU: k + 1 in 33 .. 48 slots, d_v <= 64)
+        if NARROW and stripes == 1 and per_lane == 3:  # 8 threads a query: the same bits,
+            # faster (the instance checked and timed on the GPU: k + 1 in 33 .. 48 slots,
+            # d_v <= 64)
             per_run, runs = 2 * per_run, max(1, runs // 2)  # the same queries a block
             name = (f"zeta_topk_narrow<8, {per_lane}, 1, 8, "
                     f"{NARROW_DK if d_k == NARROW_DK else 0}>")
