@@ -20,8 +20,9 @@
 #   (the older trees for `ab` made first and carried: for t in before:REV ...; do mkdir -p
 #   out/trees/$t; git archive REV zeta_ref | tar -x -C out/trees/$t; done).
 #   next, on the branch gpu-pending again (one change, prepared without a GPU: the attention
-#   kernel compiled for d_k = 3, docs/benchmarks.md "Prepared: the attention kernel's step 1";
-#   the branch is in docs/data/gpu-pending.bundle where a checkout lacks it):
+#   kernel compiled for d_k = 3, docs/benchmarks.md "Prepared for the next GPU session: the
+#   attention kernel's step 1"; the branch is in docs/data/gpu-pending.bundle where a checkout
+#   lacks it; merge main into it first):
 #     BUDGET=560 bash docs/data/gpu_next.sh tests sanitize          # one device call
 #     BUDGET=580 bash docs/data/gpu_next.sh narrow knobs bench      # the next, same machine
 #   then merge the branch if the tests pass and the A/Bs say it pays, and record `bench` (every
