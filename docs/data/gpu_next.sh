@@ -29,6 +29,7 @@
 #   default shape, N = 1,048,576 included) as the run of record.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
+#   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   narrow     the narrow attention A/B alone (with the library kernel's two forms: any d_k,
@@ -49,8 +50,8 @@
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
 #              unless set)
 #   knobs      the attention kernel's form for d_k = 3 (NARROW_DK = 3, against 0: the general
-#              form) and its 8 threads a query (NARROW, against 16), each at its values in
-#              turns (docs/data/knob_ab.py; the first value is the library's)
+#              form), at its values in turns (docs/data/knob_ab.py; the first value is the
+#              library's; 8 threads a query against 16, NARROW, was timed 2026-12-05 10:51)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -58,7 +59,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests graph attention narrow sanitize bench targets profile ncu stalls ab knobs"
+STEPS="tests forward_tests other_tests graph attention narrow sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -127,7 +128,7 @@ case "$name" in
         ;;
     knobs)
         step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x65536 16x8x65536 -- \
-            topk_softmax.NARROW_DK=3,0 topk_softmax.NARROW=True,False
+            topk_softmax.NARROW_DK=3,0
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
@@ -143,6 +144,14 @@ l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_o
         ;;
     tests)
         step gpu_tests 560 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10
+        ;;
+    forward_tests)  # tests, split in two where one device call cannot hold them all
+        step gpu_tests 400 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \
+            tests/test_cupy.py
+        ;;
+    other_tests)
+        step gpu_tests 400 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \
+            --ignore=tests/test_cupy.py
         ;;
     sanitize)
         step sanitizer 120 compute-sanitizer --tool memcheck python3 docs/data/forward_sanitizer.py
