@@ -34,6 +34,8 @@
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   narrow     the narrow attention A/B alone (with the library kernel's two forms: any d_k,
 #              and compiled for d_k = 3)
+#   means      the running means kernel's variants (docs/data/means_ab.py: fewer positions
+#              loaded ahead, the quotient from a reciprocal; fewer registers, the same bits)
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck, and both forms of
 #              the narrow attention kernel under memcheck and racecheck
 #   bench      the benchmark of every default shape
@@ -59,7 +61,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests forward_tests other_tests graph attention narrow sanitize bench targets profile ncu stalls ab knobs"
+STEPS="tests forward_tests other_tests graph attention narrow means sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -107,6 +109,9 @@ case "$name" in
     narrow)
         step narrow 240 python3 docs/data/attention_narrow_ab.py "$OUT/narrow.json" \
             1x8x65536 16x8x65536
+        ;;
+    means)
+        step means 200 python3 docs/data/means_ab.py "$OUT/means.json" 1x8x65536 16x8x65536
         ;;
     targets)
         step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
@@ -160,7 +165,7 @@ l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_o
                 python3 docs/data/forward_sanitizer.py race
         done
         for tool in memcheck racecheck; do  # both forms of the narrow attention kernel
-            step sanitizer 60 compute-sanitizer --tool "$tool" \
+            step sanitizer 150 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only
         done
         ;;

@@ -1,0 +1,156 @@
+"""An A/B of the mean term's last kernel, zeta_means_write<float, 4> (docs/benchmarks.md, issue
+10's analysis): at 16 x 8 x 65536 it took 2.01 ms on an H100 (2026-12-05) at 24 % occupancy,
+92 registers a thread, two blocks of 256 an SM; most of its registers go to the double
+division of each running sum by its position (without the divisions, 66).
+
+Variants of topk_softmax.cu, each compiled as the library compiles it (NVRTC, rt.OPTIONS), each
+launched on the very arguments the library's history_means hands the kernel (its block sums,
+already scanned, from the library's own first two kernels):
+
+  library            as it is: 4 positions of a column group loaded before any is added
+                     (94 registers under nvcc 13's ptxas: two blocks of 256 an SM)
+  U = 2              2 positions loaded ahead (80 registers: three blocks)
+  reciprocal         each quotient run / (i + 1) from the reciprocal y = 1 / (i + 1), rounded
+                     once per position, and two corrections by fused multiply-adds (q = run y;
+                     r = run - q (i + 1), q += r y; twice): the correctly rounded quotient for
+                     float inputs, whose running sums are 0 or between 2^-149 and 2^128 N in
+                     size, far from double's underflow and overflow (Markstein's theorem, the
+                     first correction making q faithful); the bits are checked below (72
+                     registers: three blocks)
+  reciprocal, U = 2  (64 registers: four blocks)
+
+Every variant's two outputs (the mean keys and the mean values) must be the library's bit for
+bit at each shape before it is timed (medians of three medians of 25 launches, CUDA events; the
+library first and again last, for drift):
+
+    PYTHONPATH=$PWD python docs/data/means_ab.py out.json 1x8x65536 16x8x65536
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import cupy as cp
+
+from zeta_ref.cupy import _runtime as rt, topk_softmax as T
+from gpu_timing import benchmark_inputs, header, rounds
+
+NAME = "zeta_means_write<float, 4>"
+LOOP_DIVIDE = "m.x[c] = (T)(run[c] / (double)(i + u + 1));"
+TAIL_DIVIDE = "m.x[c] = (T)(run[c] / (double)(i + 1));"
+QUOTIENT = """
+// run / d correctly rounded, from y = 1 / d rounded once (the A/B's variant "reciprocal")
+__device__ __forceinline__ double quotient(double run, double d, double y) {
+    double q = run * y;
+    double r = fma(-q, d, run);
+    q = fma(r, y, q);
+    r = fma(-q, d, run);
+    return fma(r, y, q);
+}
+"""
+
+
+def source(unroll=4, bounds=0, reciprocal=False) -> str:
+    text = (rt.HERE / "topk_softmax.cu").read_text()
+    for old in (LOOP_DIVIDE, TAIL_DIVIDE, "running_means<T, V, 4>(src",
+                "__global__ void zeta_means_write("):
+        assert text.count(old) == 1, old  # the library's source as this script knows it
+    text = text.replace("running_means<T, V, 4>(src", f"running_means<T, V, {unroll}>(src")
+    if bounds:
+        text = text.replace("__global__ void zeta_means_write(",
+                            f"__global__ void __launch_bounds__(256, {bounds}) zeta_means_write(")
+    if reciprocal:
+        text = text.replace("template <typename T, int W, int U>\n__device__ __forceinline__ "
+                            "void running_means(", QUOTIENT + "template <typename T, int W, int U>"
+                            "\n__device__ __forceinline__ void running_means(")
+        text = text.replace(LOOP_DIVIDE, "m.x[c] = (T)quotient(run[c], (double)(i + u + 1), "
+                                         "1.0 / (double)(i + u + 1));")
+        text = text.replace(TAIL_DIVIDE, "m.x[c] = (T)quotient(run[c], (double)(i + 1), "
+                                         "1.0 / (double)(i + 1));")
+        assert "quotient(run" in text and "double quotient" in text
+    return text
+
+
+VARIANTS = {"library": {}, "U = 2": {"unroll": 2}, "reciprocal": {"reciprocal": True},
+            "reciprocal, U = 2": {"reciprocal": True, "unroll": 2}}
+
+
+def kernels() -> dict:
+    out = {}
+    for label, kw in VARIANTS.items():
+        fn = cp.RawModule(code=source(**kw), options=rt.OPTIONS,
+                          name_expressions=(NAME,)).get_function(NAME)
+        out[label] = fn
+    return out
+
+
+def arguments(shape: str):
+    """The library's launch of zeta_means_write<float, 4> for the benchmark's k and v."""
+    _, k, v = benchmark_inputs(shape)
+    n, d_k, d_v = k.shape[-2], k.shape[-1], v.shape[-1]
+    rows = k.size // (n * d_k)
+    block = T.scan_block(n)
+    n_blocks = -(-n // block)
+    sums = cp.empty((rows, n_blocks, d_k + d_v), np.float64)
+    totals = cp.empty((rows, d_k + d_v), np.float64)
+    lib = kernels_library()
+    rt.launch(lib["zeta_block_sums<float, 4>"], rows * n_blocks * (d_k + d_v // 4),
+              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums,
+               np.int32(0), totals))
+    rt.launch(lib["zeta_scan_blocks"], 32 * rows * (d_k + d_v),
+              (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d_k + d_v), totals))
+    tasks = rows * n_blocks * (d_k + d_v // 4)
+
+    def launch(fn, mean_k, mean_v):
+        rt.launch(fn, tasks, (k, v, sums, totals, np.int32(0), rt.i64(rows), rt.i64(n),
+                              np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
+    return k, v, launch
+
+
+def kernels_library() -> dict:
+    return {name: T._fn(name) for name in ("zeta_block_sums<float, 4>", "zeta_scan_blocks")}
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    fns = kernels()
+    result = header()
+    result["registers"] = {}
+    for label, fn in fns.items():
+        regs, local = fn.attributes["num_regs"], fn.attributes["local_size_bytes"]
+        result["registers"][label] = {"registers": regs, "local bytes": local}
+        print(f"{label}: {regs} registers, {local} bytes of local memory", flush=True)
+    result["times"] = {}
+    for shape in sys.argv[2:]:
+        k, v, launch = arguments(shape)
+        outs = {}
+        for label, fn in fns.items():
+            mk, mv = cp.full(k.shape, np.nan, np.float32), cp.full(v.shape, np.nan, np.float32)
+            launch(fn, mk, mv)
+            outs[label] = (cp.asnumpy(mk).view(np.uint32), cp.asnumpy(mv).view(np.uint32))
+        ref = outs["library"]
+        table = result["times"][shape] = {}
+        mk, mv = cp.empty(k.shape, np.float32), cp.empty(v.shape, np.float32)
+        base = None
+        for label in list(fns) + ["library, again"]:
+            fn = fns[label.split(",")[0] if label == "library, again" else label]
+            same = label == "library, again" or all(
+                np.array_equal(a, b) for a, b in zip(outs[label], ref))
+            if not same:
+                print(f"{shape} {label}: NOT the library's bits; not timed", flush=True)
+                table[label] = None
+                continue
+            t = rounds(lambda: launch(fn, mk, mv), warm=2)
+            base = t if base is None else base
+            table[label] = t
+            print(f"{shape} {label:<24} {t:8.4f} ms  x{t / base:.3f}  same bits: {same}",
+                  flush=True)
+        k = v = mk = mv = None
+        cp.get_default_memory_pool().free_all_blocks()
+    Path(sys.argv[1]).write_text(json.dumps(result, indent=1))
+    print("wrote", sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()
