@@ -19,14 +19,16 @@
 #   BUDGET=430 bash docs/data/gpu_next.sh stalls narrow               # ran 10:53 UTC
 #   (the older trees for `ab` made first and carried: for t in before:REV ...; do mkdir -p
 #   out/trees/$t; git archive REV zeta_ref | tar -x -C out/trees/$t; done).
-#   next, on the branch gpu-pending again (one change, prepared without a GPU: the attention
-#   kernel compiled for d_k = 3, docs/benchmarks.md "Prepared for the next GPU session: the
-#   attention kernel's step 1"; the branch is in docs/data/gpu-pending.bundle where a checkout
-#   lacks it; merge main into it first):
-#     BUDGET=560 bash docs/data/gpu_next.sh tests sanitize          # one device call
-#     BUDGET=580 bash docs/data/gpu_next.sh narrow knobs bench      # the next, same machine
-#   then merge the branch if the tests pass and the A/Bs say it pays, and record `bench` (every
-#   default shape, N = 1,048,576 included) as the run of record.
+#   on the branch gpu-pending again (the attention kernel compiled for d_k = 3), merged after:
+#   BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize narrow   # ran 12:45 UTC, H100
+#   BUDGET=585 bash docs/data/gpu_next.sh knobs bench other_tests         # ran 12:51 UTC
+#   BUDGET=420 bash docs/data/gpu_next.sh ncu stalls                      # ran 12:56 UTC
+#   next (docs/benchmarks.md "Prepared for the next GPU session: the running means kernel's
+#   registers"), one device call:
+#     BUDGET=330 bash docs/data/gpu_next.sh means targets
+#   and the narrow kernel's memcheck that ran out of time at 12:45:
+#     compute-sanitizer --tool memcheck python3 docs/data/attention_narrow_ab.py --check-only
+#   then, if a variant pays, the library's float kernel takes it and `tests sanitize` run again.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest

@@ -435,7 +435,8 @@ __global__ void zeta_topk_fast(const float* __restrict__ q, const float* __restr
 // so that a lane waits for memory twice in step 1 instead of once per slot and coordinate
 // (with d_k read at run time each coordinate is a branch of its own, and each slot waits for
 // its loads before the next slot's are made); the same operations in the same order, so the
-// same bits. DK = 0: any d_k, one slot after the other.
+// same bits. On an H100 (2026-12-05) the DK = 3 instance took 0.80x and 0.87x of the general
+// one's time at 1 x 8 x 65536 and 16 x 8 x 65536. DK = 0: any d_k, one slot after the other.
 template <int G, int UL, int NX, int UNROLL, int DK>
 __global__ void zeta_topk_narrow(const float* __restrict__ q, const float* __restrict__ k,
                                  const float* __restrict__ v, const int* __restrict__ cand,
