@@ -444,6 +444,59 @@ def test_mean_term_wide_and_narrow_kernels_agree_bit_for_bit(monkeypatch, dtype,
                  err_msg="mean_v of an unaligned contiguous view")
 
 
+@pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
+def test_float_means_are_the_double_means_rounded(causal):
+    """The float kernels sum in double exactly as the double ones (the same columns, positions
+    and blocks, in the same order) and take each quotient from a reciprocal
+    (topk_softmax.cu's Quotient<float>), which must be the correctly rounded double quotient:
+    so the float means are the double kernels' means of the same values, rounded to float, bit
+    for bit. Normal values, and columns of extremes: zeros, the smallest subnormal float,
+    values near the largest float, and sums that cancel to zero and back; N = 1, a partial
+    last block, several blocks; d_v = 64 (16 bytes a thread) and 7 (one column)."""
+    rng = np.random.default_rng(11)
+    tiny, big = np.float32(2.0 ** -149), np.float32(3.0e38)
+    for lead, n, d_v in (((2,), 1, 64), ((2, 3), 777, 64), ((1,), 5000, 7), ((1,), 70000, 64)):
+        k = rng.standard_normal(lead + (n, 3)).astype(np.float32)
+        v = rng.standard_normal(lead + (n, d_v)).astype(np.float32)
+        v[..., 0] = 0.0
+        v[..., 1] = tiny * rng.integers(-3, 4, size=v.shape[:-1])
+        v[..., 2] = big * np.where(rng.random(v.shape[:-1]) < 0.5, -1, 1)
+        v[..., 3] = np.where(np.arange(n) % 2 == 0, 1.5, -1.5)  # the running sum 1.5, 0, ...
+        k[..., 0] = rng.standard_normal(lead + (n,)).astype(np.float32) * 1e-30
+        got = [cp.asnumpy(x) for x in topk_softmax.history_means(k, v, causal)]
+        want = [cp.asnumpy(x) for x in topk_softmax.history_means(k.astype(np.float64),
+                                                                   v.astype(np.float64), causal)]
+        for a, b, name in zip(got, want, ("mean_k", "mean_v")):
+            assert a.dtype == np.float32
+            np.testing.assert_array_equal(a.view(np.uint32), b.astype(np.float32).view(np.uint32),
+                                          err_msg=f"{name} {lead} N={n} d_v={d_v}")
+
+
+def test_morton_codes_of_three_coordinates_at_every_width():
+    """d_K = 3 interleaves in five shifts and masks (zeta_common.cuh's spread_by_three), other
+    widths bit by bit: both the specification's codes, at every width 1 .. 21 bits, and at 21
+    bits for every value a coordinate can take, in each of the three coordinates."""
+    from zeta_ref.stages.morton import morton_encode as spec_morton
+
+    s = zeta_ref.get_backend("cupy").stages()
+    rng = np.random.default_rng(3)
+    for bits in range(1, 22):
+        u = rng.integers(0, 2 ** bits, size=(4, 1000, 3), dtype=np.uint64)
+        u[0, :3] = [[0, 0, 0], [2 ** bits - 1] * 3, [2 ** bits - 1, 0, 1]]
+        np.testing.assert_array_equal(cp.asnumpy(s.morton_encode(u, bits)),
+                                      spec_morton(u, bits), err_msg=f"bits={bits}")
+    every = np.arange(2 ** 21, dtype=np.uint64)
+    u = np.stack([every, every[::-1], rng.permutation(every)], axis=-1)
+    for j in range(3):
+        v = np.roll(u, j, axis=-1)
+        np.testing.assert_array_equal(cp.asnumpy(s.morton_encode(v, 21)), spec_morton(v, 21),
+                                      err_msg=f"every value in coordinate {j}")
+    for d in (2, 4):  # the loop's widths
+        u = rng.integers(0, 2 ** (63 // d), size=(1000, d), dtype=np.uint64)
+        np.testing.assert_array_equal(cp.asnumpy(s.morton_encode(u, 63 // d)),
+                                      spec_morton(u, 63 // d), err_msg=f"d={d}")
+
+
 @pytest.mark.parametrize("score", ("cauchy", "softmax", "neg_euclidean", "inv_euclidean"))
 def test_attention_kernels_of_the_default_instance_agree_bit_for_bit(monkeypatch, score):
     """The default instance of the fast attention kernel (k + 1 in 33 .. 48 slots, d_v <= 64)

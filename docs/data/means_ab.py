@@ -1,27 +1,22 @@
 """An A/B of the mean term's last kernel, zeta_means_write<float, 4> (docs/benchmarks.md, issue
 10's analysis): at 16 x 8 x 65536 it took 2.01 ms on an H100 (2026-12-05) at 24 % occupancy,
-92 registers a thread, two blocks of 256 an SM; most of its registers go to the double
-division of each running sum by its position (without the divisions, 66).
+with 94 registers a thread (two blocks of 256 an SM), most of them for the double division of
+each running sum by its position. The library's kernel now takes each quotient from a
+reciprocal (topk_softmax.cu's Quotient<float>) and loads 2 positions ahead, not 4.
 
 Variants of topk_softmax.cu, each compiled as the library compiles it (NVRTC, rt.OPTIONS), each
 launched on the very arguments the library's history_means hands the kernel (its block sums,
-already scanned, from the library's own first two kernels):
+already scanned, from the library's own first two kernels). Registers from nvcc 13's ptxas
+(the script prints the device's own):
 
-  library            as it is: 4 positions of a column group loaded before any is added
-                     (94 registers under nvcc 13's ptxas: two blocks of 256 an SM)
-  U = 2              2 positions loaded ahead (80 registers: three blocks)
-  reciprocal         each quotient run / (i + 1) from the reciprocal y = 1 / (i + 1), rounded
-                     once per position, and two corrections by fused multiply-adds (q = run y;
-                     r = run - q (i + 1), q += r y; twice): the correctly rounded quotient for
-                     float inputs, whose running sums are 0 or between 2^-149 and 2^128 N in
-                     size, far from double's underflow and overflow (Markstein's theorem, the
-                     first correction making q faithful); the bits are checked below (72
-                     registers: three blocks)
-  reciprocal, U = 2  (64 registers: four blocks)
+  division, U = 4 (main before)   run / (i + 1) divided; 4 positions ahead (94 registers)
+  division, U = 2                 (80 registers: three blocks)
+  reciprocal, U = 4               the library's quotient; 4 positions ahead (72: three blocks)
+  library: reciprocal, U = 2      (64 registers: four blocks)
 
-Every variant's two outputs (the mean keys and the mean values) must be the library's bit for
-bit at each shape before it is timed (medians of three medians of 25 launches, CUDA events; the
-library first and again last, for drift):
+Every variant's two outputs (the mean keys and the mean values) must be the division's bits,
+bit for bit, at each shape before it is timed (medians of three medians of 25 launches, CUDA
+events; the kernel before first and again last, for drift):
 
     PYTHONPATH=$PWD python docs/data/means_ab.py out.json 1x8x65536 16x8x65536
 """
@@ -36,43 +31,27 @@ from zeta_ref.cupy import _runtime as rt, topk_softmax as T
 from gpu_timing import benchmark_inputs, header, rounds
 
 NAME = "zeta_means_write<float, 4>"
-LOOP_DIVIDE = "m.x[c] = (T)(run[c] / (double)(i + u + 1));"
-TAIL_DIVIDE = "m.x[c] = (T)(run[c] / (double)(i + 1));"
-QUOTIENT = """
-// run / d correctly rounded, from y = 1 / d rounded once (the A/B's variant "reciprocal")
-__device__ __forceinline__ double quotient(double run, double d, double y) {
-    double q = run * y;
-    double r = fma(-q, d, run);
-    q = fma(r, y, q);
-    r = fma(-q, d, run);
-    return fma(r, y, q);
-}
-"""
+QUOTIENT = "m.x[c] = (T)Quotient<T>::of(run[c], count, y);"
+INVERSE = "Quotient<T>::inverse(count)"
+UNROLL = "running_means<T, V, 2>(src"
 
 
-def source(unroll=4, bounds=0, reciprocal=False) -> str:
+def source(unroll=2, reciprocal=True) -> str:
+    """The library's topk_softmax.cu (the reciprocal, 2 positions ahead), or a variant: the
+    division (main's kernel before, with unroll=4), or other positions ahead."""
     text = (rt.HERE / "topk_softmax.cu").read_text()
-    for old in (LOOP_DIVIDE, TAIL_DIVIDE, "running_means<T, V, 4>(src",
-                "__global__ void zeta_means_write("):
-        assert text.count(old) == 1, old  # the library's source as this script knows it
-    text = text.replace("running_means<T, V, 4>(src", f"running_means<T, V, {unroll}>(src")
-    if bounds:
-        text = text.replace("__global__ void zeta_means_write(",
-                            f"__global__ void __launch_bounds__(256, {bounds}) zeta_means_write(")
-    if reciprocal:
-        text = text.replace("template <typename T, int W, int U>\n__device__ __forceinline__ "
-                            "void running_means(", QUOTIENT + "template <typename T, int W, int U>"
-                            "\n__device__ __forceinline__ void running_means(")
-        text = text.replace(LOOP_DIVIDE, "m.x[c] = (T)quotient(run[c], (double)(i + u + 1), "
-                                         "1.0 / (double)(i + u + 1));")
-        text = text.replace(TAIL_DIVIDE, "m.x[c] = (T)quotient(run[c], (double)(i + 1), "
-                                         "1.0 / (double)(i + 1));")
-        assert "quotient(run" in text and "double quotient" in text
+    assert text.count(QUOTIENT) == 2 and text.count(INVERSE) == 2 and text.count(UNROLL) == 1
+    text = text.replace(UNROLL, f"running_means<T, V, {unroll}>(src")
+    if not reciprocal:
+        text = text.replace(QUOTIENT, "m.x[c] = (T)(run[c] / count);").replace(INVERSE, "0.0")
     return text
 
 
-VARIANTS = {"library": {}, "U = 2": {"unroll": 2}, "reciprocal": {"reciprocal": True},
-            "reciprocal, U = 2": {"reciprocal": True, "unroll": 2}}
+VARIANTS = {"division, U = 4 (main before)": {"unroll": 4, "reciprocal": False},
+            "division, U = 2": {"reciprocal": False},
+            "reciprocal, U = 4": {"unroll": 4},
+            "library: reciprocal, U = 2": {}}
+REFERENCE = "division, U = 4 (main before)"
 
 
 def kernels() -> dict:
@@ -129,22 +108,22 @@ def main() -> None:
             mk, mv = cp.full(k.shape, np.nan, np.float32), cp.full(v.shape, np.nan, np.float32)
             launch(fn, mk, mv)
             outs[label] = (cp.asnumpy(mk).view(np.uint32), cp.asnumpy(mv).view(np.uint32))
-        ref = outs["library"]
+        ref = outs[REFERENCE]
         table = result["times"][shape] = {}
         mk, mv = cp.empty(k.shape, np.float32), cp.empty(v.shape, np.float32)
         base = None
-        for label in list(fns) + ["library, again"]:
-            fn = fns[label.split(",")[0] if label == "library, again" else label]
-            same = label == "library, again" or all(
+        for label in list(fns) + ["again: " + REFERENCE]:
+            fn = fns[label.removeprefix("again: ")]
+            same = label.startswith("again: ") or all(
                 np.array_equal(a, b) for a, b in zip(outs[label], ref))
             if not same:
-                print(f"{shape} {label}: NOT the library's bits; not timed", flush=True)
+                print(f"{shape} {label}: NOT the division's bits; not timed", flush=True)
                 table[label] = None
                 continue
             t = rounds(lambda: launch(fn, mk, mv), warm=2)
             base = t if base is None else base
             table[label] = t
-            print(f"{shape} {label:<24} {t:8.4f} ms  x{t / base:.3f}  same bits: {same}",
+            print(f"{shape} {label:<32} {t:8.4f} ms  x{t / base:.3f}  same bits: {same}",
                   flush=True)
         k = v = mk = mv = None
         cp.get_default_memory_pool().free_all_blocks()

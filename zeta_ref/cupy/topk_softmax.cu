@@ -151,9 +151,35 @@ extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long
     }
 }
 
+// A running sum / count, correctly rounded in double, then rounded to T. For T = double, the
+// division. For T = float the same quotient from y = 1 / count (rounded once a position, for
+// all of its columns) and two corrections by fused multiply-adds, with far fewer registers
+// than the division's: q = run y is within 2 ulp; r = run - q count is exact (a multiple of
+// q's last place, below 2^53 of them), and q + r y is then within 1 ulp (faithful); the second
+// correction is Markstein's exact step (y the correctly rounded reciprocal, q faithful), which
+// gives the correctly rounded quotient. It holds where nothing underflows or overflows: a
+// float kernel's running sums are 0 (+0: the scan's and the sums' zeros are never -0) or
+// between 2^-149 and 2^128 N in size, and the count below 2^63, far inside double's range.
+template <typename T>
+struct Quotient {
+    __device__ static double inverse(double) { return 0.0; }  // not needed
+    __device__ static double of(double run, double count, double) { return run / count; }
+};
+template <>
+struct Quotient<float> {
+    __device__ static double inverse(double count) { return 1.0 / count; }
+    __device__ static double of(double run, double count, double y) {
+        double q = run * y;
+        double r = fma(-q, count, run);
+        q = fma(r, y, q);
+        r = fma(-q, count, run);
+        return fma(r, y, q);
+    }
+};
+
 // The means: causal, the running sum through the block / (i + 1); whole ("none"), total / n.
 // Tasks as zeta_block_sums'. A group's entries are `stride` apart (d1 or d2); U positions are
-// loaded before any is added (8 of one column, 4 of a group of V), so that the loads overlap
+// loaded before any is added (8 of one column, 2 of a group of V), so that the loads overlap
 // and only the additions form a chain (the same additions, in the same order, as one at a time).
 template <typename T, int W, int U>
 __device__ __forceinline__ void running_means(const T* src, T* dst, int stride, long long i0,
@@ -170,20 +196,22 @@ __device__ __forceinline__ void running_means(const T* src, T* dst, int stride, 
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             Pack<T, W> m;
+            double count = (double)(i + u + 1), y = Quotient<T>::inverse(count);
 #pragma unroll
             for (int c = 0; c < W; ++c) {
                 run[c] += (double)x[u].x[c];
-                m.x[c] = (T)(run[c] / (double)(i + u + 1));
+                m.x[c] = (T)Quotient<T>::of(run[c], count, y);
             }
             *reinterpret_cast<Pack<T, W>*>(dst + (i + u) * stride) = m;
         }
     }
     for (; i < i1; ++i) {
         Pack<T, W> x = *reinterpret_cast<const Pack<T, W>*>(src + i * stride), m;
+        double count = (double)(i + 1), y = Quotient<T>::inverse(count);
 #pragma unroll
         for (int c = 0; c < W; ++c) {
             run[c] += (double)x.x[c];
-            m.x[c] = (T)(run[c] / (double)(i + 1));
+            m.x[c] = (T)Quotient<T>::of(run[c], count, y);
         }
         *reinterpret_cast<Pack<T, W>*>(dst + i * stride) = m;
     }
@@ -215,7 +243,7 @@ __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__
         }
         const double* before = prefix + rb * d + grp.e;  // the sums of the blocks before b
         if (V == 1 || key) running_means<T, 1, 8>(src, dst, grp.stride, i0, i1, before);
-        else running_means<T, V, 4>(src, dst, grp.stride, i0, i1, before);
+        else running_means<T, V, 2>(src, dst, grp.stride, i0, i1, before);
     }
 }
 

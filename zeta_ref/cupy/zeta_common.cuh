@@ -123,8 +123,26 @@ __device__ __forceinline__ void warp_max_into(unsigned long long* out, unsigned 
 // ---------------------------------------------------------------- stage 3: interleaving (D3)
 // Bit t of coordinate j goes to bit t * d + (d - 1 - j) of the code: from the top, the highest
 // bit of every coordinate with dimension 0 first, then the next bits, and so on.
+//
+// For d = 3 (the default d_K) the bits move in five steps instead of one at a time: bit t of a
+// coordinate (u < 2^21) goes to 3 t = t + 2 t, then up by 2 - j. Write t = 16 b4 + 8 b3 + 4 b2
+// + 2 b1 + b0; the step for b_s ORs u with itself shifted up by 2 * 2^s (32, 16, 8, 4, 2) and
+// keeps, by a mask, one copy of each bit: the moved one where b_s = 1, the one in place where
+// b_s = 0. After step s bit t sits at t + 2 (t - t mod 2^s), and after the last at 3 t. The
+// masks are those places for t = 0 .. 20 (all 2^21 inputs checked against the loop below).
+__device__ __forceinline__ unsigned long long spread_by_three(unsigned long long u) {
+    u &= 0x1fffffULL;                                     // bits 0 .. 20
+    u = (u | (u << 32)) & 0x001f00000000ffffULL;          // t -> t + 32 b4
+    u = (u | (u << 16)) & 0x001f0000ff0000ffULL;          // ... + 16 b3
+    u = (u | (u << 8)) & 0x100f00f00f00f00fULL;           // ... + 8 b2
+    u = (u | (u << 4)) & 0x10c30c30c30c30c3ULL;           // ... + 4 b1
+    u = (u | (u << 2)) & 0x1249249249249249ULL;           // ... + 2 b0: bit t at 3 t
+    return u;
+}
+
 __device__ __forceinline__ unsigned long long spread_bits(unsigned long long u, int j, int d,
                                                           int bits) {
+    if (d == 3) return spread_by_three(u) << (2 - j);  // bits <= 21 here: 3 bits <= 63
     unsigned long long code = 0;
     for (int t = 0; t < bits; ++t)
         code |= ((u >> t) & 1ULL) << (t * d + (d - 1 - j));
