@@ -155,11 +155,12 @@ extern "C" __global__ void zeta_scan_blocks(double* __restrict__ sums, long long
 // division. For T = float the same quotient from y = 1 / count (rounded once a position, for
 // all of its columns) and two corrections by fused multiply-adds, with far fewer registers
 // than the division's: q = run y is within 2 ulp; r = run - q count is exact (a multiple of
-// q's last place, below 2^53 of them), and q + r y is then within 1 ulp (faithful); the second
-// correction is Markstein's exact step (y the correctly rounded reciprocal, q faithful), which
-// gives the correctly rounded quotient. It holds where nothing underflows or overflows: a
-// float kernel's running sums are 0 (+0: the scan's and the sums' zeros are never -0) or
-// between 2^-149 and 2^128 N in size, and the count below 2^63, far inside double's range.
+// q's last place, at most 2 count of them: fewer than 2^53 for a count below 2^52), and
+// q + r y is then within 1 ulp (faithful); the second correction is Markstein's exact step (y
+// the correctly rounded reciprocal, q faithful), which gives the correctly rounded quotient.
+// It holds where nothing underflows or overflows: a float kernel's running sums are 0 (+0:
+// the scan's and the sums' zeros are never -0) or between 2^-149 and 2^128 N in size, far
+// inside double's range.
 template <typename T>
 struct Quotient {
     __device__ static double inverse(double) { return 0.0; }  // not needed
