@@ -23,12 +23,14 @@
 #   BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize narrow   # ran 12:45 UTC, H100
 #   BUDGET=585 bash docs/data/gpu_next.sh knobs bench other_tests         # ran 12:51 UTC
 #   BUDGET=420 bash docs/data/gpu_next.sh ncu stalls                      # ran 12:56 UTC
-#   next (docs/benchmarks.md "Prepared for the next GPU session: the running means kernel's
-#   registers"), one device call:
-#     BUDGET=330 bash docs/data/gpu_next.sh means targets
-#   and the narrow kernel's memcheck that ran out of time at 12:45:
-#     compute-sanitizer --tool memcheck python3 docs/data/attention_narrow_ab.py --check-only
-#   then, if a variant pays, the library's float kernel takes it and `tests sanitize` run again.
+#   next, on the branch gpu-pending (docs/benchmarks.md "Prepared for the next GPU session: the
+#   running means kernel's registers, and the codes of d_K = 3"; docs/data/gpu-pending.bundle
+#   where a checkout lacks it; merge main into it first), two device calls:
+#     BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize means
+#     (first: mkdir -p out/trees/before && git archive main zeta_ref | tar -x -C
+#      out/trees/before; the device call carries out/trees)
+#     BUDGET=585 bash docs/data/gpu_next.sh ab targets other_tests
+#   then merge the branch if the tests pass and the A/Bs say it pays; run `bench` for the record.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
