@@ -161,14 +161,18 @@ def test_long_rows_exact_and_fused(causal, window, dtype):
     assert_close(zeta_attention(q, k, v, cfg, backend="cupy"), im_np.output)
 
 
-@pytest.mark.parametrize("lanes", (0, 8, 16, 32))
+@pytest.mark.parametrize("lanes, wide", [(0, False), (8, False), (8, True), (16, False),
+                                         (16, True), (32, False), (32, True)])
 @pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
-def test_every_window_kernel_gives_the_specification_candidates(monkeypatch, lanes, causal):
+def test_every_window_kernel_gives_the_specification_candidates(monkeypatch, lanes, wide,
+                                                                causal):
     """The fused pass's window without a re-rank, one thread a query (0) or a group of 8, 16
-    or 32: the candidates of the specification, bit for bit, at N = 1, 2, 33 (k >= N), 700
-    (ties) and 3000 (several pool levels), k = 1, 2, 7 and 32 (odd halves, D11 at the pool's
-    ends)."""
+    or 32, the groups' walks counting in int (as for every N up to fused.WINDOW_INT_MAX_N) or
+    in long long (wide): the candidates of the specification, bit for bit, at N = 1, 2, 33
+    (k >= N), 700 (ties) and 3000 (several pool levels), k = 1, 2, 7 and 32 (odd halves, D11
+    at the pool's ends)."""
     monkeypatch.setattr(fused, "WINDOW_LANES", lanes)
+    monkeypatch.setattr(fused, "WINDOW_INT", not wide)
     for n, k_top in ((1, 32), (2, 1), (33, 32), (700, 7), (700, 2), (3000, 32), (3000, 1)):
         q, k, v = _inputs(31 + n, (2,), n, 3, 8, np.float32, coarse=n == 700)  # ties at 700
         cfg = ZetaConfig(k=k_top, causal=causal, chunk_size=max(1, n // 5))

@@ -12,15 +12,16 @@ s = zeta_ref.get_backend("cupy").stages()
 race = len(sys.argv) > 1 and sys.argv[1] == "race"
 n = 300
 count = 0
-# the window kernels without a re-rank (one thread, 8, 16, 32 a query), every causal mode
-for lanes in (0, 8, 16, 32):
-    fused.WINDOW_LANES = lanes
+# the window kernels without a re-rank (one thread, 8, 16, 32 a query; the groups' walks in
+# int and in long long), every causal mode
+for lanes, wide in ((0, False), (8, False), (8, True), (16, False), (32, False), (32, True)):
+    fused.WINDOW_LANES, fused.WINDOW_INT = lanes, not wide
     for causal in ("inclusive", "strict", "none"):
         for nn, k_top in ((1, 32), (33, 32), (n, 7), (1500, 32)):
             q, k, v = (cp.asarray(rng.standard_normal((2, nn, w)).astype(np.float32)) for w in (3, 3, 8))
             fused.forward(q, k, v, ZetaConfig(k=k_top, causal=causal, chunk_size=max(1, nn // 5)))
             count += 1
-fused.WINDOW_LANES = 8
+fused.WINDOW_LANES, fused.WINDOW_INT = 8, True
 # the fast attention kernel: every instance, one run a block and several
 for d_v in (4, 100, 256):
     q, k, v = (rng.standard_normal((2, n, w)).astype(np.float32) for w in (3, 3, d_v))

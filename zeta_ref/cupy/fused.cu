@@ -279,8 +279,9 @@ __global__ void zeta_fused_window(const unsigned long long* __restrict__ queries
 // The same without a re-rank (W = k), LANES threads a query (window_walk.cuh's group_window):
 // the walks read LANES neighbouring entries a step instead of one. Launched with blocks of
 // 256 threads (rt.THREADS); at most 40 registers a thread, so that 6 blocks fit an SM (2-5 %
-// faster than 42 registers and 5 blocks, docs/benchmarks.md).
-template <int LANES>
+// faster than 42 registers and 5 blocks, docs/benchmarks.md). Ix: the walks' index type, int
+// where the launcher found N small enough (fused.py's WINDOW_INT), else long long.
+template <int LANES, typename Ix>
 __global__ void __launch_bounds__(256, 6)
 zeta_fused_window_group(const unsigned long long* __restrict__ queries,
                         const int* __restrict__ places,
@@ -298,17 +299,20 @@ zeta_fused_window_group(const unsigned long long* __restrict__ queries,
         int* out = cand + at * width;
         PlacedPool pool = placed_pool(levels, places, task, rows, n_levels, s0_bits, r, n,
                                       pool_level(L, n_levels, s0_bits), pk);
-        long long found = L > 0 ? group_window(pool, L, 0ULL, width, g, out) : 0;
-        for (long long s = found + g.lane; s < width; s += LANES) out[s] = -1;  // D9
+        Ix found = L > 0 ? group_window<LANES, Ix>(pool, (Ix)L, 0ULL, (Ix)width, g, out) : 0;
+        for (Ix s = found + g.lane; s < (Ix)width; s += LANES) out[s] = -1;  // D9
     }
 }
-#define ZETA_WINDOW_GROUP(LANES)                                                               \
-    template __global__ void zeta_fused_window_group<LANES>(                                   \
+#define ZETA_WINDOW_GROUP(LANES, IX)                                                           \
+    template __global__ void zeta_fused_window_group<LANES, IX>(                               \
         const unsigned long long*, const int*, const unsigned long long*, int, int, int, int,  \
         long long, long long, int, long long, long long, int*);
-ZETA_WINDOW_GROUP(8)
-ZETA_WINDOW_GROUP(16)
-ZETA_WINDOW_GROUP(32)
+ZETA_WINDOW_GROUP(8, int)
+ZETA_WINDOW_GROUP(8, long long)
+ZETA_WINDOW_GROUP(16, int)
+ZETA_WINDOW_GROUP(16, long long)
+ZETA_WINDOW_GROUP(32, int)
+ZETA_WINDOW_GROUP(32, long long)
 
 #define ZETA_FUSED(T)                                                                          \
     template __global__ void zeta_fused_keys<T>(const T*, const T*, long long, long long, int,  \

@@ -54,10 +54,16 @@ _CAUSAL_IDS = {"inclusive": 0, "strict": 1, "none": 2}
 _NAMES = ("zeta_fused_keys<float>", "zeta_fused_keys<double>", "zeta_level_counts",
           "zeta_level_offsets", "zeta_level_scatter", "zeta_fused_window<float, 0>",
           "zeta_fused_window<float, 1>", "zeta_fused_window<double, 0>",
-          "zeta_fused_window<double, 1>", "zeta_fused_window_group<8>",
-          "zeta_fused_window_group<16>", "zeta_fused_window_group<32>")
+          "zeta_fused_window<double, 1>") + tuple(
+    f"zeta_fused_window_group<{lanes}, {ix}>" for lanes in (8, 16, 32)
+    for ix in ("int", "long long"))
 #: Threads a query of the window kernel without a re-rank (8, 16 or 32; 0: one thread).
 WINDOW_LANES = 8
+#: The window kernel's walks count in int (fewer 64-bit operations) where every pool index
+#: and a walk's step past a pool's end stay below 2^31, as for N <= WINDOW_INT_MAX_N; False:
+#: in long long always (for the tests and the A/B: the same candidates).
+WINDOW_INT = True
+WINDOW_INT_MAX_N = 2**31 - 64
 
 
 def _fn(name):
@@ -170,8 +176,9 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
              np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk,
              rt.i64(width))
     if not rerank and WINDOW_LANES:  # a group of threads a query: the window is the selection
-        rt.launch(_fn(f"zeta_fused_window_group<{WINDOW_LANES}>"), WINDOW_LANES * rows * n,
-                  pools + (cand,))
+        ix = "int" if WINDOW_INT and n <= WINDOW_INT_MAX_N else "long long"
+        rt.launch(_fn(f"zeta_fused_window_group<{WINDOW_LANES}, {ix}>"),
+                  WINDOW_LANES * rows * n, pools + (cand,))
     else:
         heap = ((rt.empty(rows * n * k_top, q.dtype), rt.empty(rows * n * k_top, np.int64),
                  rt.empty(rows * n * k_top, np.int64)) if rerank

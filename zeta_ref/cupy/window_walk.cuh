@@ -59,6 +59,7 @@ struct PlacedPool {
     long long m, place;
     Packing pk;
     __device__ long long position(long long e) const { return pk.pos(keys[e]); }
+    __device__ long long position(int e) const { return pk.pos(keys[e]); }
     __device__ long long find(unsigned long long) const { return place; }
     __device__ bool before(long long e, unsigned long long) const { return e < place; }
 };
@@ -232,33 +233,36 @@ __device__ long long group_find(const PlacedPool& pool, unsigned long long, cons
 
 // Where a walk writes the visible entries it takes, nearest first: out[first + step * rank]
 // (rank 0, 1, ...); nowhere when out is null.
-template <typename I>
+template <typename I, typename Ix>
 struct Slots {
     I* out;
-    long long first;
+    Ix first;
     int step;
 };
+
+// The walks' indices (pool entries, positions, counts) are of type Ix: int where the launcher
+// knows that every one of them, and the walk's step past a pool's end, is below 2^31 (fewer
+// 64-bit operations, and registers, in a kernel bound by its instructions), else long long.
 
 // From entry `from` outward (dir +1 or -1) to the pool's end, the first `want` visible entries
 // (position < L), each written to its slot. Returns how many it found; *last is the index of
 // the farthest of them (left as it was when none). Every lane returns the same.
-template <int LANES, typename Pool, typename I>
-__device__ long long group_walk(const Pool& pool, long long from, int dir, long long L,
-                                long long want, const Group<LANES>& g, long long* last,
-                                Slots<I> slots) {
-    long long got = 0;
-    for (long long e0 = from; got < want; e0 += dir * LANES) {
-        if (dir > 0 ? e0 >= pool.m : e0 < 0) break;
-        long long e = e0 + dir * g.lane;
-        long long j = (dir > 0 ? e < pool.m : e >= 0) ? pool.position(e) : L;
+template <int LANES, typename Ix, typename Pool, typename I>
+__device__ Ix group_walk(const Pool& pool, Ix from, int dir, Ix L, Ix want,
+                         const Group<LANES>& g, Ix* last, Slots<I, Ix> slots) {
+    Ix got = 0, m = (Ix)pool.m;
+    for (Ix e0 = from; got < want; e0 += dir * LANES) {
+        if (dir > 0 ? e0 >= m : e0 < 0) break;
+        Ix e = e0 + dir * g.lane;
+        Ix j = (dir > 0 ? e < m : e >= 0) ? (Ix)pool.position(e) : L;
         unsigned seen = g.vote(j < L);
         if (slots.out && j < L) {  // its rank among the visible entries of the walk so far
-            long long rank = got + __popc(seen & ((1u << g.lane) - 1));
+            Ix rank = got + __popc(seen & ((1u << g.lane) - 1));
             if (rank < want) slots.out[slots.first + slots.step * rank] = (I)j;
         }
         int c = __popc(seen);
         if (got + c >= want) {  // the (want - got)-th visible entry of this step is the last
-            for (long long s = got + 1; s < want; ++s) seen &= seen - 1;
+            for (Ix s = got + 1; s < want; ++s) seen &= seen - 1;
             *last = e0 + dir * (__ffs(seen) - 1);
             return want;
         }
@@ -273,25 +277,26 @@ __device__ long long group_walk(const Pool& pool, long long from, int dir, long 
 // walk's at W/2 - 1 - rank, which is their slot when the left walk found its W/2 keys and the
 // right walk the rest. Otherwise (the left walk ran out of keys, or went on for D11) the
 // window's keys are written again, in Z order, from the entries between the farthest ones.
-template <int LANES, typename Pool, typename I>
-__device__ long long group_window(const Pool& pool, long long L, unsigned long long qz,
-                                  long long width, const Group<LANES>& g, I* out) {
-    long long ip = group_find(pool, qz, g);
-    long long half = width / 2;
-    long long left_end = ip, right_end = ip - 1;  // the farthest keys taken (none yet)
-    long long n_left = group_walk(pool, ip - 1, -1, L, half, g, &left_end,
-                                  Slots<I>{out, half - 1, -1});
-    long long n_right = group_walk(pool, ip, +1, L, width - n_left, g, &right_end,
-                                   Slots<I>{out, n_left, +1});
+template <int LANES, typename Ix, typename Pool, typename I>
+__device__ Ix group_window(const Pool& pool, Ix L, unsigned long long qz, Ix width,
+                           const Group<LANES>& g, I* out) {
+    Ix ip = (Ix)group_find(pool, qz, g);
+    Ix half = width / 2;
+    Ix left_end = ip, right_end = ip - 1;  // the farthest keys taken (none yet)
+    Ix n_left = group_walk<LANES, Ix>(pool, ip - 1, -1, L, half, g, &left_end,
+                                      Slots<I, Ix>{out, half - 1, -1});
+    Ix n_right = group_walk<LANES, Ix>(pool, ip, +1, L, width - n_left, g, &right_end,
+                                       Slots<I, Ix>{out, n_left, +1});
     if (n_left == half && n_left + n_right == width) return width;  // every slot written
     if (n_left == half)  // D11: more on the left
-        n_left += group_walk(pool, n_left ? left_end - 1 : ip - 1, -1, L,
-                             width - n_left - n_right, g, &left_end, Slots<I>{nullptr, 0, 0});
+        n_left += group_walk<LANES, Ix>(pool, n_left ? left_end - 1 : ip - 1, -1, L,
+                                        width - n_left - n_right, g, &left_end,
+                                        Slots<I, Ix>{nullptr, 0, 0});
     __syncwarp(g.mask);  // the walks' writes come before the ones below, lane to lane
-    long long slot = 0;
-    for (long long e0 = left_end; e0 <= right_end; e0 += LANES) {
-        long long e = e0 + g.lane;
-        long long j = e <= right_end ? pool.position(e) : L;
+    Ix slot = 0;
+    for (Ix e0 = left_end; e0 <= right_end; e0 += LANES) {
+        Ix e = e0 + g.lane;
+        Ix j = e <= right_end ? (Ix)pool.position(e) : L;
         unsigned seen = g.vote(j < L);
         if (j < L) out[slot + __popc(seen & ((1u << g.lane) - 1))] = (I)j;
         slot += __popc(seen);
