@@ -24,9 +24,10 @@
 #   BUDGET=585 bash docs/data/gpu_next.sh knobs bench other_tests         # ran 12:51 UTC
 #   BUDGET=420 bash docs/data/gpu_next.sh ncu stalls                      # ran 12:56 UTC
 #   next, on the branch gpu-pending (docs/benchmarks.md "Prepared for the next GPU session: the
-#   running means kernel's registers, and the codes of d_K = 3"; docs/data/gpu-pending.bundle
+#   running means kernel's registers, the codes of d_K = 3, the window's walks in int";
+#   docs/data/gpu-pending.bundle
 #   where a checkout lacks it; merge main into it first), two device calls:
-#     BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize means
+#     BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize means knobs
 #     (first: mkdir -p out/trees/before && git archive main zeta_ref | tar -x -C
 #      out/trees/before; the device call carries out/trees)
 #     BUDGET=585 bash docs/data/gpu_next.sh ab targets other_tests
@@ -55,9 +56,9 @@
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
 #              unless set)
-#   knobs      the attention kernel's form for d_k = 3 (NARROW_DK = 3, against 0: the general
-#              form), at its values in turns (docs/data/knob_ab.py; the first value is the
-#              library's; 8 threads a query against 16, NARROW, was timed 2026-12-05 10:51)
+#   knobs      the window kernel's walks in int (WINDOW_INT = True, against False: in long
+#              long), at its values in turns (docs/data/knob_ab.py; the first value is the
+#              library's; NARROW_DK was timed 2026-12-05 12:50, NARROW at 10:51)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -137,7 +138,7 @@ case "$name" in
         ;;
     knobs)
         step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x65536 16x8x65536 -- \
-            topk_softmax.NARROW_DK=3,0
+            fused.WINDOW_INT=True,False
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
