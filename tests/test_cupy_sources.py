@@ -48,6 +48,39 @@ def test_every_kernel_compiles_for_sm90_without_warnings(source, tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_the_float_means_keep_subnormals_under_cupys_flush_to_zero(tmp_path):
+    """CuPy appends -ftz=true to every compile, after the backend's options, so plain casts
+    between float and double flush subnormals to zero there. The mean term's float kernels
+    promise the double quotient of the double sums, rounded once, subnormals included: in
+    their PTX, compiled with -ftz=true as CuPy compiles them, no conversion flushes (the
+    emulation of tests/cuda_host casts, so only this and the GPU tests would see a flush)."""
+    ptx = tmp_path / "topk_softmax.ptx"
+    done = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-std=c++17", "-ftz=true", f"-I{CUPY_DIR}", "-Xcicc", "-O1",
+         "-ptx", str(CUPY_DIR / "topk_softmax.cu"), "-o", str(ptx)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    entries = re.split(r"\n(?=\.visible \.entry|\.weak \.entry|\.entry)", ptx.read_text())
+    seen = set()
+    for body in entries:
+        name = re.search(r"\.entry (\w+)\(", body)
+        if name and re.search(r"zeta_(block_sums|means_write)If", name.group(1)):
+            seen.add(name.group(1))
+            conversions = re.findall(r"\bcvt(?:\.\w+)*\.f(?:64\.f32|32\.f64)\b", body)
+            assert conversions, name.group(1)
+            assert not [c for c in conversions if ".ftz" in c], (name.group(1), conversions)
+    assert len(seen) == 4, seen  # zeta_block_sums and zeta_means_write, <float, 1> and <float, 4>
+    # and the flag does flush a plain cast, which the test would see
+    cast = tmp_path / "cast.cu"
+    cast.write_text("__global__ void widen(const float* x, double* y) { *y = (double)*x; }\n")
+    done = subprocess.run(["nvcc", "-arch=sm_90", "-ftz=true", "-ptx", str(cast), "-o",
+                           str(tmp_path / "cast.ptx")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "cvt.ftz.f64.f32" in (tmp_path / "cast.ptx").read_text()
+
+
 def test_exp_constants_match_the_specification():
     text = (CUPY_DIR / "zeta_common.cuh").read_text()
     defined = dict(re.findall(r"#define ZETA_(\w+) (\S+)", text))

@@ -35,6 +35,7 @@
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
+#   means_tests  the tests of tests/test_cupy.py on the mean term alone
 #   graph      the whole call as one CUDA graph
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   narrow     the narrow attention A/B alone (with the library kernel's two forms: any d_k,
@@ -66,7 +67,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests forward_tests other_tests graph attention narrow means sanitize bench targets profile ncu stalls ab knobs"
+STEPS="tests forward_tests other_tests means_tests graph attention narrow means sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -158,6 +159,10 @@ l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_o
     forward_tests)  # tests, split in two where one device call cannot hold them all
         step gpu_tests 400 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \
             tests/test_cupy.py
+        ;;
+    means_tests)  # the mean term's GPU tests alone
+        step gpu_tests 200 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \
+            tests/test_cupy.py -k "mean"
         ;;
     other_tests)
         step gpu_tests 400 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \

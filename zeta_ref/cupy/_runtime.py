@@ -21,7 +21,10 @@ HERE = Path(__file__).resolve().parent
 THREADS = 256
 #: Options for every source (C++17, and the folder holding zeta_common.cuh). Never fast math:
 #: the squash's exact arithmetic and cell_of_input's error bound (expf within 2 ulp,
-#: zeta_common.cuh) hold only without it.
+#: zeta_common.cuh) hold only without it. CuPy appends ``-ftz=true`` after these (and the
+#: last one wins), so float operations and conversions flush subnormals to zero; where a
+#: kernel's exactness needs them (the running means), it converts in PTX (zeta_common.cuh's
+#: widen and narrow).
 OPTIONS = ("-std=c++17", f"-I{HERE}")
 
 

@@ -86,7 +86,7 @@ __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ 
             double s = 0.0;
 #pragma unroll 8
             for (long long i = i0; i < i1; ++i) {
-                double x = (double)src[i * grp.stride];
+                double x = widen(src[i * grp.stride]);
                 s += x;
                 if (seen) best = max(best, abs_bits(x));
             }
@@ -101,8 +101,9 @@ __global__ void zeta_block_sums(const T* __restrict__ x1, const T* __restrict__ 
                 Pack<T, V> p = *reinterpret_cast<const Pack<T, V>*>(src + i * grp.stride);
 #pragma unroll
                 for (int c = 0; c < V; ++c) {
-                    s[c] += (double)p.x[c];
-                    if (track) best = max(best, abs_bits((double)p.x[c]));
+                    double x = widen(p.x[c]);
+                    s[c] += x;
+                    if (track) best = max(best, abs_bits(x));
                 }
             }
 #pragma unroll
@@ -200,8 +201,8 @@ __device__ __forceinline__ void running_means(const T* src, T* dst, int stride, 
             double count = (double)(i + u + 1), y = Quotient<T>::inverse(count);
 #pragma unroll
             for (int c = 0; c < W; ++c) {
-                run[c] += (double)x[u].x[c];
-                m.x[c] = (T)Quotient<T>::of(run[c], count, y);
+                run[c] += widen(x[u].x[c]);
+                m.x[c] = narrow<T>(Quotient<T>::of(run[c], count, y));
             }
             *reinterpret_cast<Pack<T, W>*>(dst + (i + u) * stride) = m;
         }
@@ -211,8 +212,8 @@ __device__ __forceinline__ void running_means(const T* src, T* dst, int stride, 
         double count = (double)(i + 1), y = Quotient<T>::inverse(count);
 #pragma unroll
         for (int c = 0; c < W; ++c) {
-            run[c] += (double)x.x[c];
-            m.x[c] = (T)Quotient<T>::of(run[c], count, y);
+            run[c] += widen(x.x[c]);
+            m.x[c] = narrow<T>(Quotient<T>::of(run[c], count, y));
         }
         *reinterpret_cast<Pack<T, W>*>(dst + i * stride) = m;
     }
@@ -237,7 +238,7 @@ __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__
         T* dst = (key ? out1 : out2) + grp.base;
         if (whole) {
             for (int c = 0; c < grp.width; ++c) {
-                T mean = (T)(totals[r * d + grp.e + c] / (double)n);
+                T mean = narrow<T>(totals[r * d + grp.e + c] / (double)n);
                 for (long long i = i0; i < i1; ++i) dst[i * grp.stride + c] = mean;
             }
             continue;

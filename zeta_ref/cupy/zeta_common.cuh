@@ -22,6 +22,35 @@ __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
 
+// Float to double and back with subnormals kept. CuPy compiles every source with -ftz=true (it
+// appends the flag after ours, and the last one wins: cupy/cuda/compiler.py), so a plain cast
+// of a float to double flushes a subnormal float to zero, and a cast back flushes a result
+// that is subnormal as a float. The running means promise the double quotient of the double
+// sum of the floats, rounded once (topk_softmax.cu), subnormals included: they convert here,
+// in PTX without .ftz. The CPU emulation (tests/cuda_host) never flushes; it casts.
+__device__ __forceinline__ double widen(double x) { return x; }
+__device__ __forceinline__ double widen(float x) {
+#ifdef __CUDA_ARCH__
+    double r;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(x));
+    return r;
+#else
+    return (double)x;
+#endif
+}
+template <typename T>
+__device__ __forceinline__ T narrow(double x) { return x; }  // T = double
+template <>
+__device__ __forceinline__ float narrow<float>(double x) {
+#ifdef __CUDA_ARCH__
+    float r;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(x));
+    return r;
+#else
+    return (float)x;
+#endif
+}
+
 __device__ __forceinline__ double inf64() { return __longlong_as_double(0x7ff0000000000000LL); }
 
 // ---------------------------------------------------------------- exp from IEEE operations (D13)
