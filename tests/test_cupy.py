@@ -476,6 +476,41 @@ def test_float_means_are_the_double_means_rounded(causal):
                                           err_msg=f"{name} {lead} N={n} d_v={d_v}")
 
 
+@pytest.mark.parametrize("causal", ("inclusive", "none"))
+def test_subnormal_coordinates_give_the_specifications_integers(causal):
+    """CuPy compiles every kernel with -ftz=true, which flushes subnormal floats to zero in
+    float operations and conversions; NumPy keeps them. The integer stages must not see the
+    difference: the cells of a clip squash whose range is within 1e-38 of 0 (where subnormal
+    coordinates fall in different cells from 0 and from each other), and the re-rank of
+    coordinates near 1e-20 (whose squared differences are subnormal floats), bit for bit as
+    the specification's, on the stage path and the fused one."""
+    rng = np.random.default_rng(5)
+    lead, n = (2, 3), 700
+    mant = rng.integers(-(2 ** 23) + 1, 2 ** 23, size=lead + (2 * n, 3)).astype(np.int64)
+    sub = (np.abs(mant).astype(np.uint32).view(np.float32) * np.sign(mant)).astype(np.float32)
+    q, k = sub[..., :n, :].copy(), sub[..., n:, :].copy()
+    q[..., ::7, 0] = 0.0
+    k[..., ::5, 1] = np.float32(2.0 ** -149)
+    assert np.count_nonzero(np.abs(q) < np.float32(2.0 ** -126)) > 0.9 * q.size
+    v = rng.standard_normal(lead + (n, 8)).astype(np.float32)
+    q2, k2 = (rng.standard_normal(lead + (n, 3)) * 1e-20 for _ in range(2))
+    cases = [(q, k, ZetaConfig(k=8, window=24, bits=10, squash="clip", causal=causal,
+                               clip_range=(-1.2e-38, 1.2e-38))),
+             (q2.astype(np.float32), k2.astype(np.float32),
+              ZetaConfig(k=8, window=24, bits=10, squash="clip", causal=causal,
+                         clip_range=(-4e-20, 4e-20)))]
+    for qq, kk, cfg in cases:
+        assert np.all(np.isfinite(qq)) and np.all(np.isfinite(kk))
+        _, im_np = zeta_attention(qq, kk, v, cfg, return_intermediates=True)
+        assert len(np.unique(im_np.q_coords)) > 100  # the cells tell the values apart
+        _, im_cp = zeta_attention(qq, kk, v, cfg, backend="cupy", return_intermediates=True)
+        for name in INTEGER_FIELDS:
+            _compare(getattr(im_cp, name), getattr(im_np, name), name)
+        _, cand = fused.forward(*(cp.asarray(x) for x in (qq, kk, v)), cfg,
+                                return_candidates=True)
+        np.testing.assert_array_equal(cp.asnumpy(cand), im_np.candidates)
+
+
 def test_morton_codes_of_three_coordinates_at_every_width():
     """d_K = 3 interleaves in five shifts and masks (zeta_common.cuh's spread_by_three), other
     widths bit by bit: both the specification's codes, at every width 1 .. 21 bits, and at 21

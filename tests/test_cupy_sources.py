@@ -81,6 +81,30 @@ def test_the_float_means_keep_subnormals_under_cupys_flush_to_zero(tmp_path):
     assert "cvt.ftz.f64.f32" in (tmp_path / "cast.ptx").read_text()
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_the_integer_stages_keep_subnormals_under_cupys_flush_to_zero(tmp_path):
+    """The re-rank's nearness (window.cu) adds, subtracts, multiplies and compares floats as
+    NumPy does, subnormals included, and the cells (quantize.cu) convert a float coordinate to double
+    without flushing it: compiled with -ftz=true as CuPy compiles them, their PTX has no
+    flushing float arithmetic of those kinds and no flushing conversion to double (the float
+    guess of the cell, which may flush, defers at 0: zeta_common.cuh)."""
+    found = {}
+    for stem in ("window", "quantize"):
+        ptx = tmp_path / f"{stem}.ptx"
+        done = subprocess.run(
+            ["nvcc", "-arch=sm_90", "-std=c++17", "-ftz=true", f"-I{CUPY_DIR}", "-Xcicc", "-O1",
+             "-ptx", str(CUPY_DIR / f"{stem}.cu"), "-o", str(ptx)],
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        found[stem] = ptx.read_text()
+    ops = re.findall(r"\b(?:add|sub|mul)\.rn(?:\.ftz)?\.f32\b", found["window"])
+    assert len(ops) >= 3 and not [op for op in ops if ".ftz" in op], ops
+    compares = re.findall(r"\bsetp\.\w+?(?:\.ftz)?\.f32\b", found["window"])  # the order
+    assert compares and not [c for c in compares if ".ftz" in c], compares
+    widen = re.findall(r"\bcvt(?:\.ftz)?\.f64\.f32\b", found["quantize"])
+    assert widen and "cvt.ftz.f64.f32" not in widen, widen
+
+
 def test_exp_constants_match_the_specification():
     text = (CUPY_DIR / "zeta_common.cuh").read_text()
     defined = dict(re.findall(r"#define ZETA_(\w+) (\S+)", text))

@@ -2,17 +2,19 @@
 10's analysis): at 16 x 8 x 65536 it took 2.01 ms on an H100 (2026-12-05) at 24 % occupancy,
 with 94 registers a thread (two blocks of 256 an SM), most of them for the double division of
 each running sum by its position. The library's kernel now takes each quotient from a
-reciprocal (topk_softmax.cu's Quotient<float>) and loads 2 positions ahead, not 4.
+reciprocal (topk_softmax.cu's Quotient<float>) and, for floats, loads 4 positions ahead; run
+on 2026-12-05 14:38 (H100, docs/benchmarks.md), when the library's form was the reciprocal
+with 2 positions ahead, the reciprocal with 4 was the fastest of the four, and became it.
 
 Variants of topk_softmax.cu, each compiled as the library compiles it (NVRTC, rt.OPTIONS), each
 launched on the very arguments the library's history_means hands the kernel (its block sums,
 already scanned, from the library's own first two kernels). Registers from nvcc 13's ptxas
 (the script prints the device's own):
 
-  division, U = 4 (main before)   run / (i + 1) divided; 4 positions ahead (94 registers)
+  division, U = 4 (before)        run / (i + 1) divided; 4 positions ahead (94 registers)
   division, U = 2                 (80 registers: three blocks)
-  reciprocal, U = 4               the library's quotient; 4 positions ahead (72: three blocks)
-  library: reciprocal, U = 2      (64 registers: four blocks)
+  library: reciprocal, U = 4      the library's quotient; 4 positions ahead (72: three blocks)
+  reciprocal, U = 2               (64 registers: four blocks)
 
 Every variant's two outputs (the mean keys and the mean values) must be the division's bits,
 bit for bit, at each shape before it is timed (medians of three medians of 25 launches, CUDA
@@ -31,27 +33,27 @@ from zeta_ref.cupy import _runtime as rt, topk_softmax as T
 from gpu_timing import benchmark_inputs, header, rounds
 
 NAME = "zeta_means_write<float, 4>"
-QUOTIENT = "m.x[c] = (T)Quotient<T>::of(run[c], count, y);"
+QUOTIENT = "m.x[c] = narrow<T>(Quotient<T>::of(run[c], count, y));"
 INVERSE = "Quotient<T>::inverse(count)"
-UNROLL = "running_means<T, V, 2>(src"
+UNROLL = "running_means<T, V, sizeof(T) == 4 ? 4 : 2>(src"
 
 
-def source(unroll=2, reciprocal=True) -> str:
-    """The library's topk_softmax.cu (the reciprocal, 2 positions ahead), or a variant: the
-    division (main's kernel before, with unroll=4), or other positions ahead."""
+def source(unroll=4, reciprocal=True) -> str:
+    """The library's topk_softmax.cu (the reciprocal, 4 positions ahead), or a variant: the
+    division (the kernel before, with unroll=4), or other positions ahead."""
     text = (rt.HERE / "topk_softmax.cu").read_text()
     assert text.count(QUOTIENT) == 2 and text.count(INVERSE) == 2 and text.count(UNROLL) == 1
     text = text.replace(UNROLL, f"running_means<T, V, {unroll}>(src")
     if not reciprocal:
-        text = text.replace(QUOTIENT, "m.x[c] = (T)(run[c] / count);").replace(INVERSE, "0.0")
+        text = text.replace(QUOTIENT, "m.x[c] = narrow<T>(run[c] / count);").replace(INVERSE, "0.0")
     return text
 
 
-VARIANTS = {"division, U = 4 (main before)": {"unroll": 4, "reciprocal": False},
-            "division, U = 2": {"reciprocal": False},
-            "reciprocal, U = 4": {"unroll": 4},
-            "library: reciprocal, U = 2": {}}
-REFERENCE = "division, U = 4 (main before)"
+VARIANTS = {"division, U = 4 (before)": {"reciprocal": False},
+            "division, U = 2": {"unroll": 2, "reciprocal": False},
+            "library: reciprocal, U = 4": {},
+            "reciprocal, U = 2": {"unroll": 2}}
+REFERENCE = "division, U = 4 (before)"
 
 
 def kernels() -> dict:

@@ -181,8 +181,9 @@ struct Quotient<float> {
 
 // The means: causal, the running sum through the block / (i + 1); whole ("none"), total / n.
 // Tasks as zeta_block_sums'. A group's entries are `stride` apart (d1 or d2); U positions are
-// loaded before any is added (8 of one column, 2 of a group of V), so that the loads overlap
-// and only the additions form a chain (the same additions, in the same order, as one at a time).
+// loaded before any is added (8 of one column, 4 of a group of floats, 2 of one of doubles),
+// so that the loads overlap and only the additions form a chain (the same additions, in the
+// same order, as one at a time).
 template <typename T, int W, int U>
 __device__ __forceinline__ void running_means(const T* src, T* dst, int stride, long long i0,
                                               long long i1, const double* prefix) {
@@ -245,7 +246,7 @@ __global__ void zeta_means_write(const T* __restrict__ x1, const T* __restrict__
         }
         const double* before = prefix + rb * d + grp.e;  // the sums of the blocks before b
         if (V == 1 || key) running_means<T, 1, 8>(src, dst, grp.stride, i0, i1, before);
-        else running_means<T, V, 2>(src, dst, grp.stride, i0, i1, before);
+        else running_means<T, V, sizeof(T) == 4 ? 4 : 2>(src, dst, grp.stride, i0, i1, before);
     }
 }
 

@@ -95,7 +95,7 @@ struct WriteSink {
 // "a is worse than b": farther, or as near and at a higher position (ties to the lower one).
 template <typename T>
 __device__ __forceinline__ bool worse(T na, long long pa, T nb, long long pb) {
-    return na > nb || (na == nb && pa > pb);
+    return greater(na, nb) || (equal(na, nb) && pa > pb);  // zeta_common.cuh: no flush
 }
 
 template <typename T>

@@ -13,21 +13,57 @@
 #pragma once
 
 // ---------------------------------------------------------------- rounding as NumPy rounds
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+// The float ones are PTX without .ftz: CuPy compiles every source with -ftz=true (widen's
+// comment below), under which the intrinsics would flush subnormals to zero where NumPy keeps
+// them (the re-rank's nearness of coordinates near 1e-20 makes such products). An instruction
+// with an explicit rounding mode is never fused into an FMA. The CPU emulation (tests/cuda_host)
+// takes the intrinsics, which it defines.
+#ifdef __CUDA_ARCH__
+#define ZETA_FLOAT_RN(name, ptx, intrinsic)                                                     \
+    __device__ __forceinline__ float name(float a, float b) {                                  \
+        float r;                                                                               \
+        asm(ptx " %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));                                    \
+        return r;                                                                              \
+    }
+#else
+#define ZETA_FLOAT_RN(name, ptx, intrinsic)                                                     \
+    __device__ __forceinline__ float name(float a, float b) { return intrinsic(a, b); }
+#endif
+ZETA_FLOAT_RN(add_rn, "add.rn.f32", __fadd_rn)
+ZETA_FLOAT_RN(sub_rn, "sub.rn.f32", __fsub_rn)
+ZETA_FLOAT_RN(mul_rn, "mul.rn.f32", __fmul_rn)
+ZETA_FLOAT_RN(div_rn, "div.rn.f32", __fdiv_rn)
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
 
+// a > b and a == b as NumPy compares, a subnormal float not 0 (setp without .ftz): the order
+// of the re-rank's nearness (window_walk.cuh's worse), whose values may be subnormal.
+#ifdef __CUDA_ARCH__
+#define ZETA_FLOAT_CMP(name, ptx, op)                                                          \
+    __device__ __forceinline__ bool name(float a, float b) {                                   \
+        unsigned r;                                                                            \
+        asm("{\n\t.reg .pred p;\n\t" ptx " p, %1, %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"            \
+            : "=r"(r) : "f"(a), "f"(b));                                                       \
+        return r != 0;                                                                         \
+    }
+#else
+#define ZETA_FLOAT_CMP(name, ptx, op)                                                          \
+    __device__ __forceinline__ bool name(float a, float b) { return a op b; }
+#endif
+ZETA_FLOAT_CMP(greater, "setp.gt.f32", >)
+ZETA_FLOAT_CMP(equal, "setp.eq.f32", ==)
+__device__ __forceinline__ bool greater(double a, double b) { return a > b; }
+__device__ __forceinline__ bool equal(double a, double b) { return a == b; }
+
 // Float to double and back with subnormals kept. CuPy compiles every source with -ftz=true (it
 // appends the flag after ours, and the last one wins: cupy/cuda/compiler.py), so a plain cast
 // of a float to double flushes a subnormal float to zero, and a cast back flushes a result
 // that is subnormal as a float. The running means promise the double quotient of the double
-// sum of the floats, rounded once (topk_softmax.cu), subnormals included: they convert here,
-// in PTX without .ftz. The CPU emulation (tests/cuda_host) never flushes; it casts.
+// sum of the floats, rounded once (topk_softmax.cu), subnormals included, and a coordinate's
+// cell is the specification's, subnormals included (cell_of_input): they convert here, in PTX
+// without .ftz. The CPU emulation (tests/cuda_host) never flushes; it casts.
 __device__ __forceinline__ double widen(double x) { return x; }
 __device__ __forceinline__ double widen(float x) {
 #ifdef __CUDA_ARCH__
@@ -128,7 +164,9 @@ __device__ __forceinline__ unsigned long long cell_of_input(float x, int method,
         float f = floorf(y), margin = __fmul_rn((float)scale, 0x1p-19f);
         if (y - f >= margin && (f + 1.0f) - y >= margin) return (unsigned long long)f;
     }
-    return cell_of((double)x, method, lo, hi, scale, top);
+    // widen: a subnormal x kept (the clip squash of a range within about 1e-30 of 0 tells it
+    // from 0; the sigmoid and tanh never do, and their guess above defers at 0)
+    return cell_of(widen(x), method, lo, hi, scale, top);
 }
 
 // ---------------------------------------------------------------- the input checks' maxima
