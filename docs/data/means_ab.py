@@ -31,7 +31,7 @@ from zeta_ref.cupy import _runtime as rt, topk_softmax as T
 from gpu_timing import benchmark_inputs, header, rounds
 
 NAME = "zeta_means_write<float, 4>"
-QUOTIENT = "m.x[c] = (T)Quotient<T>::of(run[c], count, y);"
+QUOTIENT = "m.x[c] = narrow<T>(Quotient<T>::of(run[c], count, y));"
 INVERSE = "Quotient<T>::inverse(count)"
 UNROLL = "running_means<T, V, 2>(src"
 
@@ -43,7 +43,7 @@ def source(unroll=2, reciprocal=True) -> str:
     assert text.count(QUOTIENT) == 2 and text.count(INVERSE) == 2 and text.count(UNROLL) == 1
     text = text.replace(UNROLL, f"running_means<T, V, {unroll}>(src")
     if not reciprocal:
-        text = text.replace(QUOTIENT, "m.x[c] = (T)(run[c] / count);").replace(INVERSE, "0.0")
+        text = text.replace(QUOTIENT, "m.x[c] = narrow<T>(run[c] / count);").replace(INVERSE, "0.0")
     return text
 
 
