@@ -245,3 +245,18 @@ def test_the_narrow_attention_experiment_asks_for_instances_its_source_has():
     assert 'f"zeta_topk_narrow<{g}, 3, 1, {u}, 0>"' in script
     assert "template __global__ void zeta_topk_narrow<G, 3, 1, UNROLL, 0>(" in source
     assert "template __global__ void zeta_topk_narrow<8, U, 1, 8, DK>(" in library
+
+
+def test_the_means_experiment_finds_the_text_it_replaces():
+    """docs/data/means_ab.py (run on a GPU only) builds its variants of topk_softmax.cu by
+    replacing lines of the library's source: each must still be there, as often as the script
+    asserts (else it stops on the device, where time is short)."""
+    data = Path(__file__).resolve().parents[1] / "docs" / "data"
+    if not (data / "means_ab.py").exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    script = (data / "means_ab.py").read_text()
+    source = (CUPY_DIR / "topk_softmax.cu").read_text()
+    for name, count in (("QUOTIENT", 2), ("INVERSE", 2), ("UNROLL", 1)):
+        text = re.search(rf'^{name} = "(.*)"$', script, re.M).group(1)
+        assert source.count(text) == count, (name, text)
+        assert f"text.count({name}) == {count}" in script

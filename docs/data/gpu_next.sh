@@ -23,15 +23,25 @@
 #   BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize narrow   # ran 12:45 UTC, H100
 #   BUDGET=585 bash docs/data/gpu_next.sh knobs bench other_tests         # ran 12:51 UTC
 #   BUDGET=420 bash docs/data/gpu_next.sh ncu stalls                      # ran 12:56 UTC
-#   next, on the branch gpu-pending (docs/benchmarks.md "Prepared for the next GPU session: the
-#   running means kernel's registers, the codes of d_K = 3, the window's walks in int";
-#   docs/data/gpu-pending.bundle
-#   where a checkout lacks it; merge main into it first), two device calls:
-#     BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize means knobs
+#   on the branch gpu-pending (the running means' quotient, the codes of d_K = 3, the window's
+#   walks in int), merged after (out/trees/before = main's zeta_ref, carried):
+#   BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize means knobs   # ran 14:38, H100
+#   BUDGET=580 bash docs/data/gpu_next.sh means_tests bench other_tests ab      # ran 14:46
+#   BUDGET=430 bash docs/data/gpu_next.sh forward_tests sanitize ncu           # ran 14:53
+#   BUDGET=330 bash docs/data/gpu_next.sh targets                              # ran 14:55
+#   on the branch gpu-pending again (subnormals kept in the integer stages; the float means 4
+#   ahead), before its comparisons' fix:
+#   BUDGET=300 bash docs/data/gpu_next.sh forward_tests other_tests targets ab # ran ~16:10:
+#   the new test failed (docs/data/gpu_tests_2026-12-05_1610_h100.txt), other_tests ran out
+#   next, on the branch gpu-pending (docs/benchmarks.md "Prepared for the next GPU session:
+#   subnormals kept in the integer stages"; docs/data/gpu-pending.bundle where a checkout
+#   lacks it; merge main into it first), two device calls:
+#     BUDGET=585 bash docs/data/gpu_next.sh forward_tests other_tests sanitize
 #     (first: mkdir -p out/trees/before && git archive main zeta_ref | tar -x -C
-#      out/trees/before; the device call carries out/trees)
-#     BUDGET=585 bash docs/data/gpu_next.sh ab targets other_tests
-#   then merge the branch if the tests pass and the A/Bs say it pays; run `bench` for the record.
+#      out/trees/before; the second call carries out/trees)
+#     BUDGET=585 bash docs/data/gpu_next.sh ab targets ncu
+#   then merge the branch if the tests pass and the A/B says it costs nothing; run `bench`
+#   for the record.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
