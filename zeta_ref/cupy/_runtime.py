@@ -23,8 +23,8 @@ THREADS = 256
 #: the squash's exact arithmetic and cell_of_input's error bound (expf within 2 ulp,
 #: zeta_common.cuh) hold only without it. CuPy appends ``-ftz=true`` after these (and the
 #: last one wins), so float operations and conversions flush subnormals to zero; where a
-#: kernel's exactness needs them (the running means), it converts in PTX (zeta_common.cuh's
-#: widen and narrow).
+#: kernel's exactness needs them (the running means, the cells, the re-rank), it converts,
+#: computes and compares in PTX without the flush (zeta_common.cuh).
 OPTIONS = ("-std=c++17", f"-I{HERE}")
 
 
