@@ -476,54 +476,6 @@ def test_float_means_are_the_double_means_rounded(causal):
                                           err_msg=f"{name} {lead} N={n} d_v={d_v}")
 
 
-@pytest.mark.parametrize("dtype", (np.float32, np.float64))
-def test_one_pass_means_at_every_tile_and_link_boundary(monkeypatch, dtype):
-    """The causal means in one pass (zeta_means_one_pass: tiles of runs of 8 positions, links
-    of tiles whose prefixes chain along the row) against the specification and the three
-    kernels of the blocked scan, at the edges of its plan: N = 1; a tile one position short,
-    full and one over; a link of tiles one short, full and one over; several links and rows;
-    a width whose tile is a single run and whose link is 3 tiles (d = 1024); the same bits
-    from call to call (the order of the additions never depends on which tile ends first) and
-    with or without 16 bytes a thread; a width past its plan (d = 1025) takes the scan."""
-    from zeta_ref.stages.topk_softmax import history_means as spec_means
-
-    assert topk_softmax.MEANS_ONE_PASS
-    run = topk_softmax.ONE_PASS_RUN
-    segments, link = topk_softmax.one_pass_plan(1, 67)  # d_k = 3, d_v = 64
-    span = segments * run
-    cases = [((2,), n, 3, 64) for n in (1, span - 1, span, span + 1, link * span - 1,
-                                        link * span, link * span + 1)]
-    cases += [((2, 3), 3 * link * span + 17, 3, 64), ((1,), 2 * link * span, 3, 5),
-              ((2,), 777, 4, 1019), ((1,), 600, 1, 1023)]
-    assert topk_softmax.one_pass_plan(1, 1024) == (1, 3)
-    assert topk_softmax.one_pass_plan(1, 1025) is None
-    for lead, n, d_k, d_v in cases:
-        _, k, v = _inputs(n + d_v, lead, n, d_k, d_v, dtype)
-        got = {}
-        for one, wide in ((True, True), (True, False), (False, True)):
-            monkeypatch.setattr(topk_softmax, "MEANS_ONE_PASS", one)
-            monkeypatch.setattr(topk_softmax, "MEANS_WIDE", wide)
-            got[one, wide] = [cp.asnumpy(x) for x in topk_softmax.history_means(k, v, "inclusive")]
-        monkeypatch.setattr(topk_softmax, "MEANS_ONE_PASS", True)
-        again = [cp.asnumpy(x) for x in topk_softmax.history_means(k, v, "inclusive")]
-        label = f"{lead} N={n} d_k={d_k} d_v={d_v}"
-        for a, b, c in zip(got[True, True], got[True, False], again):
-            np.testing.assert_array_equal(a, b, err_msg=f"wide and narrow, {label}")
-            np.testing.assert_array_equal(a, c, err_msg=f"call to call, {label}")
-        spec = spec_means(k, v, "inclusive")
-        for a, b, s3, name in zip(got[True, True], spec, got[False, True], ("mean_k", "mean_v")):
-            assert_close(a, b, err_msg=f"{name} {label}")
-            assert_close(a, s3, err_msg=f"{name} against the scan, {label}")
-    # past the plan: the scan's three kernels, the same bits as with the one pass turned off
-    _, k, v = _inputs(9, (1,), 50, 1, 1024, dtype)
-    v = np.concatenate([v, v[..., :1]], axis=-1)  # d = 1 + 1025 > 1024
-    a = [cp.asnumpy(x) for x in topk_softmax.history_means(k, v, "inclusive")]
-    monkeypatch.setattr(topk_softmax, "MEANS_ONE_PASS", False)
-    b = [cp.asnumpy(x) for x in topk_softmax.history_means(k, v, "inclusive")]
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-
-
 @pytest.mark.parametrize("causal", ("inclusive", "none"))
 def test_subnormal_coordinates_give_the_specifications_integers(causal):
     """CuPy compiles every kernel with -ftz=true, which flushes subnormal floats to zero in

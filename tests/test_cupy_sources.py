@@ -52,8 +52,8 @@ def test_every_kernel_compiles_for_sm90_without_warnings(source, tmp_path):
 def test_the_float_means_keep_subnormals_under_cupys_flush_to_zero(tmp_path):
     """CuPy appends -ftz=true to every compile, after the backend's options, so plain casts
     between float and double flush subnormals to zero there. The mean term's float kernels
-    promise the double quotient of the double sums, rounded once, subnormals included (the
-    scan's and the one pass's): in their PTX, compiled with -ftz=true as CuPy compiles them, no conversion flushes (the
+    promise the double quotient of the double sums, rounded once, subnormals included: in
+    their PTX, compiled with -ftz=true as CuPy compiles them, no conversion flushes (the
     emulation of tests/cuda_host casts, so only this and the GPU tests would see a flush)."""
     ptx = tmp_path / "topk_softmax.ptx"
     done = subprocess.run(
@@ -65,12 +65,12 @@ def test_the_float_means_keep_subnormals_under_cupys_flush_to_zero(tmp_path):
     seen = set()
     for body in entries:
         name = re.search(r"\.entry (\w+)\(", body)
-        if name and re.search(r"zeta_(block_sums|means_write|means_one_pass)If", name.group(1)):
+        if name and re.search(r"zeta_(block_sums|means_write)If", name.group(1)):
             seen.add(name.group(1))
             conversions = re.findall(r"\bcvt(?:\.\w+)*\.f(?:64\.f32|32\.f64)\b", body)
             assert conversions, name.group(1)
             assert not [c for c in conversions if ".ftz" in c], (name.group(1), conversions)
-    assert len(seen) == 6, seen  # the scan's two and the one pass, <float, 1> and <float, 4>
+    assert len(seen) == 4, seen  # zeta_block_sums and zeta_means_write, <float, 1> and <float, 4>
     # and the flag does flush a plain cast, which the test would see
     cast = tmp_path / "cast.cu"
     cast.write_text("__global__ void widen(const float* x, double* y) { *y = (double)*x; }\n")

@@ -1,8 +1,7 @@
 """Launch every forward kernel of the CuPy backend at small sizes, for compute-sanitizer
 (docs/benchmarks.md): `compute-sanitizer --tool memcheck python docs/data/forward_sanitizer.py`.
 Argument "race": only the kernels with shared memory or warp votes (the fast attention kernel,
-every instance, one and several runs a block; the window kernels of 8, 16 and 32 threads; the
-mean term in one pass)."""
+every instance, one and several runs a block; the window kernels of 8, 16 and 32 threads)."""
 import sys
 import numpy as np, cupy as cp
 import zeta_ref
@@ -35,13 +34,6 @@ for d_v in (4, 100, 256):
                              kernel="fast")
             count += 1
 T.FAST_ROUNDS = 4
-# the mean term in one pass (shared memory, flags between blocks): several links of tiles,
-# 16 bytes a thread and one column, both dtypes
-for dtype in (np.float32, np.float64):
-    for d_v in (64, 7):
-        k, v = (cp.asarray(rng.standard_normal((2, 5000, w)).astype(dtype)) for w in (3, d_v))
-        T.history_means(k, v, "inclusive")
-        count += 1
 if not race:
     for dtype in (np.float32, np.float64):
         for d_v in (64, 100, 256, 6):

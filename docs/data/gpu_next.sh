@@ -41,10 +41,7 @@
 #      out/trees/before; the second call carries out/trees)
 #     BUDGET=585 bash docs/data/gpu_next.sh ab targets ncu
 #   then merge the branch if the tests pass and the A/B says it costs nothing; run `bench`
-#   for the record.   (ran ~15:50 and ~16:00 UTC, an H100: passed, 0.996x; merged)
-#   on the branch gpu-pending (the mean term in one pass), one device call:
-#     BUDGET=560 bash docs/data/gpu_next.sh one_pass forward_tests sanitize_forward targets \
-#         other_tests
+#   for the record.
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
@@ -53,13 +50,10 @@
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   narrow     the narrow attention A/B alone (with the library kernel's two forms: any d_k,
 #              and compiled for d_k = 3)
-#   one_pass   the mean term in one pass against the three kernels of the scan, alone and in
-#              the call, and with its registers capped (docs/data/means_one_pass_ab.py)
 #   means      the running means kernel's variants (docs/data/means_ab.py: fewer positions
 #              loaded ahead, the quotient from a reciprocal; fewer registers, the same bits)
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck, and both forms of
 #              the narrow attention kernel under memcheck and racecheck
-#   sanitize_forward   the forward kernels' three alone (not the narrow kernel's experiment)
 #   bench      the benchmark of every default shape
 #   targets    the benchmark at the targets' shapes (B = 1, N = 8192 to 131072; 16 x 8 x 65536;
 #              SDPA fp32 only to N = 16384)
@@ -83,7 +77,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
+STEPS="tests forward_tests other_tests means_tests graph attention narrow means sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -135,10 +129,6 @@ case "$name" in
     means)
         step means 200 python3 docs/data/means_ab.py "$OUT/means.json" 1x8x65536 16x8x65536
         ;;
-    one_pass)
-        step one_pass 240 python3 docs/data/means_one_pass_ab.py "$OUT/one_pass.json" \
-            1x8x65536 16x8x65536
-        ;;
     targets)
         step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \
             --gpu-shapes 1x8x8192 1x8x16384 1x8x65536 1x8x131072 16x8x65536 \
@@ -188,13 +178,12 @@ l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_o
         step gpu_tests 400 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \
             --ignore=tests/test_cupy.py
         ;;
-    sanitize|sanitize_forward)
+    sanitize)
         step sanitizer 120 compute-sanitizer --tool memcheck python3 docs/data/forward_sanitizer.py
         for tool in racecheck synccheck; do
             step sanitizer 120 compute-sanitizer --tool "$tool" \
                 python3 docs/data/forward_sanitizer.py race
         done
-        [ "$name" = sanitize ] || continue
         for tool in memcheck racecheck; do  # both forms of the narrow attention kernel
             step sanitizer 150 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only

@@ -49,7 +49,6 @@
 // the start of every block, so that a read before the block's first write shows
 #define __shared__ static __attribute__((section("zh_shared")))
 #define __launch_bounds__(...)
-#define __maxnreg__(...)
 #define warpSize 32
 
 // ---------------------------------------------------------------- CUDA's built-in types
@@ -488,13 +487,6 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     return zh::from_bits<T>(zh::warp_op(zh::OP_DOWN, mask, zh::to_bits(v), (int)delta, width, 0));
-}
-
-// A trap stops the kernel with an error: here the thread ends, and the launch reports where.
-[[noreturn]] inline void __trap() {
-    zh::fail(zh::where() + ": __trap()");
-    zh::cur->state = zh::DONE;
-    for (;;) zh::yield();  // the scheduler never resumes a finished thread
 }
 
 // ---------------------------------------------------------------- atomics (blocks run in turn)

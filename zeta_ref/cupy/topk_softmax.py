@@ -14,7 +14,6 @@ values in the visiting order given (Z order from the composer), which changes no
 
 from __future__ import annotations
 
-import cupy as cp
 import numpy as np
 
 from ..config import SCORES
@@ -29,8 +28,6 @@ _NAMES = ("zeta_block_sums<float, 1>", "zeta_block_sums<float, 4>",
           "zeta_narrow_candidates",
           "zeta_means_write<float, 1>", "zeta_means_write<float, 4>",
           "zeta_means_write<double, 1>", "zeta_means_write<double, 2>",
-          "zeta_means_one_pass<float, 1>", "zeta_means_one_pass<float, 4>",
-          "zeta_means_one_pass<double, 1>", "zeta_means_one_pass<double, 2>",
           "zeta_topk_plain<float, long long>", "zeta_topk_plain<double, long long>",
           "zeta_topk_plain<float, int>", "zeta_topk_plain<double, int>",
           "zeta_topk_narrow<8, 3, 1, 8, 0>", "zeta_topk_narrow<8, 3, 1, 8, 3>",
@@ -49,18 +46,6 @@ FAST_ROUNDS = 4
 MAX_BLOCKS = 1 << 20
 #: The mean term's kernels carry 16 bytes of a value row a thread (False: one column).
 MEANS_WIDE = True
-#: The causal means in one pass over k and v (``zeta_means_one_pass``), where the shapes allow
-#: it (:func:`one_pass_plan`); False: the three kernels of the blocked scan, which read k and v
-#: twice (the sums come in another order: other bits, as close to the specification's).
-MEANS_ONE_PASS = True
-#: Positions a thread of the one-pass kernel carries (ZETA_ONE_PASS_RUN of the source) ...
-ONE_PASS_RUN = 8
-#: ... runs of them a tile takes at most, and the doubles of its shared array
-#: (ZETA_ONE_PASS_SHARED), which bound the runs a tile and the tiles a link.
-ONE_PASS_RUNS = 16
-ONE_PASS_SHARED = 4096
-#: Tiles a link (the row's chain of prefixes has one link for this many tiles) at most.
-ONE_PASS_LINK = 32
 #: The default instance (k + 1 in 33 .. 48 slots, d_v <= 64) at 8 threads a query
 #: (zeta_topk_narrow); False: at 16 (zeta_topk_fast), the same bits (for the tests and the A/B).
 NARROW = True
@@ -89,18 +74,6 @@ def scan_block(n: int) -> int:
     return max(64, 1 << max(root_bits - 2, 0))
 
 
-def one_pass_plan(n: int, d: int):
-    """(runs a tile, tiles a link) of the one-pass means for rows of ``d`` = d_k + d_v columns,
-    or None where a tile's sums would not fit its shared array (d > 1024). The plan depends on
-    the width alone (never on how many columns a thread carries), and fixes the order of the
-    additions: the means are the same bits whatever the alignment of v."""
-    segments = min(ONE_PASS_RUNS, 1024 // d)
-    if segments < 1:
-        return None
-    link = min(ONE_PASS_LINK, ONE_PASS_SHARED // d - segments)
-    return segments, link
-
-
 def history_means(k, v, causal: str, *, largest=None):
     """The mean key and mean value each query may add as an extra candidate (CuPy twin, D8).
 
@@ -115,35 +88,19 @@ def history_means(k, v, causal: str, *, largest=None):
     n, d_k, d_v = k.shape[-2], k.shape[-1], v.shape[-1]
     rows = k.size // (n * d_k)
     d = d_k + d_v
+    block = scan_block(n)
+    n_blocks = -(-n // block)
     t = rt.ctype_name(k.dtype)
+    sums = rt.empty((rows, n_blocks, d), np.float64)
+    totals = rt.empty((rows, d), np.float64)
     mean_k, mean_v = rt.empty(k.shape, k.dtype), rt.empty(v.shape, v.dtype)
     # a thread carries 16 bytes of a value row (4 floats, 2 doubles) where the rows allow it:
     # the same sums, column by column, with more bytes in flight a thread
     wide = 16 // v.itemsize if MEANS_WIDE else 1
     if d_v % wide or v.data.ptr % 16 or mean_v.data.ptr % 16:
         wide = 1
-    track = largest is not None  # else the kernel writes nothing there: any pointer will do
-    plan = one_pass_plan(n, d) if MEANS_ONE_PASS and causal != "none" else None
-    if plan is not None:
-        segments, link = plan
-        n_tiles = -(-n // (segments * ONE_PASS_RUN))
-        n_links = -(-n_tiles // link)
-        status = cp.zeros(2 + rows * (n_tiles + n_links), np.uint32)  # the counter, the flags
-        aggregates = rt.empty((rows, n_tiles, d), np.float64)
-        prefixes = rt.empty((rows, n_links, d), np.float64)
-        threads = -(-(d_k + d_v // wide) * segments // 32) * 32
-        blocks = min(rows * n_tiles, 1 << 20)  # a block takes tiles until none is left
-        _fn(f"zeta_means_one_pass<{t}, {wide}>")(
-            (blocks,), (threads,),
-            (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), np.int32(segments),
-             np.int32(link), status, aggregates, prefixes, np.int32(track),
-             largest if track else status, mean_k, mean_v))
-        return mean_k, mean_v
-    block = scan_block(n)
-    n_blocks = -(-n // block)
-    sums = rt.empty((rows, n_blocks, d), np.float64)
-    totals = rt.empty((rows, d), np.float64)
     tasks = rows * n_blocks * (d_k + d_v // wide)
+    track = largest is not None  # else the kernel writes nothing there: any pointer will do
     rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
               (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums,
                np.int32(track), largest if track else totals))
