@@ -41,7 +41,14 @@
 #      out/trees/before; the second call carries out/trees)
 #     BUDGET=585 bash docs/data/gpu_next.sh ab targets ncu
 #   then merge the branch if the tests pass and the A/B says it costs nothing; run `bench`
-#   for the record.
+#   for the record.   (ran ~15:50 and ~16:00 UTC, an H100: passed, 0.996x, merged; `bench`
+#   not run: the session's device time went to the next)
+#   the mean term in one pass (commit 39450ba, with a step `one_pass` and a script of its own):
+#   BUDGET=560 bash docs/data/gpu_next.sh one_pass forward_tests sanitize_forward targets \
+#       other_tests                                                     # ran ~16:13 UTC, H100:
+#   slower than the scan and 10 tests failed at its launch; reverted (docs/benchmarks.md)
+#   next: `bench` for the record on the tree of main; then the smaller changes that
+#   docs/benchmarks.md lists under "What is left, and why".
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
