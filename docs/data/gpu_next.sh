@@ -43,10 +43,13 @@
 #   then merge the branch if the tests pass and the A/B says it costs nothing; run `bench`
 #   for the record.   (ran ~15:50 and ~16:00 UTC, an H100: passed, 0.996x, merged; `bench`
 #   not run: the session's device time went to the next)
-#   the mean term in one pass (commit 39450ba, with a step `one_pass` and a script of its own):
+#   the mean term in one pass in the library (commit 39450ba, whose `one_pass` step timed it):
 #   BUDGET=560 bash docs/data/gpu_next.sh one_pass forward_tests sanitize_forward targets \
 #       other_tests                                                     # ran ~16:13 UTC, H100:
 #   slower than the scan and 10 tests failed at its launch; reverted (docs/benchmarks.md)
+#   its second form, an experiment in docs/data (means_one_pass.cu):
+#   BUDGET=250 bash docs/data/gpu_next.sh one_pass                    # ran 16:34 UTC, H100:
+#   checks and sanitizers passed, 1.12x-2.7x the scan's time; dropped (docs/benchmarks.md)
 #   next: `bench` for the record on the tree of main; then the smaller changes that
 #   docs/benchmarks.md lists under "What is left, and why".
 #
@@ -57,6 +60,8 @@
 #   attention  the attention kernel's two A/Bs, one sanitized
 #   narrow     the narrow attention A/B alone (with the library kernel's two forms: any d_k,
 #              and compiled for d_k = 3)
+#   one_pass   the mean term in one pass (docs/data/means_one_pass.cu, an experiment) against
+#              the library's scan, in its variants, and its checks under compute-sanitizer
 #   means      the running means kernel's variants (docs/data/means_ab.py: fewer positions
 #              loaded ahead, the quotient from a reciprocal; fewer registers, the same bits)
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck, and both forms of
@@ -84,7 +89,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests forward_tests other_tests means_tests graph attention narrow means sanitize bench targets profile ncu stalls ab knobs"
+STEPS="tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -135,6 +140,14 @@ case "$name" in
         ;;
     means)
         step means 200 python3 docs/data/means_ab.py "$OUT/means.json" 1x8x65536 16x8x65536
+        ;;
+    one_pass)
+        step one_pass 200 python3 docs/data/means_one_pass_ab.py "$OUT/one_pass.json" \
+            1x8x65536 16x8x65536
+        for tool in memcheck racecheck synccheck; do
+            step sanitizer 60 compute-sanitizer --tool "$tool" \
+                python3 docs/data/means_one_pass_ab.py --check-only
+        done
         ;;
     targets)
         step bench 300 python3 -m zeta_ref bench --backends cupy --repeats 10 --no-memory \

@@ -489,6 +489,13 @@ T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
     return zh::from_bits<T>(zh::warp_op(zh::OP_DOWN, mask, zh::to_bits(v), (int)delta, width, 0));
 }
 
+// A trap stops the kernel with an error: here the thread ends, and the launch reports where.
+[[noreturn]] inline void __trap() {
+    zh::fail(zh::where() + ": __trap()");
+    zh::cur->state = zh::DONE;
+    for (;;) zh::yield();  // the scheduler never resumes a finished thread
+}
+
 // ---------------------------------------------------------------- atomics (blocks run in turn)
 template <typename T>
 T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
