@@ -9,6 +9,8 @@
    subprocess whose ``import cupy`` finds the emulation: every kernel against the NumPy
    specification on a machine without a GPU, CI's included; and the GPU benchmark's code
    (``zeta-ref bench --backends cupy``) end to end at small shapes.
+3. The checks of an experiment whose blocks wait for each other (the mean term in one pass,
+   docs/data/means_one_pass_ab.py --check-only).
 """
 
 from __future__ import annotations
@@ -247,3 +249,18 @@ def test_the_gpu_benchmark_runs_on_the_cpu(tmp_path, modules):
     for r in zeta:
         assert r["skipped"] is None and r["total_s"] > 0 and r["backward_s"] > 0
         assert set(r["stages_s"]) == {"codes", "sort", "pools", "window", "means", "attention"}
+
+
+def test_the_one_pass_experiments_checks_pass_on_the_cpu(modules):
+    """docs/data/means_one_pass_ab.py --check-only (the mean term in one pass, an experiment
+    run on a GPU: docs/benchmarks.md) on the emulation: its kernel's blocks, which wait for
+    each other's flags, against the library's scan at every tile and link boundary it checks,
+    call to call, one column against 16 bytes, every variant; where a checkout has it."""
+    script = ROOT / "docs" / "data" / "means_one_pass_ab.py"
+    if not script.exists():
+        pytest.skip("not a checkout: docs/data is absent")
+    done = subprocess.run([sys.executable, str(script), "--check-only"], cwd=ROOT,
+                          env=_env(modules), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("checked ") == 25 and done.stdout.rstrip().endswith("done"), \
+        done.stdout[-3000:]
