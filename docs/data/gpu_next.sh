@@ -34,8 +34,8 @@
 #   BUDGET=300 bash docs/data/gpu_next.sh forward_tests other_tests targets ab # ran ~16:10:
 #   the new test failed (docs/data/gpu_tests_2026-12-05_1610_h100.txt), other_tests ran out
 #   next, on the branch gpu-pending (docs/benchmarks.md "Prepared for the next GPU session:
-#   subnormals kept in the integer stages"; docs/data/gpu-pending.bundle where a checkout
-#   lacks it; merge main into it first), two device calls:
+#   subnormals kept in the integer stages"; merged into main since, and its bundle
+#   removed), two device calls:
 #     BUDGET=585 bash docs/data/gpu_next.sh forward_tests other_tests sanitize
 #     (first: mkdir -p out/trees/before && git archive main zeta_ref | tar -x -C
 #      out/trees/before; the second call carries out/trees)
