@@ -349,6 +349,30 @@ def test_fused_pass_finds_the_checks_maxima_exactly(dtype, history_mean):
                                           cp.asnumpy(fused.forward(q, k, v, cfg)))
 
 
+@pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
+def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, causal):
+    """fused.MEANS_STREAM: the mean term on a second stream beside the codes, the sort, the
+    pools and the window, the attention waiting for it, gives the one-stream pass's output bit
+    for bit, call after call, and the same max |q|, |k|, |v| for the checks (the backend's new
+    arrays are poisoned in the tests, so an attention that read means not yet written would
+    differ); the current stream's later work sees the means done, and a pass with `marks`
+    runs on one stream."""
+    q, k, v = (cp.asarray(x) for x in _inputs(21, (4, 3), 3000, 3, 64, np.float32))
+    cfg = ZetaConfig(k=16, causal=causal, chunk_size=100)
+    monkeypatch.setattr(fused, "MEANS_STREAM", False)
+    want_largest = cp.zeros(3, np.uint64)
+    want = cp.asnumpy(fused.forward(q, k, v, cfg, largest=want_largest))
+    monkeypatch.setattr(fused, "MEANS_STREAM", True)
+    for _ in range(3):
+        largest = cp.zeros(3, np.uint64)
+        got = fused.forward(q, k, v, cfg, largest=largest)
+        np.testing.assert_array_equal(cp.asnumpy(got), want)
+        np.testing.assert_array_equal(cp.asnumpy(largest), cp.asnumpy(want_largest))
+    marks = []
+    np.testing.assert_array_equal(cp.asnumpy(fused.forward(q, k, v, cfg, marks=marks)), want)
+    assert len(marks) == len(fused.STAGE_NAMES) + 1
+
+
 def test_cupy_in_gives_cupy_out_on_the_same_device():
     q, k, v = (cp.asarray(x) for x in _inputs(3, (2,), 300, 3, 16, np.float32))
     out = zeta_attention(q, k, v, backend="cupy")

@@ -50,8 +50,13 @@
 #   its second form, an experiment in docs/data (means_one_pass.cu):
 #   BUDGET=250 bash docs/data/gpu_next.sh one_pass                    # ran 16:34 UTC, H100:
 #   checks and sanitizers passed, 1.12x-2.7x the scan's time; dropped (docs/benchmarks.md)
-#   next: `bench` for the record on the tree of main; then the smaller changes that
-#   docs/benchmarks.md lists under "What is left, and why".
+#   next, on the branch gpu-pending (the mean term on a second stream; docs/benchmarks.md
+#   "Prepared for the next GPU session: the mean term beside the other stages";
+#   docs/data/gpu-pending.bundle where a checkout lacks it: git fetch
+#   docs/data/gpu-pending.bundle gpu-pending:gpu-pending; merge main into it first), one call:
+#     BUDGET=585 bash docs/data/gpu_next.sh knobs forward_tests other_tests sanitize_forward
+#   merge it if the tests pass and the knob's A/B says it saves time; then `bench` for the
+#   record (and `targets`).
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
@@ -66,6 +71,7 @@
 #              loaded ahead, the quotient from a reciprocal; fewer registers, the same bits)
 #   sanitize   the forward kernels under memcheck, racecheck and synccheck, and both forms of
 #              the narrow attention kernel under memcheck and racecheck
+#   sanitize_forward   the forward kernels' three alone (not the narrow kernel's experiment)
 #   bench      the benchmark of every default shape
 #   targets    the benchmark at the targets' shapes (B = 1, N = 8192 to 131072; 16 x 8 x 65536;
 #              SDPA fp32 only to N = 16384)
@@ -79,9 +85,10 @@
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
 #              unless set)
-#   knobs      the window kernel's walks in int (WINDOW_INT = True, against False: in long
-#              long), at its values in turns (docs/data/knob_ab.py; the first value is the
-#              library's; NARROW_DK was timed 2026-12-05 12:50, NARROW at 10:51)
+#   knobs      the mean term on a second stream beside the other stages (MEANS_STREAM =
+#              True, against False: one stream), at its values in turns (docs/data/knob_ab.py;
+#              the first value is the library's; WINDOW_INT was timed 2026-12-05 14:38,
+#              NARROW_DK 12:50, NARROW 10:51)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each
 # command gets its own limit or what is left of the budget, and one that cannot have 20
@@ -89,7 +96,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize bench targets profile ncu stalls ab knobs"
+STEPS="tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -168,8 +175,8 @@ case "$name" in
             1x8x4096 1x8x16384 1x8x65536 16x8x65536
         ;;
     knobs)
-        step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x65536 16x8x65536 -- \
-            fused.WINDOW_INT=True,False
+        step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x4096 1x8x65536 \
+            16x8x65536 -- fused.MEANS_STREAM=True,False
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
@@ -198,12 +205,13 @@ l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct,sm__throughput.avg.pct_o
         step gpu_tests 400 python3 -m pytest -m gpu -q -p no:cacheprovider --maxfail=10 \
             --ignore=tests/test_cupy.py
         ;;
-    sanitize)
+    sanitize|sanitize_forward)
         step sanitizer 120 compute-sanitizer --tool memcheck python3 docs/data/forward_sanitizer.py
         for tool in racecheck synccheck; do
             step sanitizer 120 compute-sanitizer --tool "$tool" \
                 python3 docs/data/forward_sanitizer.py race
         done
+        [ "$name" = sanitize ] || continue
         for tool in memcheck racecheck; do  # both forms of the narrow attention kernel
             step sanitizer 150 compute-sanitizer --tool "$tool" \
                 python3 docs/data/attention_narrow_ab.py --check-only

@@ -49,6 +49,24 @@ def launch(fn, n_items: int, args, *, threads: int = THREADS) -> None:
     fn((blocks,), (threads,), tuple(args))
 
 
+def event_now(stream=None) -> "cp.cuda.Event":
+    """An event recorded now on ``stream`` (the current stream if None), without timing."""
+    event = cp.cuda.Event(disable_timing=True)
+    event.record(stream)
+    return event
+
+
+def side_stream() -> "cp.cuda.Stream":
+    """This device's second stream (made once): work beside the current stream's."""
+    device = cp.cuda.Device().id
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = cp.cuda.Stream(non_blocking=True)
+    return _SIDE_STREAMS[device]
+
+
+_SIDE_STREAMS: dict = {}
+
+
 def empty(shape, dtype) -> "cp.ndarray":
     """Every output array of the backend comes from here (the tests fill it with poison)."""
     return cp.empty(shape, dtype=dtype)

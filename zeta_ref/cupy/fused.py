@@ -64,6 +64,12 @@ WINDOW_LANES = 8
 #: in long long always (for the tests and the A/B: the same candidates).
 WINDOW_INT = True
 WINDOW_INT_MAX_N = 2**31 - 64
+#: The mean term runs on a second stream (rt.side_stream), beside the codes, the sort, the
+#: pools and the window, which do not need it, and the attention waits for it: its kernels,
+#: bound by memory, share the GPU with theirs, bound by instructions. False: all on the
+#: current stream, one stage after another (as with ``marks``, whose stage times need it).
+#: The same kernels either way: the same bits.
+MEANS_STREAM = True
 
 
 def _fn(name):
@@ -149,51 +155,63 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
             marks.append(event)
 
     mark()
-    # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
-    keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
-    rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
-              (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
-              + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
-              + (np.int32(code_bits), np.int32(pos_bits), keys))
-    mark()
-    # stage 6's mean term first: the GPU's work while the host prepares the sort
+    # stage 6's mean term first, on the second stream where it runs beside stages 2-5
+    beside = cfg.history_mean and MEANS_STREAM and marks is None
     mean_k = mean_v = None
-    if cfg.history_mean:
-        mean_k, mean_v = history_means(k, v, cfg.causal,
-                                       largest=None if largest is None else largest[2:3])
-    mark()
-    # stage 4: one sort for every row's keys and queries together
-    keys.sort()  # in place (cupy.sort would copy the keys first)
-    mark()
-    levels, n_levels, queries, places = prefix_levels(keys, rows, n, code_bits, pos_bits,
-                                                      causal, chunk)
-    del keys  # the pools, the queries and their places hold all the rest needs
-    mark()
-    # stage 5: window (and re-rank) per query, in Z order, into int32 candidates
-    cand = rt.empty(lead + (n, k_top), np.int32)  # (..., N, k)
-    rerank = width > k_top
-    pools = (queries, places, levels, np.int32(n_levels), np.int32(S0_BITS),
-             np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk,
-             rt.i64(width))
-    if not rerank and WINDOW_LANES:  # a group of threads a query: the window is the selection
-        ix = "int" if WINDOW_INT and n <= WINDOW_INT_MAX_N else "long long"
-        rt.launch(_fn(f"zeta_fused_window_group<{WINDOW_LANES}, {ix}>"),
-                  WINDOW_LANES * rows * n, pools + (cand,))
-    else:
-        heap = ((rt.empty(rows * n * k_top, q.dtype), rt.empty(rows * n * k_top, np.int64),
-                 rt.empty(rows * n * k_top, np.int64)) if rerank
-                else (rt.empty(1, q.dtype), rt.empty(1, np.int64), rt.empty(1, np.int64)))
-        rt.launch(_fn(f"zeta_fused_window<{rt.ctype_name(q.dtype)}, {int(rerank)}>"), rows * n,
-                  pools + (rt.i64(k_top), q, k, np.int32(d_k),
-                           np.int32(cfg.score == "softmax")) + heap + (cand,))
-    mark()
-    # stage 6: the weights and the output
-    out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, queries,
-                            np.uint64((1 << pos_bits) - 1), False)
-    mark()
-    if return_candidates:
-        return out, cand.astype(np.int64)
-    return out
+    if beside:
+        mean_k, mean_v, join = history_means(
+            k, v, cfg.causal, largest=None if largest is None else largest[2:3],
+            stream=rt.side_stream())
+    try:
+        # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
+        keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
+        rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
+                  (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
+                  + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
+                  + (np.int32(code_bits), np.int32(pos_bits), keys))
+        mark()
+        # stage 6's mean term (on this stream: the GPU's work while the host prepares the sort)
+        if cfg.history_mean and not beside:
+            mean_k, mean_v = history_means(k, v, cfg.causal,
+                                           largest=None if largest is None else largest[2:3])
+        mark()
+        # stage 4: one sort for every row's keys and queries together
+        keys.sort()  # in place (cupy.sort would copy the keys first)
+        mark()
+        levels, n_levels, queries, places = prefix_levels(keys, rows, n, code_bits, pos_bits,
+                                                          causal, chunk)
+        del keys  # the pools, the queries and their places hold all the rest needs
+        mark()
+        # stage 5: window (and re-rank) per query, in Z order, into int32 candidates
+        cand = rt.empty(lead + (n, k_top), np.int32)  # (..., N, k)
+        rerank = width > k_top
+        pools = (queries, places, levels, np.int32(n_levels), np.int32(S0_BITS),
+                 np.int32(code_bits), np.int32(pos_bits), rt.i64(rows), rt.i64(n), causal, chunk,
+                 rt.i64(width))
+        if not rerank and WINDOW_LANES:  # a group of threads a query: the window is the selection
+            ix = "int" if WINDOW_INT and n <= WINDOW_INT_MAX_N else "long long"
+            rt.launch(_fn(f"zeta_fused_window_group<{WINDOW_LANES}, {ix}>"),
+                      WINDOW_LANES * rows * n, pools + (cand,))
+        else:
+            heap = ((rt.empty(rows * n * k_top, q.dtype), rt.empty(rows * n * k_top, np.int64),
+                     rt.empty(rows * n * k_top, np.int64)) if rerank
+                    else (rt.empty(1, q.dtype), rt.empty(1, np.int64), rt.empty(1, np.int64)))
+            rt.launch(_fn(f"zeta_fused_window<{rt.ctype_name(q.dtype)}, {int(rerank)}>"), rows * n,
+                      pools + (rt.i64(k_top), q, k, np.int32(d_k),
+                               np.int32(cfg.score == "softmax")) + heap + (cand,))
+        mark()
+        # stage 6: the weights and the output, once the mean term is done
+        if beside:
+            join()
+        out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, queries,
+                                np.uint64((1 << pos_bits) - 1), False)
+        mark()
+        if return_candidates:
+            return out, cand.astype(np.int64)
+        return out
+    finally:
+        if beside:  # after an error too: no array of the mean term is freed before the wait
+            join()
 
 
 def _by_stages(q, k, v, cfg, return_candidates):

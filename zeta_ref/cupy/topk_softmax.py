@@ -14,6 +14,9 @@ values in the visiting order given (Z order from the composer), which changes no
 
 from __future__ import annotations
 
+import contextlib
+
+import cupy as cp
 import numpy as np
 
 from ..config import SCORES
@@ -74,13 +77,19 @@ def scan_block(n: int) -> int:
     return max(64, 1 << max(root_bits - 2, 0))
 
 
-def history_means(k, v, causal: str, *, largest=None):
+def history_means(k, v, causal: str, *, largest=None, stream=None):
     """The mean key and mean value each query may add as an extra candidate (CuPy twin, D8).
 
     Keys and values go through the same three kernels together (``topk_softmax.cu``).
     Returns CuPy arrays (..., N, d_k) and (..., N, d_v) in the input dtype. ``largest``, a
     one-element uint64 device array (the bits of a float64, no larger than ``max |v|``),
     also receives ``max |v|``, found by the first kernel as it reads v (the fused call's check).
+
+    With ``stream`` (a ``cupy.cuda.Stream``) the kernels run on that stream, after everything
+    queued so far on the current one, and the call returns ``(mean_k, mean_v, join)``:
+    ``join()`` makes the current stream wait for them. Every array, the scratch ones included,
+    is allocated on the current stream and kept until ``join`` (the pool could otherwise hand
+    a freed one to work on the current stream while the kernels still use it).
     """
     rt.check_width(k.shape[-1], v.shape[-1])  # before any copy to the device
     k = rt.device(k)
@@ -101,15 +110,27 @@ def history_means(k, v, causal: str, *, largest=None):
         wide = 1
     tasks = rows * n_blocks * (d_k + d_v // wide)
     track = largest is not None  # else the kernel writes nothing there: any pointer will do
-    rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
-              (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block), sums,
-               np.int32(track), largest if track else totals))
-    rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
-              (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
-    rt.launch(_fn(f"zeta_means_write<{t}, {wide}>"), tasks,
-              (k, v, sums, totals, np.int32(causal == "none"), rt.i64(rows), rt.i64(n),
-               np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
-    return mean_k, mean_v
+    if stream is not None:  # after the work queued so far (the inputs, any copy above)
+        stream.wait_event(rt.event_now())
+    with stream if stream is not None else contextlib.nullcontext():
+        rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
+                  (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block),
+                   sums, np.int32(track), largest if track else totals))
+        rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
+                  (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
+        rt.launch(_fn(f"zeta_means_write<{t}, {wide}>"), tasks,
+                  (k, v, sums, totals, np.int32(causal == "none"), rt.i64(rows), rt.i64(n),
+                   np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
+    if stream is None:
+        return mean_k, mean_v
+    done = rt.event_now(stream)
+    kept = [k, v, sums, totals, mean_k, mean_v, largest]
+
+    def join():
+        cp.cuda.get_current_stream().wait_event(done)
+        kept.clear()  # freed from here on, after the wait: in the current stream's order
+
+    return mean_k, mean_v, join
 
 
 def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,

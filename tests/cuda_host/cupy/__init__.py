@@ -308,6 +308,38 @@ class _Event:
         pass
 
 
+class _Stream:
+    """A stream: here every launch is done when it returns, so a stream orders nothing and
+    waits for nothing; it is a context manager, as CuPy's is."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        self.ptr = 0 if null else id(self)
+
+    def wait_event(self, event):
+        pass
+
+    def record(self, event=None):
+        event = event or _Event()
+        event.record(self)
+        return event
+
+    def synchronize(self):
+        pass
+
+    def use(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL_STREAM = _Stream(null=True)
+_Stream.null = _NULL_STREAM
+
+
 def _elapsed(start, end):
     return (end.t - start.t) * 1e3
 
@@ -372,8 +404,8 @@ runtime = types.SimpleNamespace(getDeviceCount=lambda: 1,
 cuda = types.SimpleNamespace(Event=_Event, get_elapsed_time=_elapsed, Device=_Device,
                              runtime=runtime, memory=types.SimpleNamespace(
                                  OutOfMemoryError=OutOfMemoryError),
-                             Stream=types.SimpleNamespace(null=None),
-                             get_current_stream=lambda: None)
+                             Stream=_Stream,
+                             get_current_stream=lambda: _NULL_STREAM)
 
 
 # ---------------------------------------------------------------- kernels
