@@ -50,9 +50,9 @@
 #   its second form, an experiment in docs/data (means_one_pass.cu):
 #   BUDGET=250 bash docs/data/gpu_next.sh one_pass                    # ran 16:34 UTC, H100:
 #   checks and sanitizers passed, 1.12x-2.7x the scan's time; dropped (docs/benchmarks.md)
-#   next, on the branch gpu-pending (the mean term on a second stream; the branch's
-#   docs/benchmarks.md, "Prepared for the next GPU session: the mean term beside the other
-#   stages"; docs/data/gpu-pending.bundle where a checkout lacks it: git fetch
+#   next, on the branch gpu-pending (the mean term on a second stream; docs/benchmarks.md
+#   "Prepared for the next GPU session: the mean term beside the other stages";
+#   docs/data/gpu-pending.bundle where a checkout lacks it: git fetch
 #   docs/data/gpu-pending.bundle gpu-pending:gpu-pending; merge main into it first), one call:
 #     BUDGET=585 bash docs/data/gpu_next.sh knobs forward_tests other_tests sanitize_forward
 #   merge it if the tests pass and the knob's A/B says it saves time; then `bench` for the
