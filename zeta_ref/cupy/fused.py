@@ -33,6 +33,8 @@ the stage functions instead.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 import cupy as cp
@@ -64,11 +66,11 @@ WINDOW_LANES = 8
 #: in long long always (for the tests and the A/B: the same candidates).
 WINDOW_INT = True
 WINDOW_INT_MAX_N = 2**31 - 64
-#: The mean term runs on a second stream (rt.side_stream), beside the codes, the sort, the
-#: pools and the window, which do not need it, and the attention waits for it: its kernels,
-#: bound by memory, share the GPU with theirs, bound by instructions. False: all on the
-#: current stream, one stage after another (as with ``marks``, whose stage times need it).
-#: The same kernels either way: the same bits.
+#: The mean term, and the checks' passes over q and k, run on a second stream
+#: (rt.side_stream), beside the codes, the sort, the pools and the window, which do not need
+#: them, and the attention waits for them: their kernels, bound by memory, share the GPU with
+#: theirs, bound by instructions. False: all on the current stream, one stage after another
+#: (as with ``marks``, whose stage times need it). The same kernels either way: the same bits.
 MEANS_STREAM = True
 
 
@@ -139,9 +141,15 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     k_top, width = cfg.k_for(n), cfg.window_for(n)
     code_bits = d_k * cfg.bits
     pos_bits, fits = packing(rows, n, code_bits)
+    # the mean term, and the checks' maxima of q and k, on a second stream beside stages 2-5
+    beside = fits and cfg.history_mean and MEANS_STREAM and marks is None
+    side = rt.side_stream() if beside else None
     if largest is not None:  # the checks' maxima first: GPU work while the host goes on
-        rt.max_abs_into(largest, 0, q)
-        rt.max_abs_into(largest, 1, k)
+        if side is not None:
+            side.wait_event(rt.event_now())  # after q and k as queued so far
+        with side if side is not None else contextlib.nullcontext():
+            rt.max_abs_into(largest, 0, q)
+            rt.max_abs_into(largest, 1, k)
         if not (fits and cfg.history_mean):
             rt.max_abs_into(largest, 2, v)
     if not fits:
@@ -156,12 +164,10 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
 
     mark()
     # stage 6's mean term first, on the second stream where it runs beside stages 2-5
-    beside = cfg.history_mean and MEANS_STREAM and marks is None
     mean_k = mean_v = None
     if beside:
         mean_k, mean_v, join = history_means(
-            k, v, cfg.causal, largest=None if largest is None else largest[2:3],
-            stream=rt.side_stream())
+            k, v, cfg.causal, largest=None if largest is None else largest[2:3], stream=side)
     try:
         # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
         keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
