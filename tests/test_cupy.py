@@ -351,7 +351,7 @@ def test_fused_pass_finds_the_checks_maxima_exactly(dtype, history_mean):
 
 @pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
 def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, causal):
-    """fused.MEANS_STREAM: the mean term on a second stream beside the codes, the sort, the
+    """fused.MEANS_STREAM_MIN: the mean term on a second stream beside the codes, the sort, the
     pools and the window, the attention waiting for it, gives the one-stream pass's output bit
     for bit, call after call, and the same max |q|, |k|, |v| for the checks (the backend's new
     arrays are poisoned in the tests, so an attention that read means not yet written would
@@ -359,10 +359,10 @@ def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, 
     runs on one stream."""
     q, k, v = (cp.asarray(x) for x in _inputs(21, (4, 3), 3000, 3, 64, np.float32))
     cfg = ZetaConfig(k=16, causal=causal, chunk_size=100)
-    monkeypatch.setattr(fused, "MEANS_STREAM", False)
+    monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 1 << 62)  # never
     want_largest = cp.zeros(3, np.uint64)
     want = cp.asnumpy(fused.forward(q, k, v, cfg, largest=want_largest))
-    monkeypatch.setattr(fused, "MEANS_STREAM", True)
+    monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 0)  # always
     for _ in range(3):
         largest = cp.zeros(3, np.uint64)
         got = fused.forward(q, k, v, cfg, largest=largest)

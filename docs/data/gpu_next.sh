@@ -175,8 +175,9 @@ case "$name" in
             1x8x4096 1x8x16384 1x8x65536 16x8x65536
         ;;
     knobs)
-        step knobs 200 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x4096 1x8x65536 \
-            16x8x65536 -- fused.MEANS_STREAM=True,False
+        step knobs 240 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x8192 1x8x16384 \
+            1x8x32768 1x8x131072 16x8x4096 16x8x16384 \
+            -- fused.MEANS_STREAM_MIN=0,4611686018427387904
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py

@@ -69,9 +69,12 @@ WINDOW_INT_MAX_N = 2**31 - 64
 #: The mean term, and the checks' passes over q and k, run on a second stream
 #: (rt.side_stream), beside the codes, the sort, the pools and the window, which do not need
 #: them, and the attention waits for them: their kernels, bound by memory, share the GPU with
-#: theirs, bound by instructions. False: all on the current stream, one stage after another
-#: (as with ``marks``, whose stage times need it). The same kernels either way: the same bits.
-MEANS_STREAM = True
+#: theirs, bound by instructions; from this many rows x N (B·H·N) up, where the GPU has work
+#: for both. Below it, and with ``marks`` (whose stage times need it), all on the current
+#: stream, one stage after another: the events and the wait cost more than the overlap gives
+#: (docs/benchmarks.md). 0: always; a larger number than any input: never. The same kernels
+#: either way: the same bits.
+MEANS_STREAM_MIN = 1 << 19
 
 
 def _fn(name):
@@ -142,7 +145,7 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     code_bits = d_k * cfg.bits
     pos_bits, fits = packing(rows, n, code_bits)
     # the mean term, and the checks' maxima of q and k, on a second stream beside stages 2-5
-    beside = fits and cfg.history_mean and MEANS_STREAM and marks is None
+    beside = (fits and cfg.history_mean and rows * n >= MEANS_STREAM_MIN and marks is None)
     side = rt.side_stream() if beside else None
     if largest is not None:  # the checks' maxima first: GPU work while the host goes on
         if side is not None:

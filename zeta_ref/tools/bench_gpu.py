@@ -13,7 +13,7 @@ k = 32 and the default ZetaConfig:
     marks[t + 1]. Medians over --repeats calls, and "fused", the median from the first mark to
     the last (the pass without the input checks of ``zeta_attention``). With marks the pass
     runs on one stream, one stage after another; end to end, the mean term runs beside the
-    other stages (``fused.MEANS_STREAM``), so "fused" may exceed the end-to-end time;
+    other stages (``fused.MEANS_STREAM_MIN``), so "fused" may exceed the end-to-end time;
   - peak device memory of one end-to-end call: CuPy's default memory pool is emptied of free
     blocks (``free_all_blocks``), then ``total_bytes()`` after the call minus ``total_bytes()``
     before it. The pool keeps every block a call obtained from the device, so the difference is
