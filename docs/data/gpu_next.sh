@@ -96,7 +96,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
+STEPS="warmup tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -178,6 +178,10 @@ case "$name" in
         step knobs 240 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x8192 1x8x16384 \
             1x8x32768 1x8x131072 16x8x4096 16x8x16384 \
             -- fused.MEANS_STREAM_MIN=0,4611686018427387904
+        ;;
+    warmup)
+        step warmup 120 python3 docs/data/warmup_check.py "$OUT/warmup.json" 1x8x8192 \
+            1x8x65536 16x8x65536
         ;;
     profile)
         step profile 120 python3 docs/data/host_profile.py
