@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -560,27 +559,11 @@ def _numpy_stand_in_for_cupy(monkeypatch):
     return pool
 
 
-def test_warm_up_calls_until_its_time_is_spent_and_at_least_once(monkeypatch):
-    from zeta_ref.tools import bench_gpu
-
-    calls, syncs = [], []
-    monkeypatch.setattr(bench_gpu, "WARM_UP_S", 0.0)
-    bench_gpu.warm_up(lambda: calls.append(1), lambda: syncs.append(1))
-    assert len(calls) == len(syncs) == 1
-    monkeypatch.setattr(bench_gpu, "WARM_UP_S", 0.05)
-    start = time.perf_counter()
-    bench_gpu.warm_up(lambda: (calls.append(1), time.sleep(0.01)), lambda: syncs.append(1))
-    assert time.perf_counter() - start >= 0.05
-    # each call takes 0.01 s or more: five reach 0.05 s, and one alone does not
-    assert 1 + 2 <= len(calls) == len(syncs) <= 1 + 5
-
-
 def test_gpu_run_code_path_with_a_numpy_stand_in(monkeypatch, tmp_path, capsys):
     from zeta_ref.tools import bench, bench_gpu
     from zeta_ref.tools.cli import build_parser
 
     pool = _numpy_stand_in_for_cupy(monkeypatch)
-    monkeypatch.setattr(bench_gpu, "WARM_UP_S", 0.0)  # one warm-up call each: the bar's 00:00
     args = build_parser().parse_args(["bench", "--gpu-shapes", "1x8x256", "2x2x512",
                                       "--repeats", "2", "--copy-mib", "1", "--no-sdpa"])
     results = {"runs": []}

@@ -50,13 +50,15 @@
 #   its second form, an experiment in docs/data (means_one_pass.cu):
 #   BUDGET=250 bash docs/data/gpu_next.sh one_pass                    # ran 16:34 UTC, H100:
 #   checks and sanitizers passed, 1.12x-2.7x the scan's time; dropped (docs/benchmarks.md)
-#   next, on the branch gpu-pending (the mean term on a second stream; docs/benchmarks.md
-#   "Prepared for the next GPU session: the mean term beside the other stages";
-#   docs/data/gpu-pending.bundle where a checkout lacks it: git fetch
-#   docs/data/gpu-pending.bundle gpu-pending:gpu-pending; merge main into it first), one call:
-#     BUDGET=585 bash docs/data/gpu_next.sh knobs forward_tests other_tests sanitize_forward
-#   merge it if the tests pass and the knob's A/B says it saves time; then `bench` for the
-#   record (and `targets`).
+#   on the branch gpu-pending (the mean term on a second stream), merged into main after:
+#   BUDGET=585 bash docs/data/gpu_next.sh knobs forward_tests other_tests sanitize_forward
+#                                                          # ran 17:41 UTC, H100: passed
+#   (then fused.MEANS_STREAM_MIN, and the knobs step at six more shapes:)
+#   BUDGET=585 bash docs/data/gpu_next.sh knobs targets    # ran 17:49 UTC
+#   BUDGET=585 bash docs/data/gpu_next.sh bench            # ran 17:53 UTC
+#   BUDGET=560 bash docs/data/gpu_next.sh warmup targets   # ran 18:03 UTC (targets with a
+#       0.2 s warm-up, not kept); BUDGET=200 bash docs/data/gpu_next.sh profile  # 18:06 UTC
+#   next: nothing prepared (docs/benchmarks.md, "What is left for the targets").
 #
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
@@ -85,9 +87,11 @@
 #              older packages under out/trees, carried to the device: `git archive REV zeta_ref
 #              | tar -x -C out/trees/NAME`; TREES, comma-separated, names them: out/trees/before
 #              unless set)
-#   knobs      the mean term on a second stream beside the other stages (MEANS_STREAM =
-#              True, against False: one stream), at its values in turns (docs/data/knob_ab.py;
-#              the first value is the library's; WINDOW_INT was timed 2026-12-05 14:38,
+#   warmup     one warm-up call against 0.2 s of them, and after 0.5 s idle (ZETA and SDPA
+#              bf16; docs/data/warmup_check.py)
+#   knobs      the mean term on a second stream beside the other stages (MEANS_STREAM_MIN =
+#              0: always, against never), at its values in turns (docs/data/knob_ab.py;
+#              the library's own value restored after; WINDOW_INT was timed 2026-12-05 14:38,
 #              NARROW_DK 12:50, NARROW 10:51)
 #
 # The steps run in the order given, within BUDGET seconds for the call (570 unless set): each

@@ -5,10 +5,12 @@
 At each shape, in one process, the benchmark's ZETA call (zeta_attention, backend="cupy",
 k = 32, the benchmark's inputs) and SDPA bf16 (causal, (B, H, N, 64), when torch is
 importable), each timed call by call with two CUDA events:
-  one      10 calls after one warm-up call (the benchmark's way before 2026-12-05 18:00);
+  one      10 calls after one warm-up call (the benchmark's way);
   warmed   10 calls after 0.2 s of warm-up calls;
   idle     10 calls after the host slept 0.5 s (the GPU idle);
-every call's time kept, so a slow start shows as a trend; the medians printed.
+every call's time kept, so a slow start shows as a trend; the medians printed. Run on an
+H100 on 2026-12-05 (docs/data/warmup_check_2026-12-05_1800_h100.json): no steady gain from
+the longer warm-up, so the benchmark keeps its one call.
 """
 import json
 import sys

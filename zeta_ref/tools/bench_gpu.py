@@ -6,10 +6,8 @@ scaled_dot_product_attention (SDPA) on one NVIDIA GPU, in one run.
 k = 32 and the default ZetaConfig:
 
   - end to end: ``zeta_attention(q, k, v, cfg, backend="cupy")`` (which takes the fused pass),
-    the median over --repeats calls after warm-up calls for WARM_UP_S seconds (at least one:
-    the kernels compiled or loaded, the pool's blocks held, the GPU's clocks up from idle),
-    each timed by two CUDA events (``cupy.cuda.Event``) recorded before and after it on the
-    current stream;
+    the median over --repeats calls after one warm-up call, each timed by two CUDA events
+    (``cupy.cuda.Event``) recorded before and after it on the current stream;
   - per stage: ``zeta_ref.cupy.fused.forward(q, k, v, cfg, marks=marks)`` records an event at its
     start and after each stage of ``fused.STAGE_NAMES``; stage t lasts from marks[t] to
     marks[t + 1]. Medians over --repeats calls, and "fused", the median from the first mark to
@@ -31,8 +29,7 @@ k = 32 and the default ZetaConfig:
     multiplicative hash), against the fused sort stage, which is one ``cupy.sort`` of the
     packed keys of every key and every query (2·B·H·N of them);
   - where torch imports and sees CUDA: SDPA with ``is_causal=True`` on q, k, v (B, H, N, 64) in
-    bfloat16 and in float32, warmed up and timed with ``torch.cuda.Event`` the same way, its
-    peak memory from
+    bfloat16 and in float32, timed with ``torch.cuda.Event`` the same way, its peak memory from
     ``torch.cuda.max_memory_allocated``, and the ratio ZETA / SDPA. Shapes whose number of
     causal query-key pairs B·H·N(N + 1)/2 exceeds --sdpa-max-pairs (bf16) or
     --sdpa-fp32-max-pairs (fp32) are skipped with the reason: their time grows as N², and
@@ -72,9 +69,6 @@ TARGET_DOUBLING = 2.3  # B=1, H=8: time(131072) / time(65536)
 TARGET_1M_S = 30e-3  # B=1, H=8, N=1048576
 TARGET_SORT_RATIO = 1.5  # the sort stage per sort call / one cupy.sort of as many keys
 TARGET_BACKWARD_RATIO = 3.0  # B=1, H=8, N=65536: backward / forward (the fused pass)
-#: Every timed call is first called again and again for this many seconds (at least once):
-#: a GPU idle a moment ago runs its first calls at lower clocks (docs/benchmarks.md).
-WARM_UP_S = 0.2
 #: The backward pass is timed up to this many positions B*H*N (its forward with
 #: intermediates, the stage path, is several times slower than the fused pass).
 BACKWARD_MAX_POSITIONS = 1 << 20
@@ -213,23 +207,10 @@ def device_info(torch=None) -> dict:
     return info
 
 
-def warm_up(fn, sync) -> None:
-    """Call ``fn()`` (then ``sync()``, which waits for the GPU) until WARM_UP_S seconds have
-    passed on the host's clock, at least once."""
-    start = time.perf_counter()
-    while True:
-        fn()
-        sync()
-        if time.perf_counter() - start >= WARM_UP_S:
-            return
-
-
 def cuda_median(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` on the GPU after :func:`warm_up`: an event before and after
-    each call, then wait for the second."""
+    """Median seconds of ``fn()`` on the GPU: an event before and after each call, then wait
+    for the second. The caller has warmed ``fn`` up."""
     import cupy as cp
-
-    warm_up(fn, cp.cuda.Device().synchronize)
 
     times = []
     for _ in range(repeats):
@@ -250,6 +231,7 @@ def copy_bandwidth(mib: int, repeats: int) -> dict:
     n = mib * 2**20 // 4
     src = cp.ones(n, dtype=cp.float32)
     dst = cp.empty_like(src)
+    cp.copyto(dst, src)  # warm-up
     t = cuda_median(lambda: cp.copyto(dst, src), max(repeats, 5))
     moved = 2 * n * 4
     del src, dst
@@ -265,6 +247,7 @@ def sort_reference(count: int, repeats: int) -> float:
     keys = cp.arange(count, dtype=cp.uint64)  # (B*H*N,)
     keys *= np.uint64(0x9E3779B97F4A7C15)  # a multiplicative hash: every bit in use
     keys ^= keys >> np.uint64(29)
+    cp.sort(keys)  # warm-up (and the sort's temporary storage in the pool)
     t = cuda_median(lambda: cp.sort(keys), repeats)
     del keys
     return t
@@ -299,6 +282,7 @@ def measure_zeta(b: int, h: int, n: int, repeats: int, seed: int = 0, cfg=None) 
     k = rs.standard_normal((b, h, n, D_K), dtype=cp.float32)  # (B, H, N, d_k)
     v = rs.standard_normal((b, h, n, D_V), dtype=cp.float32)  # (B, H, N, d_v)
     call = lambda: zeta_attention(q, k, v, cfg, backend="cupy")  # noqa: E731
+    call()  # warm-up: compiles or loads the kernels
     row = {"batch": b, "heads": h, "n": n, "method": "zeta", "skipped": None}
     row["total_s"] = cuda_median(call, repeats)
     # per stage, from the events the fused pass records
@@ -355,6 +339,7 @@ def measure_backward(q, k, v, cfg, repeats: int, seed: int = 0) -> dict:
     _, inter = staged()
     backward = lambda: zeta_attention_backward(q, k, v, grad, cfg,  # noqa: E731
                                                intermediates=inter, backend="cupy")
+    backward()  # warm-up: compiles or loads the kernels
     out = {"backward_s": cuda_median(backward, repeats),
            "forward_staged_s": cuda_median(staged, repeats)}
     del inter, grad
@@ -374,7 +359,8 @@ def measure_sdpa(torch, b: int, h: int, n: int, dtype: str, repeats: int, seed: 
         q, k, v = (torch.randn(shape, device="cuda", dtype=tdtype, generator=gen)
                    for _ in range(3))
         with torch.inference_mode():
-            warm_up(lambda: sdpa(q, k, v, is_causal=True), torch.cuda.synchronize)
+            sdpa(q, k, v, is_causal=True)  # warm-up
+            torch.cuda.synchronize()
             times = []
             for _ in range(repeats):
                 start = torch.cuda.Event(enable_timing=True)
@@ -600,8 +586,7 @@ def format_gpu_table(gpu: dict) -> str:
         f"mean term {'on' if cfg['history_mean'] else 'off'}",
         f"SDPA: torch scaled_dot_product_attention(is_causal=True), q, k, v "
         f"{cfg['sdpa_layout']}, bf16 and fp32",
-        f"times: medians in ms of {gpu['repeats']} calls after {WARM_UP_S} s of warm-up "
-        f"calls, CUDA events; "
+        f"times: medians in ms of {gpu['repeats']} calls after a warm-up, CUDA events; "
         f"x bf16 = ZETA time / SDPA bf16 time in this run; fused = the fused pass without the "
         f"input checks; stage columns: the fused pass's stages; staged = the forward with "
         f"intermediates (the stage path); backward = zeta_attention_backward with those "
