@@ -373,6 +373,31 @@ def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, 
     assert len(marks) == len(fused.STAGE_NAMES) + 1
 
 
+def test_an_error_beside_the_other_stages_leaves_the_current_stream_waiting(monkeypatch):
+    """If the pass fails after the checks' passes over q and k were queued on the second
+    stream (here: the mean term's allocation), the current stream waits for the second before
+    the error leaves: the caller's array of maxima must not be handed out again while a kernel
+    of the second stream may still write it."""
+    q, k, v = (cp.asarray(x) for x in _inputs(22, (2,), 500, 3, 16, np.float32))
+    monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 0)
+    side = fused.rt.side_stream()
+    recorded = []
+    event_now = fused.rt.event_now
+
+    def spy(stream=None):
+        recorded.append(stream)
+        return event_now(stream)
+
+    def fail(*args, **kwargs):
+        raise MemoryError("out of device memory (a test)")
+
+    monkeypatch.setattr(fused.rt, "event_now", spy)
+    monkeypatch.setattr(fused, "history_means", fail)
+    with pytest.raises(MemoryError, match="a test"):
+        fused.forward(q, k, v, ZetaConfig(k=8), largest=cp.zeros(3, np.uint64))
+    assert recorded == [None, side]  # the fork after q and k, then the side's tail at the end
+
+
 def test_cupy_in_gives_cupy_out_on_the_same_device():
     q, k, v = (cp.asarray(x) for x in _inputs(3, (2,), 300, 3, 16, np.float32))
     out = zeta_attention(q, k, v, backend="cupy")

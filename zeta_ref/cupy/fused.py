@@ -147,31 +147,33 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     # the mean term, and the checks' maxima of q and k, on a second stream beside stages 2-5
     beside = (fits and cfg.history_mean and rows * n >= MEANS_STREAM_MIN and marks is None)
     side = rt.side_stream() if beside else None
-    if largest is not None:  # the checks' maxima first: GPU work while the host goes on
-        if side is not None:
-            side.wait_event(rt.event_now())  # after q and k as queued so far
-        with side if side is not None else contextlib.nullcontext():
-            rt.max_abs_into(largest, 0, q)
-            rt.max_abs_into(largest, 1, k)
-        if not (fits and cfg.history_mean):
-            rt.max_abs_into(largest, 2, v)
-    if not fits:
-        return _by_stages(q, k, v, cfg, return_candidates)
-    causal, chunk = np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
-
-    def mark():
-        if marks is not None:
-            event = cp.cuda.Event()
-            event.record()
-            marks.append(event)
-
-    mark()
-    # stage 6's mean term first, on the second stream where it runs beside stages 2-5
-    mean_k = mean_v = None
-    if beside:
-        mean_k, mean_v, join = history_means(
-            k, v, cfg.causal, largest=None if largest is None else largest[2:3], stream=side)
+    join = None
     try:
+        if largest is not None:  # the checks' maxima first: GPU work while the host goes on
+            if side is not None:
+                side.wait_event(rt.event_now())  # after q and k as queued so far
+            with side if side is not None else contextlib.nullcontext():
+                rt.max_abs_into(largest, 0, q)
+                rt.max_abs_into(largest, 1, k)
+            if not (fits and cfg.history_mean):
+                rt.max_abs_into(largest, 2, v)
+        if not fits:  # (never beside: the second stream needs the packed entries to fit)
+            return _by_stages(q, k, v, cfg, return_candidates)
+        causal, chunk = np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
+
+        def mark():
+            if marks is not None:
+                event = cp.cuda.Event()
+                event.record()
+                marks.append(event)
+
+        mark()
+        # stage 6's mean term first, on the second stream where it runs beside stages 2-5
+        mean_k = mean_v = None
+        if beside:
+            mean_k, mean_v, join = history_means(
+                k, v, cfg.causal, largest=None if largest is None else largest[2:3],
+                stream=side)
         # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
         keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
         rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
@@ -218,9 +220,12 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
         if return_candidates:
             return out, cand.astype(np.int64)
         return out
-    finally:
-        if beside:  # after an error too: no array of the mean term is freed before the wait
+    finally:  # after an error too: the current stream waits for the second before any of
+        # the arrays it uses (the checks' maxima, the mean term's) can be handed out again
+        if join is not None:
             join()
+        elif side is not None:  # an error before the mean term was queued
+            cp.cuda.get_current_stream().wait_event(rt.event_now(side))
 
 
 def _by_stages(q, k, v, cfg, return_candidates):
