@@ -373,11 +373,15 @@ def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, 
     assert len(marks) == len(fused.STAGE_NAMES) + 1
 
 
-def test_an_error_beside_the_other_stages_leaves_the_current_stream_waiting(monkeypatch):
-    """If the pass fails after the checks' passes over q and k were queued on the second
-    stream (here: the mean term's allocation), the current stream waits for the second before
-    the error leaves: the caller's array of maxima must not be handed out again while a kernel
-    of the second stream may still write it."""
+@pytest.mark.parametrize("failing, waits", (("history_means", False), ("prefix_levels", True)))
+def test_an_error_beside_the_other_stages_leaves_the_current_stream_waiting(
+        monkeypatch, failing, waits):
+    """If the pass fails after work was queued on the second stream (the mean term, which
+    also writes the caller's max |v|; here: the pools fail after the sort), the current
+    stream waits for the second before the error leaves: the caller's array of maxima, and
+    the mean term's arrays, must not be handed out again while a kernel of the second stream
+    may still write them. If it fails before (the mean term's allocation), nothing is waited
+    for."""
     q, k, v = (cp.asarray(x) for x in _inputs(22, (2,), 500, 3, 16, np.float32))
     monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 0)
     side = fused.rt.side_stream()
@@ -392,10 +396,12 @@ def test_an_error_beside_the_other_stages_leaves_the_current_stream_waiting(monk
         raise MemoryError("out of device memory (a test)")
 
     monkeypatch.setattr(fused.rt, "event_now", spy)
-    monkeypatch.setattr(fused, "history_means", fail)
+    monkeypatch.setattr(fused, failing, fail)
     with pytest.raises(MemoryError, match="a test"):
         fused.forward(q, k, v, ZetaConfig(k=8), largest=cp.zeros(3, np.uint64))
-    assert recorded == [None, side]  # the fork after q and k, then the side's tail at the end
+    # the fork after q, k and v (which the second stream waits for), then the second
+    # stream's tail at the end (which the current one waits for, in the mean term's join)
+    assert recorded == ([None, side] if waits else [])
 
 
 def test_cupy_in_gives_cupy_out_on_the_same_device():

@@ -45,6 +45,15 @@ if not race:
                 zeta_attention(q, k, v, cfg, backend="cupy")
                 s.history_means(k, v, cfg.causal)
                 count += 3
+    # the mean term and the checks' passes on the second stream
+    saved = fused.MEANS_STREAM_MIN
+    fused.MEANS_STREAM_MIN = 0
+    for causal in ("inclusive", "strict", "none"):
+        q, k, v = (cp.asarray(rng.standard_normal((2, n, w)).astype(np.float32))
+                   for w in (3, 3, 64))
+        zeta_attention(q, k, v, ZetaConfig(causal=causal), backend="cupy")
+        count += 1
+    fused.MEANS_STREAM_MIN = saved
     refused = 0
     for bad in (np.nan, np.inf, 1e30):
         q, k, v = (rng.standard_normal((2, n, w)).astype(np.float32) for w in (3, 3, 64))

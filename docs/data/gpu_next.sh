@@ -64,7 +64,26 @@
 #   waits) and the targets on the card they name, if an H200 comes (the stages bound by
 #   memory should gain from its bandwidth; docs/benchmarks.md, "What is left for the targets"):
 #     BUDGET=585 bash docs/data/gpu_next.sh forward_tests targets
+#   then (2026-12-05, evening, three calls, H100s): the second stream's work queued after
+#   the sort (knob SIDE_AFTER_SORT), the checks' passes over q and k after the attention,
+#   the mean term waiting for the sort (knob MEANS_AFTER_SORT); both knobs timed and dropped
+#   (docs/benchmarks.md, "the host's time in one call"):
+#     BUDGET=585 bash docs/data/gpu_next.sh timeline order forward_tests          # 19:21 UTC
+#     ORDERS=True BUDGET=585 bash docs/data/gpu_next.sh host_costs order forward_tests \
+#         timeline targets                                                        # 19:28 UTC
+#     ORDERS=True BUDGET=570 bash docs/data/gpu_next.sh order targets forward_tests timeline \
+#         sanitize_forward other_tests                                            # 19:35 UTC
+#   (`order` was the A/B of whichever knob the tree had; it is gone with them)
+#   (a last call, for the final tree's forward_tests and sanitize_forward, was refused: the
+#   session's device time was spent)
+#   next: the GPU tests of the final tree (without the knob MEANS_AFTER_SORT: its False
+#   path, which those tests covered), then the targets on the card they name, if an H200
+#   comes:
+#     BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize_forward targets timeline
 #
+#   timeline   when the host queues each launch of one call and when the GPU gets to it
+#              (docs/data/timeline.py); and whether cupy's sort waits for the GPU
+#   host_costs what each host-side piece of one call costs (docs/data/host_costs.py)
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
 #   means_tests  the tests of tests/test_cupy.py on the mean term alone
@@ -105,7 +124,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="warmup tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
+STEPS="host_costs timeline warmup tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -187,6 +206,13 @@ case "$name" in
         step knobs 240 python3 docs/data/knob_ab.py "$OUT/knobs.json" 1x8x8192 1x8x16384 \
             1x8x32768 1x8x131072 16x8x4096 16x8x16384 \
             -- fused.MEANS_STREAM_MIN=0,4611686018427387904
+        ;;
+    timeline)
+        step timeline 100 python3 docs/data/timeline.py "$OUT/timeline.json" \
+            1x8x16384 1x8x65536 16x8x65536
+        ;;
+    host_costs)
+        step host_costs 120 python3 docs/data/host_costs.py "$OUT/host_costs.json" 1x8x65536
         ;;
     warmup)
         step warmup 120 python3 docs/data/warmup_check.py "$OUT/warmup.json" 1x8x8192 \

@@ -38,3 +38,11 @@ def benchmark_inputs(shape: str):
     q, k = (cp.asarray(rng.standard_normal((b, h, n, 3)).astype(np.float32)) for _ in range(2))
     v = cp.asarray(rng.standard_normal((b, h, n, 64)).astype(np.float32))
     return q, k, v
+
+
+def write_result(path: str, result: dict) -> None:
+    """The script's JSON to `path`, and a last line saying so."""
+    import json
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")

@@ -7,11 +7,13 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
    kind (key or query) and position into uint64 sort entries, one kernel (stages 2, 3;
    ``fused.cu``).
 2. the mean term's blocked scan, three kernels for keys and values together (D8). It needs
-   nothing of the sort, and comes before it so that the GPU has this work while the host
-   prepares the sort (``cupy.sort`` spends some 0.1 ms of the host's time before its first
-   kernel runs). Its first kernel also finds ``max |v|`` for the call's checks of the values
-   (``largest``), which would otherwise read v once more (at 16 x 8 x 65536, 2 GiB and
-   0.48 ms).
+   nothing of the sort. For small inputs it comes before the sort on the current stream, so
+   that the GPU has this work while the host prepares the sort (``cupy.sort`` spends some
+   0.1 ms of the host's time before its first kernel runs); for large ones
+   (:data:`MEANS_STREAM_MIN`) it runs on a second stream beside steps 1, 3, 4 and 5, queued
+   just after the sort. Its first kernel also finds ``max |v|`` for the call's checks of the
+   values (``largest``), which would otherwise read v once more (at 16 x 8 x 65536, 2 GiB
+   and 0.48 ms).
 3. one radix sort of all 2 R N entries (``cupy.sort``'s, in place): every row's keys and
    queries together in Z order, each query just before the keys of its own code (stage 4).
 4. the prefix pools, three kernels for all levels of all rows; the same scan counts, for each
@@ -76,7 +78,6 @@ WINDOW_INT_MAX_N = 2**31 - 64
 #: either way: the same bits.
 MEANS_STREAM_MIN = 1 << 19
 
-
 def _fn(name):
     return rt.kernel("fused", name, _NAMES)
 
@@ -134,8 +135,10 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     :data:`STAGE_NAMES`, for the benchmark's per-stage times. ``largest``, a zeroed uint64
     device array of 3, receives ``max |q|``, ``max |k|`` and ``max |v|`` as the bits of
     float64s (NaN where a NaN is met), for the caller's checks of the values: q's and k's from
-    a pass over each, queued first, v's from the mean term's first kernel, which reads every
-    value anyway (from a pass of its own without the mean term).
+    a pass over each, queued last (the host queues them while the GPU computes the attention;
+    on the second stream, beside it, where the mean term runs there), v's from the mean term's
+    first kernel, which reads every value anyway (from a pass of its own without the mean
+    term).
     """
     lead, n, d_k = q.shape[:-2], q.shape[-2], q.shape[-1]
     _check_n(n)  # the candidates are int32, as on the stage path
@@ -144,20 +147,16 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     k_top, width = cfg.k_for(n), cfg.window_for(n)
     code_bits = d_k * cfg.bits
     pos_bits, fits = packing(rows, n, code_bits)
-    # the mean term, and the checks' maxima of q and k, on a second stream beside stages 2-5
+    # the mean term on a second stream beside stages 2-5 (and the checks' passes over q and k
+    # beside the attention)
     beside = (fits and cfg.history_mean and rows * n >= MEANS_STREAM_MIN and marks is None)
     side = rt.side_stream() if beside else None
     join = None
     try:
-        if largest is not None:  # the checks' maxima first: GPU work while the host goes on
-            if side is not None:
-                side.wait_event(rt.event_now())  # after q and k as queued so far
-            with side if side is not None else contextlib.nullcontext():
-                rt.max_abs_into(largest, 0, q)
-                rt.max_abs_into(largest, 1, k)
-            if not (fits and cfg.history_mean):
-                rt.max_abs_into(largest, 2, v)
         if not fits:  # (never beside: the second stream needs the packed entries to fit)
+            if largest is not None:
+                for slot, x in enumerate((q, k, v)):
+                    rt.max_abs_into(largest, slot, x)
             return _by_stages(q, k, v, cfg, return_candidates)
         causal, chunk = np.int32(_CAUSAL_IDS[cfg.causal]), rt.i64(cfg.chunk_size_for(n))
 
@@ -168,10 +167,9 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
                 marks.append(event)
 
         mark()
-        # stage 6's mean term first, on the second stream where it runs beside stages 2-5
         mean_k = mean_v = None
-        if beside:
-            mean_k, mean_v, join = history_means(
+        if beside:  # the arrays now, before the sort frees its scratch memory into the pool
+            mean_k, mean_v, start, join = history_means(
                 k, v, cfg.causal, largest=None if largest is None else largest[2:3],
                 stream=side)
         # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
@@ -185,9 +183,13 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
         if cfg.history_mean and not beside:
             mean_k, mean_v = history_means(k, v, cfg.causal,
                                            largest=None if largest is None else largest[2:3])
+        elif largest is not None and not cfg.history_mean:
+            rt.max_abs_into(largest, 2, v)
         mark()
         # stage 4: one sort for every row's keys and queries together
         keys.sort()  # in place (cupy.sort would copy the keys first)
+        if beside:  # the mean term beside the next stages (queued after the sort: the host
+            start()  # gets to the sort sooner; it waits for the inputs alone)
         mark()
         levels, n_levels, queries, places = prefix_levels(keys, rows, n, code_bits, pos_bits,
                                                           causal, chunk)
@@ -217,15 +219,18 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
         out, _, _ = launch_topk(q, k, v, cand, cfg.score, cfg.gamma, mean_k, mean_v, queries,
                                 np.uint64((1 << pos_bits) - 1), False)
         mark()
+        if largest is not None:  # the checks' passes over q and k last: the host queues them
+            # while the GPU computes the attention (beside it, on the second stream)
+            with side if beside else contextlib.nullcontext():
+                rt.max_abs_into(largest, 0, q)
+                rt.max_abs_into(largest, 1, k)
         if return_candidates:
             return out, cand.astype(np.int64)
         return out
-    finally:  # after an error too: the current stream waits for the second before any of
+    finally:  # and after an error: the current stream waits for the second before any of
         # the arrays it uses (the checks' maxima, the mean term's) can be handed out again
         if join is not None:
             join()
-        elif side is not None:  # an error before the mean term was queued
-            cp.cuda.get_current_stream().wait_event(rt.event_now(side))
 
 
 def _by_stages(q, k, v, cfg, return_candidates):

@@ -14,8 +14,6 @@ values in the visiting order given (Z order from the composer), which changes no
 
 from __future__ import annotations
 
-import contextlib
-
 import cupy as cp
 import numpy as np
 
@@ -85,11 +83,14 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
     one-element uint64 device array (the bits of a float64, no larger than ``max |v|``),
     also receives ``max |v|``, found by the first kernel as it reads v (the fused call's check).
 
-    With ``stream`` (a ``cupy.cuda.Stream``) the kernels run on that stream, after everything
-    queued so far on the current one, and the call returns ``(mean_k, mean_v, join)``:
-    ``join()`` makes the current stream wait for them. Every array, the scratch ones included,
-    is allocated on the current stream and kept until ``join`` (the pool could otherwise hand
-    a freed one to work on the current stream while the kernels still use it).
+    With ``stream`` (a ``cupy.cuda.Stream``) the call queues nothing yet and returns
+    ``(mean_k, mean_v, start, join)``: ``start()`` queues the kernels on that stream, after
+    everything queued on the current one before this call (not what was queued between the
+    two, so the caller can queue its own work first); ``join()`` makes the current stream
+    wait for everything queued on ``stream`` so far. Every array, the scratch ones included,
+    is allocated here, on the current stream, and kept until ``join``: memory the current
+    stream frees later (a sort's scratch space) can never be one of them, and none of them
+    goes back to the pool while the kernels may still use it.
     """
     rt.check_width(k.shape[-1], v.shape[-1])  # before any copy to the device
     k = rt.device(k)
@@ -110,9 +111,8 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
         wide = 1
     tasks = rows * n_blocks * (d_k + d_v // wide)
     track = largest is not None  # else the kernel writes nothing there: any pointer will do
-    if stream is not None:  # after the work queued so far (the inputs, any copy above)
-        stream.wait_event(rt.event_now())
-    with stream if stream is not None else contextlib.nullcontext():
+
+    def queue():  # the three kernels, on the current stream
         rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
                   (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block),
                    sums, np.int32(track), largest if track else totals))
@@ -121,16 +121,23 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
         rt.launch(_fn(f"zeta_means_write<{t}, {wide}>"), tasks,
                   (k, v, sums, totals, np.int32(causal == "none"), rt.i64(rows), rt.i64(n),
                    np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
+
     if stream is None:
+        queue()
         return mean_k, mean_v
-    done = rt.event_now(stream)
+    fork = rt.event_now()  # the inputs as queued so far (and any copy above)
     kept = [k, v, sums, totals, mean_k, mean_v, largest]
 
+    def start():
+        stream.wait_event(fork)
+        with stream:
+            queue()
+
     def join():
-        cp.cuda.get_current_stream().wait_event(done)
+        cp.cuda.get_current_stream().wait_event(rt.event_now(stream))
         kept.clear()  # freed from here on, after the wait: in the current stream's order
 
-    return mean_k, mean_v, join
+    return mean_k, mean_v, start, join
 
 
 def topk_attention(q, k, v, candidates, score: str = "cauchy", gamma: float = 0.5,
