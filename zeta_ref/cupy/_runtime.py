@@ -42,10 +42,10 @@ def kernel(stem: str, name: str, all_names: tuple[str, ...]):
     return module(stem, all_names).get_function(name)
 
 
-def launch(fn, n_items: int, args, *, threads: int = THREADS) -> None:
+def launch(fn, n_items: int, args, *, threads: int = THREADS, max_blocks: int = 1 << 20) -> None:
     """Run ``fn`` with enough blocks for ``n_items`` threads (the kernels loop grid-stride, so
-    the grid is capped; at least one block)."""
-    blocks = max(1, min(-(-int(n_items) // threads), 1 << 20))
+    the grid is capped, at ``max_blocks``; at least one block)."""
+    blocks = max(1, min(-(-int(n_items) // threads), max_blocks))
     fn((blocks,), (threads,), tuple(args))
 
 

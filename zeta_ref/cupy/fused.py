@@ -167,17 +167,18 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
                 marks.append(event)
 
         mark()
-        mean_k = mean_v = None
-        if beside:  # the arrays now, before the sort frees its scratch memory into the pool
-            mean_k, mean_v, start, join = history_means(
-                k, v, cfg.causal, largest=None if largest is None else largest[2:3],
-                stream=side)
         # stages 2 and 3: entries 0 .. RN-1 the keys, RN .. 2RN-1 the queries, packed for the sort
         keys = rt.empty(2 * rows * n, np.uint64)  # (2 R N,)
         rt.launch(_fn(f"zeta_fused_keys<{rt.ctype_name(q.dtype)}>"), keys.size,
                   (k, q, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(cfg.bits))
                   + _squash_args(cfg.bits, cfg.squash, cfg.clip_range)
                   + (np.int32(code_bits), np.int32(pos_bits), keys))
+        mean_k = mean_v = None
+        if beside:  # its arrays now, after the first launch (the GPU has work) and before the
+            # sort frees its scratch memory into the pool; its kernels after the sort
+            mean_k, mean_v, start, join = history_means(
+                k, v, cfg.causal, largest=None if largest is None else largest[2:3],
+                stream=side)
         mark()
         # stage 6's mean term (on this stream: the GPU's work while the host prepares the sort)
         if cfg.history_mean and not beside:
