@@ -10,7 +10,7 @@ Per call, for all (batch, head) rows at once, with no synchronisation with the h
    nothing of the sort. For small inputs it comes before the sort on the current stream, so
    that the GPU has this work while the host prepares the sort (``cupy.sort`` spends some
    0.1 ms of the host's time before its first kernel runs); for large ones
-   (:data:`MEANS_STREAM_MIN`) it runs on a second stream beside steps 1, 3, 4 and 5, queued
+   (:data:`MEANS_STREAM_MIN`) it runs on a second stream beside steps 3, 4 and 5, queued
    just after the sort. Its first kernel also finds ``max |v|`` for the call's checks of the
    values (``largest``), which would otherwise read v once more (at 16 x 8 x 65536, 2 GiB
    and 0.48 ms).
@@ -77,6 +77,7 @@ WINDOW_INT_MAX_N = 2**31 - 64
 #: (docs/benchmarks.md). 0: always; a larger number than any input: never. The same kernels
 #: either way: the same bits.
 MEANS_STREAM_MIN = 1 << 19
+
 
 def _fn(name):
     return rt.kernel("fused", name, _NAMES)
