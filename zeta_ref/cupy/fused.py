@@ -68,12 +68,12 @@ WINDOW_LANES = 8
 #: in long long always (for the tests and the A/B: the same candidates).
 WINDOW_INT = True
 WINDOW_INT_MAX_N = 2**31 - 64
-#: The mean term, and the checks' passes over q and k, run on a second stream
-#: (rt.side_stream), beside the codes, the sort, the pools and the window, which do not need
-#: them, and the attention waits for them: their kernels, bound by memory, share the GPU with
-#: theirs, bound by instructions; from this many rows x N (B·H·N) up, where the GPU has work
-#: for both. Below it, and with ``marks`` (whose stage times need it), all on the current
-#: stream, one stage after another: the events and the wait cost more than the overlap gives
+#: The mean term runs on a second stream (rt.side_stream), beside the sort, the pools and the
+#: window, which do not need it, and the attention waits for it (the checks' passes over q
+#: and k follow it there, beside the attention): its kernels, bound by memory, share the GPU
+#: with theirs; from this many rows x N (B·H·N) up, where the GPU has work for both. Below
+#: it, and with ``marks`` (whose stage times need it), all on the current stream, one stage
+#: after another: the events and the wait cost more than the overlap gives
 #: (docs/benchmarks.md). 0: always; a larger number than any input: never. The same kernels
 #: either way: the same bits.
 MEANS_STREAM_MIN = 1 << 19
@@ -148,8 +148,8 @@ def forward(q, k, v, cfg: ZetaConfig, *, return_candidates: bool = False, marks=
     k_top, width = cfg.k_for(n), cfg.window_for(n)
     code_bits = d_k * cfg.bits
     pos_bits, fits = packing(rows, n, code_bits)
-    # the mean term on a second stream beside stages 2-5 (and the checks' passes over q and k
-    # beside the attention)
+    # the mean term on a second stream beside stages 4 and 5 (and the checks' passes over q
+    # and k beside the attention)
     beside = (fits and cfg.history_mean and rows * n >= MEANS_STREAM_MIN and marks is None)
     side = rt.side_stream() if beside else None
     join = None
