@@ -351,12 +351,12 @@ def test_fused_pass_finds_the_checks_maxima_exactly(dtype, history_mean):
 
 @pytest.mark.parametrize("causal", ("inclusive", "strict", "none"))
 def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, causal):
-    """fused.MEANS_STREAM_MIN: the mean term on a second stream beside the codes, the sort, the
-    pools and the window, the attention waiting for it, gives the one-stream pass's output bit
-    for bit, call after call, its long kernels on any number of blocks, and the same max |q|, |k|, |v| for the checks (the backend's new
-    arrays are poisoned in the tests, so an attention that read means not yet written would
-    differ); the current stream's later work sees the means done, and a pass with `marks`
-    runs on one stream."""
+    """fused.MEANS_STREAM_MIN: the mean term on a second stream beside the sort, the pools and
+    the window, the attention waiting for it, gives the one-stream pass's output bit for bit,
+    call after call, its long kernels on any number of blocks, and the same max |q|, |k|, |v|
+    for the checks (the backend's new arrays are poisoned in the tests, so an attention that
+    read means not yet written would differ); the current stream's later work sees the means
+    done, and a pass with `marks` runs on one stream."""
     q, k, v = (cp.asarray(x) for x in _inputs(21, (4, 3), 3000, 3, 64, np.float32))
     cfg = ZetaConfig(k=16, causal=causal, chunk_size=100)
     monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 1 << 62)  # never

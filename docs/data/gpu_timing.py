@@ -46,3 +46,20 @@ def write_result(path: str, result: dict) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {path}")
+
+
+_SPIN = None
+
+
+def busy(seconds: float) -> None:
+    """Queue a kernel that keeps the GPU busy for about `seconds` (one thread spinning on the
+    clock): the host's later calls then find the GPU occupied."""
+    global _SPIN
+    if _SPIN is None:
+        _SPIN = cp.RawKernel(r"""
+        extern "C" __global__ void spin(long long cycles) {
+            long long t0 = clock64();
+            while (clock64() - t0 < cycles) { }
+        }""", "spin")
+    rate = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrClockRate, 0) * 1e3
+    _SPIN((1,), (1,), (np.int64(rate * seconds),))

@@ -19,21 +19,10 @@ from zeta_ref.backends import get_backend
 from zeta_ref.cupy import _runtime as rt
 from zeta_ref.cupy import fused
 from zeta_ref.cupy.topk_softmax import history_means
-from gpu_timing import benchmark_inputs, header, timed, write_result  # this folder is on the path
+# gpu_timing: this folder is on the path when run as a script
+from gpu_timing import benchmark_inputs, busy, header, timed, write_result
 
 LOOPS, CALLS = 5, 2000
-
-spin = cp.RawKernel(r"""
-extern "C" __global__ void spin(long long cycles) {
-    long long t0 = clock64();
-    while (clock64() - t0 < cycles) { }
-}""", "spin")
-RATE = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrClockRate, 0) * 1e3
-
-
-def busy(seconds):
-    spin((1,), (1,), (np.int64(RATE * seconds),))
-
 
 def cost(fn, calls=CALLS, gpu=False):
     """us per call of fn, the median of LOOPS loops of `calls` calls."""

@@ -37,7 +37,8 @@ from zeta_ref import zeta_attention
 from zeta_ref.cupy import _runtime as rt
 from zeta_ref.cupy import fused
 import zeta_ref.cupy.topk_softmax  # noqa: F401 (for the settings)
-from gpu_timing import benchmark_inputs, header, timed, write_result  # this folder is on the path
+# gpu_timing: this folder is on the path when run as a script
+from gpu_timing import benchmark_inputs, busy, header, timed, write_result
 
 CALLS = 30
 LOG = []  # (label, stream ptr, host time, event or None)
@@ -107,18 +108,12 @@ def one_call(q, k, v):
 
 
 def sort_waits() -> dict:
-    spin = cp.RawKernel(r"""
-    extern "C" __global__ void spin(long long cycles) {
-        long long t0 = clock64();
-        while (clock64() - t0 < cycles) { }
-    }""", "spin")
     x = cp.random.randint(0, 2**62, size=1 << 20, dtype=cp.int64).view(cp.uint64)
     x.sort()
-    rate = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrClockRate, 0) * 1e3
     host = []
     for _ in range(5):
         cp.cuda.Device().synchronize()
-        spin((1,), (1,), (np.int64(rate * 5e-3),))
+        busy(5e-3)
         t0 = time.perf_counter()
         x.sort()
         host.append((time.perf_counter() - t0) * 1e3)

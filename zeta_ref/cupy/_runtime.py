@@ -42,7 +42,11 @@ def kernel(stem: str, name: str, all_names: tuple[str, ...]):
     return module(stem, all_names).get_function(name)
 
 
-def launch(fn, n_items: int, args, *, threads: int = THREADS, max_blocks: int = 1 << 20) -> None:
+#: The most blocks :func:`launch` gives a kernel (they loop grid-stride beyond).
+MAX_GRID = 1 << 20
+
+
+def launch(fn, n_items: int, args, *, threads: int = THREADS, max_blocks: int = MAX_GRID) -> None:
     """Run ``fn`` with enough blocks for ``n_items`` threads (the kernels loop grid-stride, so
     the grid is capped, at ``max_blocks``; at least one block)."""
     blocks = max(1, min(-(-int(n_items) // threads), max_blocks))

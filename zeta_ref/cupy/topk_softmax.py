@@ -117,7 +117,7 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
     tasks = rows * n_blocks * (d_k + d_v // wide)
     track = largest is not None  # else the kernel writes nothing there: any pointer will do
 
-    def queue(cap=1 << 20):  # the three kernels, on the current stream
+    def queue(cap=rt.MAX_GRID):  # the three kernels, on the current stream
         rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
                   (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block),
                    sums, np.int32(track), largest if track else totals), max_blocks=cap)
@@ -136,7 +136,7 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
     def start():
         stream.wait_event(fork)
         with stream:
-            queue(MEANS_SIDE_BLOCKS or 1 << 20)
+            queue(MEANS_SIDE_BLOCKS or rt.MAX_GRID)
 
     def join():
         cp.cuda.get_current_stream().wait_event(rt.event_now(stream))
