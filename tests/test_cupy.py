@@ -353,19 +353,17 @@ def test_fused_pass_finds_the_checks_maxima_exactly(dtype, history_mean):
 def test_the_mean_term_beside_the_other_stages_gives_the_same_bits(monkeypatch, causal):
     """fused.MEANS_STREAM_MIN: the mean term on a second stream beside the sort, the pools and
     the window, the attention waiting for it, gives the one-stream pass's output bit for bit,
-    call after call, its long kernels on any number of blocks, and the same max |q|, |k|, |v|
-    for the checks (the backend's new arrays are poisoned in the tests, so an attention that
-    read means not yet written would differ); the current stream's later work sees the means
-    done, and a pass with `marks` runs on one stream."""
+    call after call, and the same max |q|, |k|, |v| for the checks (the backend's new arrays
+    are poisoned in the tests, so an attention that read means not yet written would differ);
+    the current stream's later work sees the means done, and a pass with `marks` runs on one
+    stream."""
     q, k, v = (cp.asarray(x) for x in _inputs(21, (4, 3), 3000, 3, 64, np.float32))
     cfg = ZetaConfig(k=16, causal=causal, chunk_size=100)
     monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 1 << 62)  # never
     want_largest = cp.zeros(3, np.uint64)
     want = cp.asnumpy(fused.forward(q, k, v, cfg, largest=want_largest))
     monkeypatch.setattr(fused, "MEANS_STREAM_MIN", 0)  # always
-    for cap in (0, 1, 7):  # the mean term's long kernels on as many blocks as they need,
-        # on one, on seven (topk_softmax.MEANS_SIDE_BLOCKS: they loop grid-stride)
-        monkeypatch.setattr(topk_softmax, "MEANS_SIDE_BLOCKS", cap)
+    for _ in range(3):
         largest = cp.zeros(3, np.uint64)
         got = fused.forward(q, k, v, cfg, largest=largest)
         np.testing.assert_array_equal(cp.asnumpy(got), want)

@@ -83,13 +83,11 @@
 #   archive 4528b0d zeta_ref`, carried), then the targets on the card they name, if an H200
 #   comes:
 #     BUDGET=585 bash docs/data/gpu_next.sh forward_tests sanitize_forward side_blocks ab
-#     BUDGET=585 bash docs/data/gpu_next.sh targets timeline
+#                                              # ran 21:31 UTC, an H100: passed; the cap dropped
 #
 #   timeline   when the host queues each launch of one call and when the GPU gets to it
 #              (docs/data/timeline.py); and whether cupy's sort waits for the GPU
 #   host_costs what each host-side piece of one call costs (docs/data/host_costs.py)
-#   side_blocks  the mean term's two long kernels beside the other stages on at most 66, 132,
-#              264 blocks, against as many as they need (topk_softmax.MEANS_SIDE_BLOCKS)
 #   tests      the whole GPU test suite (pytest -m gpu)
 #   forward_tests, other_tests   the same in two parts: tests/test_cupy.py, and the rest
 #   means_tests  the tests of tests/test_cupy.py on the mean term alone
@@ -130,7 +128,7 @@
 # device copies back at most eight files), and a line per command to $OUT/summary.txt,
 # printed last.
 set -u
-STEPS="host_costs timeline side_blocks warmup tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
+STEPS="host_costs timeline warmup tests forward_tests other_tests means_tests graph attention narrow means one_pass sanitize sanitize_forward bench targets profile ncu stalls ab knobs"
 [ $# -gt 0 ] || { echo "usage: bash docs/data/gpu_next.sh STEP... (of: $STEPS)" >&2; exit 2; }
 for name in "$@"; do
     case " $STEPS " in
@@ -216,10 +214,6 @@ case "$name" in
     timeline)
         step timeline 100 python3 docs/data/timeline.py "$OUT/timeline.json" \
             1x8x16384 1x8x65536 16x8x65536
-        ;;
-    side_blocks)
-        step side_blocks 240 python3 docs/data/knob_ab.py "$OUT/side_blocks.json" 1x8x65536 \
-            1x8x131072 16x8x65536 -- topk_softmax.MEANS_SIDE_BLOCKS=0,66,132,264
         ;;
     host_costs)
         step host_costs 120 python3 docs/data/host_costs.py "$OUT/host_costs.json" 1x8x65536

@@ -47,11 +47,6 @@ FAST_ROUNDS = 4
 MAX_BLOCKS = 1 << 20
 #: The mean term's kernels carry 16 bytes of a value row a thread (False: one column).
 MEANS_WIDE = True
-#: Blocks at most of the mean term's two long kernels when they run on a second stream beside
-#: the other stages (``history_means(..., stream=)``; they loop grid-stride, so any number
-#: computes the same sums): fewer leave more of the GPU to the stages beside them. 0: no cap
-#: (an experiment for the GPU, docs/benchmarks.md).
-MEANS_SIDE_BLOCKS = 0
 #: The default instance (k + 1 in 33 .. 48 slots, d_v <= 64) at 8 threads a query
 #: (zeta_topk_narrow); False: at 16 (zeta_topk_fast), the same bits (for the tests and the A/B).
 NARROW = True
@@ -117,15 +112,15 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
     tasks = rows * n_blocks * (d_k + d_v // wide)
     track = largest is not None  # else the kernel writes nothing there: any pointer will do
 
-    def queue(cap=rt.MAX_GRID):  # the three kernels, on the current stream
+    def queue():  # the three kernels, on the current stream
         rt.launch(_fn(f"zeta_block_sums<{t}, {wide}>"), tasks,
                   (k, v, rt.i64(rows), rt.i64(n), np.int32(d_k), np.int32(d_v), rt.i64(block),
-                   sums, np.int32(track), largest if track else totals), max_blocks=cap)
+                   sums, np.int32(track), largest if track else totals))
         rt.launch(_fn("zeta_scan_blocks"), 32 * rows * d,
                   (sums, rt.i64(rows), rt.i64(n_blocks), np.int32(d), totals))
         rt.launch(_fn(f"zeta_means_write<{t}, {wide}>"), tasks,
                   (k, v, sums, totals, np.int32(causal == "none"), rt.i64(rows), rt.i64(n),
-                   np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v), max_blocks=cap)
+                   np.int32(d_k), np.int32(d_v), rt.i64(block), mean_k, mean_v))
 
     if stream is None:
         queue()
@@ -136,7 +131,7 @@ def history_means(k, v, causal: str, *, largest=None, stream=None):
     def start():
         stream.wait_event(fork)
         with stream:
-            queue(MEANS_SIDE_BLOCKS or rt.MAX_GRID)
+            queue()
 
     def join():
         cp.cuda.get_current_stream().wait_event(rt.event_now(stream))
